@@ -1,0 +1,1 @@
+"""First-party plugins of study, registered through the study.plugins entry points."""

@@ -1,0 +1,8 @@
+"""Built-in datasets (placeholder, being written)."""
+
+from study import hookimpl
+
+
+@hookimpl
+def study_datasets():
+    return []

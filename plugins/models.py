@@ -1,0 +1,8 @@
+"""Built-in models (placeholder, being written)."""
+
+from study import hookimpl
+
+
+@hookimpl
+def study_models():
+    return []
