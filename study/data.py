@@ -1,0 +1,305 @@
+"""Data preparation: a data set's files under data_root -> a uint8 cache of both splits.
+
+Plugins only find and decode files (``DatasetSpec.find`` / ``.decode``). The core downloads
+missing files, decodes once, and keeps the result as ``.npy`` files that later runs memory-map.
+Greyscale conversion, resizing and normalisation happen later, on the device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from study.errors import DataError, MissingData
+from study.specs import DatasetSpec, Download, Split
+
+CACHE_VERSION = 1  # bump when the cache layout or what decoding produces changes
+CACHE_FOLDER = ".study-cache"
+ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
+
+
+@dataclass
+class Prepared:
+    """Both splits of a data set, ready for a run (arrays memory-mapped from the cache)."""
+
+    name: str
+    train: Split
+    test: Split
+    class_names: list[str]
+    mean: list[float]  # per channel, of the train split, in 0..1
+    std: list[float]
+    sources: list[Path]
+    fingerprint: str
+    cache_path: Path
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train.images.shape[1])
+
+    @property
+    def channels(self) -> int:
+        return int(self.train.images.shape[3])
+
+
+def prepare(
+    spec: DatasetSpec,
+    data_root: str | os.PathLike,
+    *,
+    download: bool = True,
+    workers: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+) -> Prepared:
+    """Find (or download) a data set's files and return both splits from the cache."""
+    root = Path(data_root).expanduser()
+    files = locate(spec, root, download=download)
+    key = fingerprint(files)
+    cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir(root)
+    folder = cache_root / f"{spec.name}-{key}"
+    if not (folder / "meta.json").is_file():
+        build_cache(spec, files, folder, workers)
+    return load_cache(spec.name, folder, files, key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding and downloading
+
+
+def locate(spec: DatasetSpec, root: Path, *, download: bool = True) -> list[Path]:
+    """spec.find(root), downloading the official files first when they are missing."""
+    try:
+        return list(spec.find(root))
+    except MissingData as missing:
+        if not download or not spec.downloads:
+            raise DataError(f"{missing}; {how_to_get(spec, root, download)}") from missing
+    fetch(spec, root)
+    return list(spec.find(root))
+
+
+def how_to_get(spec: DatasetSpec, root: Path, download: bool) -> str:
+    if not spec.downloads:
+        return f"{spec.name} has no official download: put its files under {root}"
+    first_mirror: dict[str, str] = {}
+    for d in spec.downloads:
+        first_mirror.setdefault(d.filename, d.url)
+    urls = " ".join(first_mirror.values())
+    why = "downloads are off" if not download else "the download failed"
+    return f"{why}: fetch {urls} and put them under {root} as {expected_files(spec)}"
+
+
+def expected_files(spec: DatasetSpec) -> str:
+    return ", ".join(dict.fromkeys(d.filename for d in spec.downloads))
+
+
+def fetch(spec: DatasetSpec, root: Path) -> None:
+    """Download each missing file. Downloads sharing a filename are mirrors, tried in order."""
+    mirrors: dict[str, list[Download]] = {}
+    for d in spec.downloads:
+        mirrors.setdefault(d.filename, []).append(d)
+    for filename, choices in mirrors.items():
+        if (root / filename).exists():  # a file put there by hand is used as it is
+            continue
+        problems = []
+        for d in choices:
+            try:
+                download_file(d, root)
+                break
+            except DataError as exc:
+                problems.append(str(exc))
+        else:
+            raise DataError(
+                f"{spec.name}: could not download {filename} ({'; '.join(problems)}); "
+                f"put {expected_files(spec)} under {root} by hand"
+            )
+
+
+def download_file(d: Download, root: Path) -> Path:
+    """Download d.url to root/d.filename via a temp file, checking its md5; atomic."""
+    target = root / d.filename
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    except OSError as exc:
+        raise DataError(f"{target.parent}: cannot write a download there ({exc.strerror})") from exc
+    md5 = hashlib.md5()
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(d.url, timeout=60) as response:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                md5.update(chunk)
+        if d.md5 and md5.hexdigest() != d.md5:
+            raise DataError(f"{d.url}: downloaded md5 {md5.hexdigest()}; expected {d.md5}")
+        os.replace(tmp, target)
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise DataError(f"{d.url}: {getattr(exc, 'reason', exc)}") from exc
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache
+
+
+def fingerprint(files: Sequence[Path]) -> str:
+    """A key that changes when any source file is replaced, resized or touched.
+
+    A folder among the sources stands for every file under it.
+    """
+    h = hashlib.sha256(f"study-cache-v{CACHE_VERSION}".encode())
+    for path in files:
+        path = Path(path).resolve()
+        entries = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for entry in entries:
+            st = entry.stat()
+            h.update(f"\n{entry}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def is_writable(folder: Path) -> bool:
+    """Whether files can be created in folder (tried for real: root ignores permission bits,
+    a read-only mount does not)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def default_cache_dir(data_root: Path) -> Path:
+    """<data_root>/.study-cache when writable, else $STUDY_CACHE_DIR, $XDG_CACHE_HOME/study or
+    ~/.cache/study (a read-only data_root, as on CI, must work)."""
+    beside = Path(data_root) / CACHE_FOLDER
+    if is_writable(beside):
+        return beside
+    if os.environ.get("STUDY_CACHE_DIR"):
+        return Path(os.environ["STUDY_CACHE_DIR"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "study"
+    return Path.home() / ".cache" / "study"
+
+
+def build_cache(spec: DatasetSpec, files: list[Path], folder: Path, workers: int) -> None:
+    """Decode once and write the cache folder atomically: a failed build leaves nothing."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    except OSError as exc:
+        raise DataError(
+            f"{folder.parent}: cannot write the {spec.name} cache there ({exc.strerror}); "
+            "pass a writable cache_dir or set STUDY_CACHE_DIR"
+        ) from exc
+    try:
+        decoded = spec.decode(list(files), workers)
+        train, test = checked(spec, decoded.train, "train"), checked(spec, decoded.test, "test")
+        for name, array in zip(ARRAYS, (train.images, train.labels, test.images, test.labels)):
+            np.save(tmp / f"{name}.npy", array)
+        mean, std = channel_stats(train.images)
+        meta = {
+            "dataset": spec.name,
+            "cache_version": CACHE_VERSION,
+            "class_names": list(decoded.class_names),
+            "mean": mean,
+            "std": std,
+            "train_size": len(train.labels),
+            "test_size": len(test.labels),
+            "sources": [str(Path(f).resolve()) for f in files],
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / "meta.json").is_file():  # else another process built it first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def checked(spec: DatasetSpec, split: Split, which: str) -> Split:
+    """A plugin's split, checked against its spec: uint8 (N, H, W, C) and int64 labels."""
+    images, labels = np.asarray(split.images), np.asarray(split.labels)
+    where = f"{spec.name} ({which} split)"
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != spec.channels:
+        raise DataError(
+            f"{where}: decoded images are {images.dtype} {images.shape}; "
+            f"expected uint8 (N, H, W, {spec.channels})"
+        )
+    if labels.shape != (len(images),):
+        raise DataError(f"{where}: {labels.size} labels for {len(images)} images; expected equal")
+    if labels.size and (labels.min() < 0 or labels.max() >= spec.num_classes):
+        raise DataError(f"{where}: labels outside 0..{spec.num_classes - 1}")
+    return Split(np.ascontiguousarray(images), labels.astype(np.int64))
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in 0..1, exact, from 256-bin histograms (no float copy)."""
+    channels = images.shape[3]
+    counts = np.zeros((channels, 256), dtype=np.int64)
+    for start in range(0, len(images), 4096):
+        chunk = images[start : start + 4096]
+        for c in range(channels):
+            counts[c] += np.bincount(chunk[..., c].ravel(), minlength=256)
+    values = np.arange(256) / 255.0
+    total = np.maximum(counts.sum(axis=1), 1)
+    mean = counts @ values / total
+    var = counts @ values**2 / total - mean**2
+    return [float(m) for m in mean], [float(s) for s in np.sqrt(np.maximum(var, 0.0))]
+
+
+def load_cache(name: str, folder: Path, files: list[Path], key: str) -> Prepared:
+    meta = json.loads((folder / "meta.json").read_text())
+    arrays = {a: np.load(folder / f"{a}.npy", mmap_mode="r") for a in ARRAYS}
+    return Prepared(
+        name=name,
+        train=Split(arrays["train_images"], arrays["train_labels"]),
+        test=Split(arrays["test_images"], arrays["test_labels"]),
+        class_names=list(meta["class_names"]),
+        mean=list(meta["mean"]),
+        std=list(meta["std"]),
+        sources=[Path(f) for f in files],
+        fingerprint=key,
+        cache_path=folder,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Subsets
+
+
+def stratified_subset(labels, limit: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded subset of `limit` samples that keeps the class proportions.
+
+    Per-class counts are rounded by largest remainder (ties go to the lower class label).
+    limit None or >= len(labels): every index.
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    if limit is None or limit >= n:
+        return np.arange(n)
+    if limit < 0:
+        raise ValueError(f"limit {limit}: expected a count >= 0 or None")
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * limit / n
+    take = np.floor(exact).astype(np.int64)
+    by_remainder = np.argsort(-(exact - take), kind="stable")
+    take[by_remainder[: limit - int(take.sum())]] += 1
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take) if k]
+    return np.sort(np.concatenate(chosen)) if chosen else np.arange(0)

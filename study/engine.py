@@ -1,0 +1,299 @@
+"""The training and evaluation loop: plain functions, callable and testable without Sacred.
+
+Metrics accumulate on the device and are read once per epoch, so the loop never waits for the
+device inside an epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from study.errors import StudyError
+from study.loader import BatchTransform, DeviceSplit
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    top1: float
+    top5: float
+    labels: np.ndarray  # (N,) int64
+    topk: np.ndarray  # (N, k) int64: the k most probable classes, best first
+    topk_prob: np.ndarray  # (N, k) float32: their softmax probabilities
+    confusion: np.ndarray  # (C, C) int64: rows are true classes, columns predicted
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.topk[:, 0]
+
+    def per_class_accuracy(self) -> list[float | None]:
+        totals = self.confusion.sum(axis=1)
+        return [
+            float(self.confusion[c, c] / totals[c]) if totals[c] else None
+            for c in range(len(totals))
+        ]
+
+    def most_confident_errors(self, k: int) -> list[int]:
+        """Positions (in evaluation order) of the k wrong predictions made most confidently."""
+        wrong = np.flatnonzero(self.predicted != self.labels)
+        order = np.argsort(-self.topk_prob[wrong, 0], kind="stable")
+        return wrong[order[:k]].tolist()
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds besides the weights: where training is and what it saw."""
+
+    epoch: int = 0  # epochs completed
+    history: list[dict] = field(default_factory=list)  # one dict of metrics per epoch
+    train_seconds: float = 0.0
+    config: dict = field(default_factory=dict)  # what was trained; a resume must match it
+
+
+def split_outputs(outputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(main logits, auxiliary logits or None) from a model's forward output."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs, None
+    main, aux = outputs[0], (outputs[1] if len(outputs) > 1 else None)
+    return main, aux
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: DeviceSplit,
+    transform: BatchTransform,
+    *,
+    batch_size: int,
+    generator: torch.Generator,
+    aux_weight: float = 0.4,
+    autocast_dtype: torch.dtype | None = None,
+    progress: str | None = None,
+) -> dict:
+    model.train()
+    device = data.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    batches = data.batches(batch_size, transform, train=True, generator=generator)
+    total = data.num_batches(batch_size, train=True)
+    start = time.perf_counter()
+    for inputs, labels in tqdm(batches, total=total, desc=progress, disable=progress is None):
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits, aux = split_outputs(model(inputs))
+            loss = criterion(logits, labels)
+            if aux is not None:
+                loss = loss + aux_weight * criterion(aux, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(labels)
+        correct += (logits.detach().argmax(1) == labels).sum()
+        seen += len(labels)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    return {
+        "train_loss": loss_sum.item() / seen,
+        "train_top1": correct.item() / seen,
+        "train_seconds": seconds,
+        "images_per_s": seen / seconds,
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    criterion: nn.Module,
+    data: DeviceSplit,
+    transform: BatchTransform,
+    *,
+    batch_size: int,
+    num_classes: int,
+    autocast_dtype: torch.dtype | None = None,
+) -> Evaluation:
+    model.eval()
+    device = data.device
+    k = min(5, num_classes)
+    loss_sum = torch.zeros((), device=device)
+    topk, topk_prob, labels_all = [], [], []
+    for inputs, labels in data.batches(batch_size, transform, train=False):
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits, _ = split_outputs(model(inputs))
+        logits = logits.float()
+        loss_sum += criterion(logits, labels) * len(labels)
+        prob, idx = logits.softmax(1).topk(k, dim=1)
+        topk.append(idx)
+        topk_prob.append(prob)
+        labels_all.append(labels)
+    topk_t, labels_t = torch.cat(topk), torch.cat(labels_all)
+    confusion = torch.bincount(
+        labels_t * num_classes + topk_t[:, 0], minlength=num_classes * num_classes
+    ).view(num_classes, num_classes)
+    n = len(labels_t)
+    hits = topk_t == labels_t[:, None]
+    return Evaluation(
+        loss=loss_sum.item() / n,
+        top1=hits[:, 0].sum().item() / n,
+        top5=hits.any(1).sum().item() / n,
+        labels=labels_t.cpu().numpy(),
+        topk=topk_t.cpu().numpy(),
+        topk_prob=torch.cat(topk_prob).float().cpu().numpy(),
+        confusion=confusion.cpu().numpy(),
+    )
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The shuffling/augmentation randomness of one epoch depends on (seed, epoch) alone,
+    so a resumed run draws exactly what the uninterrupted run drew."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def fit(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train: DeviceSplit,
+    test: DeviceSplit,
+    train_transform: BatchTransform,
+    test_transform: BatchTransform,
+    *,
+    epochs: int,
+    batch_size: int,
+    num_classes: int,
+    seed: int,
+    checkpoint: Path | None = None,
+    state: TrainState | None = None,
+    aux_weight: float = 0.4,
+    autocast_dtype: torch.dtype | None = None,
+    on_epoch: Callable[[int, dict], None] | None = None,
+    progress: bool = True,
+) -> tuple[TrainState, Evaluation | None]:
+    """Train from `state` (a fresh or resumed one) to `epochs`, evaluating after each epoch.
+
+    After each epoch: `on_epoch(epoch, metrics)` is called, then the checkpoint is written.
+    Returns the final state and the last evaluation (None when no epoch was left to run).
+    """
+    state = state or TrainState()
+    evaluation = None
+    for epoch in range(state.epoch + 1, epochs + 1):
+        tick = time.perf_counter()
+        metrics = train_one_epoch(
+            model,
+            criterion,
+            optimizer,
+            train,
+            train_transform,
+            batch_size=batch_size,
+            generator=epoch_generator(seed, epoch),
+            aux_weight=aux_weight,
+            autocast_dtype=autocast_dtype,
+            progress=f"epoch {epoch}/{epochs}" if progress else None,
+        )
+        evaluation = evaluate(
+            model,
+            criterion,
+            test,
+            test_transform,
+            batch_size=batch_size,
+            num_classes=num_classes,
+            autocast_dtype=autocast_dtype,
+        )
+        metrics.update(
+            test_loss=evaluation.loss,
+            test_top1=evaluation.top1,
+            test_top5=evaluation.top5,
+            epoch_seconds=time.perf_counter() - tick,
+        )
+        state.epoch = epoch
+        state.history.append({"epoch": epoch, **metrics})
+        state.train_seconds += metrics["train_seconds"]
+        if progress:
+            print(
+                f"epoch {epoch}/{epochs}: {metrics['epoch_seconds']:.1f} s, "
+                f"train loss {metrics['train_loss']:.4f}, train top-1 {metrics['train_top1']:.4f}, "
+                f"test top-1 {metrics['test_top1']:.4f}, test top-5 {metrics['test_top5']:.4f}",
+                flush=True,
+            )
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, model, optimizer, state)
+    return state, evaluation
+
+
+def _rng_states() -> dict:
+    # Plain types and tensors only, so the checkpoint loads with weights_only=True.
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(path: Path, model: nn.Module, optimizer, state: TrainState) -> None:
+    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "version": CHECKPOINT_VERSION,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": state.epoch,
+        "history": state.history,
+        "train_seconds": state.train_seconds,
+        "config": state.config,
+        "rng": _rng_states(),
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer) -> TrainState:
+    """Restore weights, optimizer and RNG states in place; return where training stood."""
+    try:
+        # weights_only: a checkpoint is a file like any other and must not run code.
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise StudyError(f"{path}: not a readable study checkpoint ({exc})") from None
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise StudyError(f"{path}: checkpoint version {payload.get('version')} is not supported")
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    _set_rng_states(payload["rng"])
+    return TrainState(
+        epoch=payload["epoch"],
+        history=list(payload["history"]),
+        train_seconds=payload["train_seconds"],
+        config=dict(payload["config"]),
+    )

@@ -1,0 +1,158 @@
+"""What a run leaves behind, written through Sacred's run API so every observer stores it.
+
+The record (read back by `study.stores` into a `RunRecord`):
+- config: Sacred's config, with epochs / image_size / aux_logits resolved.
+- metrics (`_run.log_scalar`, step = epoch): the names in EPOCH_METRICS.
+- result (the run's return value): top1, top5, test_loss.
+- info: `dataset`, `model`, `training`, `per_class_accuracy`, `misclassified`, `checkpoint`.
+- artifacts: `evaluation.npz` (per-sample top-5 predictions and probabilities, labels, test
+  indices, confusion matrix) and one PNG thumbnail per misclassified image in the gallery.
+Large things go to artifacts, not to the run document, so a MongoDB record stays small.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+EPOCH_METRICS = (
+    "train_loss",
+    "train_top1",
+    "test_loss",
+    "test_top1",
+    "test_top5",
+    "epoch_seconds",
+    "images_per_s",
+)
+EVALUATION_ARTIFACT = "evaluation.npz"
+
+
+def describe_run(
+    run,
+    *,
+    config,
+    model_spec,
+    data_spec,
+    data,
+    train_count,
+    test_count,
+    stats,
+    device,
+    checkpoint,
+    plugin,
+):
+    """Record, before training, what is being trained on what and where."""
+    import torch
+
+    run.info["dataset"] = {
+        "name": data_spec.name,
+        "num_classes": data_spec.num_classes,
+        "class_names": list(data.class_names),
+        "image_size": data_spec.image_size,
+        "channels": data_spec.channels,
+        "train_count": train_count,
+        "test_count": test_count,
+        "train_available": len(data.train.labels),
+        "test_available": len(data.test.labels),
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "fingerprint": data.fingerprint,
+        "sources": [str(s) for s in data.sources],
+    }
+    run.info["model"] = {
+        "name": model_spec.name,
+        "description": model_spec.description,
+        "plugin": plugin,
+        "image_size": config["image_size"],
+        **stats,
+    }
+    run.info["training"] = {
+        "device": str(device),
+        "device_name": (
+            torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+        ),
+        "torch_threads": torch.get_num_threads(),
+    }
+    run.info["checkpoint"] = str(Path(checkpoint).resolve()) if checkpoint else None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "cpu"
+
+
+def log_epoch(run, epoch: int, metrics: dict) -> None:
+    for name in EPOCH_METRICS:
+        run.log_scalar(name, float(metrics[name]), epoch)
+
+
+def write_results(
+    run, evaluation, *, state, test_images, test_indices, class_names, gallery
+) -> dict:
+    """Store the final evaluation; return the run's result (what Sacred records as `result`)."""
+    run.info["training"].update(
+        epochs_completed=state.epoch,
+        train_seconds=state.train_seconds,
+        images_per_s=_mean_rate(state.history),
+    )
+    run.info["per_class_accuracy"] = evaluation.per_class_accuracy()
+    errors = evaluation.most_confident_errors(gallery)
+    misclassified = []
+    with tempfile.TemporaryDirectory() as tmp:
+        npz = Path(tmp) / EVALUATION_ARTIFACT
+        np.savez_compressed(
+            npz,
+            labels=evaluation.labels.astype(np.int32),
+            topk=evaluation.topk.astype(np.int32),
+            topk_prob=evaluation.topk_prob.astype(np.float16),
+            test_indices=np.asarray(test_indices, dtype=np.int64),
+            confusion=evaluation.confusion.astype(np.int64),
+        )
+        run.add_artifact(str(npz), EVALUATION_ARTIFACT, content_type="application/x-npz")
+        for rank, pos in enumerate(errors):
+            index = int(test_indices[pos])
+            true, pred = int(evaluation.labels[pos]), int(evaluation.predicted[pos])
+            name = f"misclassified_{rank:02d}.png"
+            png = Path(tmp) / name
+            png.write_bytes(thumbnail_png(test_images[index]))
+            run.add_artifact(str(png), name, content_type="image/png")
+            misclassified.append(
+                {
+                    "index": index,
+                    "true": true,
+                    "predicted": pred,
+                    "true_name": class_names[true],
+                    "predicted_name": class_names[pred],
+                    "confidence": float(evaluation.topk_prob[pos, 0]),
+                    "artifact": name,
+                }
+            )
+    run.info["misclassified"] = misclassified
+    return {"top1": evaluation.top1, "top5": evaluation.top5, "test_loss": evaluation.loss}
+
+
+def _mean_rate(history: list[dict]) -> float | None:
+    rates = [h["images_per_s"] for h in history]
+    return float(np.mean(rates)) if rates else None
+
+
+def thumbnail_png(image: np.ndarray) -> bytes:
+    """A uint8 (H, W, C) image as PNG bytes, at its native size."""
+    from PIL import Image
+
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
