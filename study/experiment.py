@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import os
 import platform
+import warnings
+from importlib.metadata import version
 from pathlib import Path
 
-from sacred import Experiment
-from sacred.host_info import host_info_gatherer
-from sacred.utils import apply_backspaces_and_linefeeds
+# Sacred 0.8.7 imports pkg_resources, which warns on import; the warning is not ours to fix.
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
-import study
-from study.errors import ConfigError, StudyError
-from study.specs import PROTOCOLS, ModelOptions
+from sacred import Experiment  # noqa: E402
+from sacred.host_info import host_info_gatherer  # noqa: E402
+from sacred.utils import apply_backspaces_and_linefeeds  # noqa: E402
+
+import study  # noqa: E402
+from study.errors import ConfigError  # noqa: E402
+from study.specs import PROTOCOLS, ModelOptions  # noqa: E402
 
 OPTIMIZERS = ("adam", "sgd")
 HEADS = ("replace", "append")
@@ -53,13 +58,13 @@ def _host_libraries():
     }
     if torch.cuda.is_available():
         info["cudnn"] = torch.backends.cudnn.version()
-        info["gpus"] = [
-            torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
-        ]
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
 
 
 ex = Experiment("study", save_git_info=False, additional_host_info=[_host_libraries])
+for _package in ("torch", "torchvision", "numpy", "pluggy"):
+    ex.add_package_dependency(_package, version(_package))
 # Progress bars redraw with \r: keep only the final state of each line in captured output.
 ex.captured_out_filter = apply_backspaces_and_linefeeds
 
@@ -96,15 +101,15 @@ def config():
 def paper():
     """The seed study's protocol: Adam, lr 0.0002, batch 100, no augmentation, 224 px
     (299 for Inception-V3), 6 / 25 / 30 epochs, the ImageNet head kept plus one extra layer."""
-    protocol = "paper"  # noqa: F841 (Sacred reads the local variables)
-    optimizer = "adam"  # noqa: F841
-    lr = 0.0002  # noqa: F841
-    batch_size = 100  # noqa: F841
-    weight_decay = 0.0  # noqa: F841
-    augment = "none"  # noqa: F841
-    image_size = None  # noqa: F841
-    epochs = None  # noqa: F841
-    head = "append"  # noqa: F841
+    protocol = "paper"
+    optimizer = "adam"
+    lr = 0.0002
+    batch_size = 100
+    weight_decay = 0.0
+    augment = "none"
+    image_size = None
+    epochs = None
+    head = "append"
 
 
 @ex.config_hook
@@ -166,7 +171,7 @@ def resolve_config(config: dict) -> dict:
     _int(config, "seed", 0)
     _int(config, "num_workers", 0)
     _int(config, "gallery", 0)
-    _int(config, "train_limit", data_spec.num_classes, allow_none=True)
+    _int(config, "train_limit", 1, allow_none=True)
     _int(config, "test_limit", 1, allow_none=True)
     if not isinstance(config["download"], bool):
         raise ConfigError(f"download={config['download']!r} is invalid; expected true or false")
@@ -195,7 +200,9 @@ def resolve_config(config: dict) -> dict:
     elif not isinstance(aux, bool):
         raise ConfigError(f"aux_logits={aux!r} is invalid; expected true, false or null")
     elif aux and not model_spec.aux_logits:
-        raise ConfigError(f"aux_logits=True is invalid: model {model_spec.name} has no auxiliary head")
+        raise ConfigError(
+            f"aux_logits=True is invalid: model {model_spec.name} has no auxiliary head"
+        )
 
     size = config["image_size"]
     if size is None:
@@ -204,15 +211,18 @@ def resolve_config(config: dict) -> dict:
         size = _int(config, "image_size", 1)
     minimum = model_spec.minimum_size(aux)
     if size < minimum:
-        hint = " (or set aux_logits=False for its 75 px minimum)" if aux else ""
+        which = f"{model_spec.name} with aux_logits" if aux else model_spec.name
+        hint = f" (or set aux_logits=False for its {model_spec.min_input_size} px minimum)"
         raise ConfigError(
-            f"image_size={size} is too small for {model_spec.name}{' with aux_logits' if aux else ''};"
-            f" it needs at least {minimum} px{hint}"
+            f"image_size={size} is too small for {which}; it needs at least {minimum} px"
+            + (hint if aux else "")
         )
     resume = config["resume"]
     if resume is not None and not isinstance(resume, int | str):
         raise ConfigError(f"resume={resume!r} is invalid; expected a run id")
-    return {"epochs": epochs, "image_size": size, "aux_logits": aux}
+    # An absolute data_root, so the record says where the data came from.
+    data_root = str(Path(config["data_root"]).expanduser().resolve())
+    return {"epochs": epochs, "image_size": size, "aux_logits": aux, "data_root": data_root}
 
 
 def model_options(config: dict, num_classes: int, in_channels: int) -> ModelOptions:
@@ -312,11 +322,18 @@ def train_and_evaluate(run, config: dict) -> dict:
     if len(mean) != data_spec.channels and data_spec.channels == 1:
         mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
     test_transform = BatchTransform(
-        config["image_size"], mean, std, out_channels=in_channels,
+        config["image_size"],
+        mean,
+        std,
+        out_channels=in_channels,
         channels_last=device.type == "cuda",
     )
     train_transform = BatchTransform(
-        config["image_size"], mean, std, out_channels=in_channels, augment=config["augment"],
+        config["image_size"],
+        mean,
+        std,
+        out_channels=in_channels,
+        augment=config["augment"],
         channels_last=device.type == "cuda",
     )
     optimizer = make_optimizer(config, model)
@@ -332,25 +349,52 @@ def train_and_evaluate(run, config: dict) -> dict:
     state.config = training_config(config)
 
     record.describe_run(
-        run, config=config, model_spec=model_spec, data_spec=data_spec, data=data,
-        train_count=len(train), test_count=len(test), stats=stats, device=device,
-        checkpoint=ckpt, plugin=reg.models[model_spec.name].plugin,
+        run,
+        config=config,
+        model_spec=model_spec,
+        data_spec=data_spec,
+        data=data,
+        train_count=len(train),
+        test_count=len(test),
+        stats=stats,
+        device=device,
+        checkpoint=ckpt,
+        plugin=reg.models[model_spec.name].plugin,
     )
     state, evaluation = engine.fit(
-        model, criterion, optimizer, train, test, train_transform, test_transform,
-        epochs=config["epochs"], batch_size=config["batch_size"],
-        num_classes=data_spec.num_classes, seed=seed, checkpoint=ckpt, state=state,
+        model,
+        criterion,
+        optimizer,
+        train,
+        test,
+        train_transform,
+        test_transform,
+        epochs=config["epochs"],
+        batch_size=config["batch_size"],
+        num_classes=data_spec.num_classes,
+        seed=seed,
+        checkpoint=ckpt,
+        state=state,
         aux_weight=model_spec.aux_weight,
         on_epoch=lambda epoch, metrics: record.log_epoch(run, epoch, metrics),
     )
     if evaluation is None:  # resumed after the last epoch: evaluate the final weights
         evaluation = engine.evaluate(
-            model, criterion, test, test_transform, batch_size=config["batch_size"],
+            model,
+            criterion,
+            test,
+            test_transform,
+            batch_size=config["batch_size"],
             num_classes=data_spec.num_classes,
         )
     return record.write_results(
-        run, evaluation, state=state, test_images=data.test.images, test_indices=test_idx,
-        class_names=data.class_names, gallery=config["gallery"],
+        run,
+        evaluation,
+        state=state,
+        test_images=data.test.images,
+        test_indices=test_idx,
+        class_names=data.class_names,
+        gallery=config["gallery"],
     )
 
 
@@ -361,8 +405,11 @@ def make_optimizer(config: dict, model):
     if config["optimizer"] == "adam":
         return torch.optim.Adam(params, lr=config["lr"], weight_decay=config["weight_decay"])
     return torch.optim.SGD(
-        params, lr=config["lr"], momentum=config["momentum"],
-        weight_decay=config["weight_decay"], nesterov=config["momentum"] > 0,
+        params,
+        lr=config["lr"],
+        momentum=config["momentum"],
+        weight_decay=config["weight_decay"],
+        nesterov=config["momentum"] > 0,
     )
 
 

@@ -28,7 +28,8 @@ class ModelOptions:
     # A string: a local file holding those weights (a state dict).
     pretrained: bool | str = False
     # "replace": the last layer is swapped for one with num_classes outputs.
-    # "append": the 1000-way ImageNet head is kept and one Linear(1000, num_classes) follows (the seed).
+    # "append": the 1000-way ImageNet head is kept and one Linear(1000, num_classes) follows
+    # (the seed study's choice).
     head: str = "replace"
     aux_logits: bool = False
     protocol: str = "paper"

@@ -167,5 +167,7 @@ def read_file_store(root: Path) -> list[RunRecord]:
     if not root.is_dir():
         raise StoreError(f"{root}: no such run store (a folder written by `study run`)")
     folders = [p for p in root.iterdir() if p.is_dir() and (p / "run.json").exists()]
-    folders.sort(key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+    folders.sort(
+        key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name)
+    )
     return [read_file_run(p) for p in folders]

@@ -1,0 +1,108 @@
+"""Plugins are found through real entry points; conflicts and failures name the plugin."""
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import run_study
+
+from study.errors import PluginError, UnknownName
+from study.registry import Registry, plugin_manager
+
+HERE = Path(__file__).parent
+
+
+def _fake_distribution(root: Path, dist: str, module: str, source: str) -> None:
+    """An installed distribution on sys.path: a module plus .dist-info with an entry point."""
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    info = root / f"{dist}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[study.plugins]\n{module} = {module}\n")
+
+
+def test_builtin_plugins_are_registered_through_entry_points():
+    reg = Registry(plugin_manager())
+    assert {"vgg16", "resnet50", "inception_v3", "resnet18", "small_cnn"} <= set(reg.models)
+    assert {"mnist", "fashion_mnist", "cifar10", "tiny_imagenet"} <= set(reg.datasets)
+    assert reg.models["resnet50"].plugin == "study:study-models"
+    assert reg.datasets["cifar10"].plugin == "study:study-datasets"
+
+
+def test_unknown_name_lists_the_registered_ones():
+    reg = Registry(plugin_manager())
+    with pytest.raises(UnknownName, match=r"unknown model 'resnet51'.*resnet50.*vgg16"):
+        reg.model("resnet51")
+    with pytest.raises(UnknownName, match=r"unknown dataset 'cifar100'.*cifar10"):
+        reg.dataset("cifar100")
+
+
+def test_two_plugins_registering_one_name_are_both_named(tmp_path, monkeypatch):
+    _fake_distribution(
+        tmp_path,
+        "dupmodels",
+        "dup_plugin",
+        """
+        import study
+
+        @study.hookimpl
+        def study_models():
+            return [study.ModelSpec(name="resnet18", factory=None, description="a clash",
+                                    input_size={}, min_input_size=1)]
+        """,
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError) as err:
+        Registry(plugin_manager())
+    message = str(err.value)
+    assert "'resnet18'" in message
+    assert "study:study-models" in message and "dupmodels:dup_plugin" in message
+
+
+def test_a_plugin_that_fails_to_import_is_named(tmp_path, monkeypatch):
+    _fake_distribution(tmp_path, "brokenplugin", "broken_plugin", "import not_a_module_anywhere\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError, match=r"plugin brokenplugin:broken_plugin .*failed to import"):
+        plugin_manager()
+
+
+def test_study_list_names_each_plugin(tmp_path):
+    out = run_study("list", cwd=tmp_path).stdout
+    assert "resnet50" in out and "tiny_imagenet" in out
+    assert out.count("study:study-models") == 5
+
+
+@pytest.fixture(scope="module")
+def tinynet_site(tmp_path_factory) -> Path:
+    """The example third-party plugin distribution, pip-installed into its own folder."""
+    src = tmp_path_factory.mktemp("src") / "third_party_plugin"
+    shutil.copytree(HERE / "third_party_plugin", src)
+    site = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--target", str(site), str(src)],
+        check=True,
+    )  # fmt: skip
+    return site
+
+
+def test_a_pip_installed_third_party_plugin_trains_through_study_run(
+    tinynet_site, mnist_root, tmp_path
+):
+    env = {"PYTHONPATH": str(tinynet_site)}
+    listing = run_study("list", cwd=tmp_path, env=env).stdout
+    assert "tinynet" in listing and "study-tinynet:tinynet" in listing
+    run_study(
+        "run", "with", "model=tinynet", "dataset=mnist", f"data_root={mnist_root}",
+        "epochs=1", "batch_size=50", "-F", tmp_path / "runs", cwd=tmp_path, env=env,
+    )  # fmt: skip
+    from study.stores import read_file_store
+
+    (record,) = read_file_store(tmp_path / "runs")
+    assert record.status == "COMPLETED"
+    assert record.config["model"] == "tinynet"
+    assert record.info["model"]["plugin"] == "study-tinynet:tinynet"
+    assert 0.0 <= record.result["top1"] <= 1.0
