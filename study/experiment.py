@@ -107,9 +107,9 @@ def paper():
     batch_size = 100
     weight_decay = 0.0
     augment = "none"
-    image_size = None
-    epochs = None
     head = "append"
+    # epochs and image_size stay null here: the config hook resolves them from the protocol
+    # (a named config's values override the hook's, so setting them would pin them to null).
 
 
 @ex.config_hook

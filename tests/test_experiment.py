@@ -1,0 +1,174 @@
+"""`python -m study run` end to end: what a run records, bad input, determinism, resume."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from io import BytesIO
+
+import numpy as np
+import pytest
+from conftest import run_study
+from PIL import Image
+
+from study.record import EPOCH_METRICS
+from study.stores import read_file_store
+
+FAST = ["model=small_cnn", "dataset=mnist", "batch_size=50", "lr=0.003"]
+
+
+def _run(tmp_path, data_root, *updates, store="runs"):
+    run_study(
+        "run", "with", *FAST, f"data_root={data_root}", *updates, "-F", tmp_path / store,
+        cwd=tmp_path,
+    )  # fmt: skip
+    return read_file_store(tmp_path / store)
+
+
+def test_a_run_records_config_metrics_results_and_artifacts(mnist_root, tmp_path):
+    (rec,) = _run(tmp_path, mnist_root, "epochs=2", "gallery=5", "test_limit=100")
+    assert rec.status == "COMPLETED"
+    assert rec.config["epochs"] == 2 and rec.config["image_size"] == 28  # resolved nulls
+    for name in EPOCH_METRICS:
+        assert [step for step, _ in rec.metric(name)] == [1, 2], name
+    assert set(rec.result) == {"top1", "top5", "test_loss"}
+    assert rec.metric("test_top1")[-1][1] == rec.result["top1"]
+
+    ds = rec.info["dataset"]
+    assert (ds["train_count"], ds["test_count"], ds["test_available"]) == (600, 100, 200)
+    assert ds["class_names"] == [str(i) for i in range(10)]
+    model = rec.info["model"]
+    assert model["params"] > 0 and model["weight_mb"] > 0 and model["gmacs_per_image"] > 0
+    assert rec.info["training"]["epochs_completed"] == 2
+    assert rec.info["training"]["train_seconds"] > 0
+    assert rec.host["study"]["torch"] and rec.host["cpu"]
+
+    ev = rec.evaluation()
+    assert ev["labels"].shape == (100,) and ev["topk"].shape == (100, 5)
+    assert ev["confusion"].sum() == 100
+    assert np.isclose(np.mean(ev["topk"][:, 0] == ev["labels"]), rec.result["top1"])
+    assert np.isclose(np.trace(ev["confusion"]) / 100, rec.result["top1"])
+    per_class = rec.info["per_class_accuracy"]
+    assert len(per_class) == 10 and all(0 <= a <= 1 for a in per_class)
+
+    gallery = rec.info["misclassified"]
+    assert len(gallery) == min(5, int(round(100 * (1 - rec.result["top1"]))))
+    confidences = [g["confidence"] for g in gallery]
+    assert confidences == sorted(confidences, reverse=True)
+    for g in gallery:
+        assert g["true"] != g["predicted"] and g["true_name"] == str(g["true"])
+        image = Image.open(BytesIO(rec.artifact_bytes(g["artifact"])))
+        assert image.size == (28, 28)
+    assert os.path.exists(rec.info["checkpoint"])
+
+
+def test_the_same_seed_gives_the_same_metrics(mnist_root, tmp_path):
+    a = _run(tmp_path, mnist_root, "epochs=1", "seed=3", store="a")[0]
+    b = _run(tmp_path, mnist_root, "epochs=1", "seed=3", store="b")[0]
+    for name in ("train_loss", "train_top1", "test_loss", "test_top1", "test_top5"):
+        assert a.metric(name) == b.metric(name), name
+    assert np.array_equal(a.evaluation()["topk_prob"], b.evaluation()["topk_prob"])
+
+
+@pytest.mark.parametrize(
+    "update, message",
+    [
+        ("epochs=0", "epochs=0 is invalid; expected an integer >= 1"),
+        ("batch_size=-1", "batch_size=-1 is invalid"),
+        ("lr=abc", "lr='abc' is invalid; expected a number"),
+        ("optimizer=rmsprop", "optimizer='rmsprop' is invalid; expected one of: adam, sgd"),
+        ("model=resnet51", "unknown model 'resnet51'; registered models:"),
+        ("image_size=4", "image_size=4 is too small for small_cnn; it needs at least 8 px"),
+        ("head=middle", "head='middle' is invalid; expected one of: replace, append"),
+        ("device=tpu", "device='tpu' is invalid"),
+    ],
+)
+def test_bad_config_is_one_clear_line_and_records_nothing(mnist_root, tmp_path, update, message):
+    proc = run_study(
+        "run", "with", *FAST, f"data_root={mnist_root}", update, "-F", tmp_path / "runs",
+        cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("study: error:")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_missing_data_offline_names_the_files_and_records_nothing(tmp_path):
+    proc = run_study(
+        "run", "with", *FAST, f"data_root={tmp_path / 'empty'}", "download=False",
+        "-F", tmp_path / "runs", cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "train-images-idx3-ubyte" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_print_config_and_the_paper_named_config(tmp_path):
+    out = run_study(
+        "print_config", "with", "paper", "model=inception_v3", "dataset=tiny_imagenet",
+        cwd=tmp_path,
+    ).stdout  # fmt: skip
+    out = re.sub(r"\x1b\[[0-9;]*m", "", out)  # Sacred colours modified entries
+    for line in ("epochs = 30", "image_size = 299", "head = 'append'", "lr = 0.0002",
+                 "batch_size = 100", "optimizer = 'adam'", "aux_logits = True"):  # fmt: skip
+        assert line in out, line
+    assert not (tmp_path / "runs").exists()  # print_config records no run
+
+
+def _start(tmp_path, data_root, store, *updates):
+    cmd = [sys.executable, "-m", "study", "run", "with", *FAST, f"data_root={data_root}",
+           *updates, "-F", str(tmp_path / store)]  # fmt: skip
+    return subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _wait_for_epoch(store_dir, epoch, proc, timeout=120):
+    deadline = time.time() + timeout
+    metrics = store_dir / "1" / "metrics.json"
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read().decode()
+        if metrics.exists() and (store_dir / "1" / "checkpoint.pt").exists():
+            steps = json.loads(metrics.read_text()).get("epoch_seconds", {}).get("steps", [])
+            if epoch in steps:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"epoch {epoch} did not finish in {timeout} s")
+
+
+def test_killed_mid_epoch_then_resumed_matches_the_uninterrupted_run(mnist_root, tmp_path):
+    updates = ("epochs=3", "image_size=64", "seed=5")
+    (straight,) = _run(tmp_path, mnist_root, *updates, store="straight")
+
+    proc = _start(tmp_path, mnist_root, "killed", *updates)
+    _wait_for_epoch(tmp_path / "killed", 1, proc)
+    time.sleep(0.3)  # into epoch 2
+    proc.kill()
+    proc.wait()
+    (dead,) = read_file_store(tmp_path / "killed")
+    assert dead.status == "RUNNING" and dead.info["training"]  # a kill -9 leaves no stop time
+
+    run_study("run", "with", "resume=1", "-F", tmp_path / "killed", cwd=tmp_path)
+    (resumed,) = read_file_store(tmp_path / "killed")  # the same run, not a second one
+    assert resumed.status == "COMPLETED" and resumed.id == "1"
+    assert resumed.result == straight.result
+    for name in ("train_loss", "train_top1", "test_loss", "test_top1", "test_top5"):
+        assert resumed.metric(name) == straight.metric(name), name
+
+
+def test_resuming_a_completed_run_is_refused(mnist_root, tmp_path):
+    _run(tmp_path, mnist_root, "epochs=1")
+    proc = run_study("run", "with", "resume=1", "-F", tmp_path / "runs", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "already COMPLETED" in proc.stderr
+
+
+def test_sigterm_records_the_run_as_interrupted(mnist_root, tmp_path):
+    proc = _start(tmp_path, mnist_root, "runs", "epochs=50", "image_size=64")
+    _wait_for_epoch(tmp_path / "runs", 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    (rec,) = read_file_store(tmp_path / "runs")
+    assert rec.status == "INTERRUPTED" and rec.stop_time
