@@ -85,20 +85,19 @@ def locate(spec: DatasetSpec, root: Path, *, download: bool = True) -> list[Path
         return list(spec.find(root))
     except MissingData as missing:
         if not download or not spec.downloads:
-            raise DataError(f"{missing}; {how_to_get(spec, root, download)}") from missing
+            raise DataError(f"{missing}; {how_to_get(spec, root)}") from missing
     fetch(spec, root)
     return list(spec.find(root))
 
 
-def how_to_get(spec: DatasetSpec, root: Path, download: bool) -> str:
+def how_to_get(spec: DatasetSpec, root: Path) -> str:
     if not spec.downloads:
         return f"{spec.name} has no official download: put its files under {root}"
     first_mirror: dict[str, str] = {}
     for d in spec.downloads:
         first_mirror.setdefault(d.filename, d.url)
     urls = " ".join(first_mirror.values())
-    why = "downloads are off" if not download else "the download failed"
-    return f"{why}: fetch {urls} and put them under {root} as {expected_files(spec)}"
+    return f"downloads are off: fetch {urls} and put them under {root} as {expected_files(spec)}"
 
 
 def expected_files(spec: DatasetSpec) -> str:
@@ -143,6 +142,7 @@ def download_file(d: Download, root: Path) -> Path:
                 md5.update(chunk)
         if d.md5 and md5.hexdigest() != d.md5:
             raise DataError(f"{d.url}: downloaded md5 {md5.hexdigest()}; expected {d.md5}")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; data files are shared
         os.replace(tmp, target)
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -209,27 +209,41 @@ def build_cache(spec: DatasetSpec, files: list[Path], folder: Path, workers: int
     try:
         decoded = spec.decode(list(files), workers)
         train, test = checked(spec, decoded.train, "train"), checked(spec, decoded.test, "test")
-        for name, array in zip(ARRAYS, (train.images, train.labels, test.images, test.labels)):
-            np.save(tmp / f"{name}.npy", array)
-        mean, std = channel_stats(train.images)
-        meta = {
-            "dataset": spec.name,
-            "cache_version": CACHE_VERSION,
-            "class_names": list(decoded.class_names),
-            "mean": mean,
-            "std": std,
-            "train_size": len(train.labels),
-            "test_size": len(test.labels),
-            "sources": [str(Path(f).resolve()) for f in files],
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not (folder / "meta.json").is_file():  # else another process built it first
-                raise
+            write_cache(tmp, spec.name, train, test, list(decoded.class_names), files)
+            publish(tmp, folder)
+        except OSError as exc:
+            raise DataError(f"{folder}: cannot write the {spec.name} cache ({exc})") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_cache(tmp: Path, name: str, train: Split, test: Split, class_names, files) -> None:
+    arrays = (train.images, train.labels, test.images, test.labels)
+    for array_name, array in zip(ARRAYS, arrays, strict=True):
+        np.save(tmp / f"{array_name}.npy", array)
+    mean, std = channel_stats(train.images)
+    meta = {
+        "dataset": name,
+        "cache_version": CACHE_VERSION,
+        "class_names": class_names,
+        "mean": mean,
+        "std": std,
+        "train_size": len(train.labels),
+        "test_size": len(test.labels),
+        "sources": [str(Path(f).resolve()) for f in files],
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a cache beside shared data is shared too
+
+
+def publish(tmp: Path, folder: Path) -> None:
+    """Move the finished cache into place in one step."""
+    try:
+        os.rename(tmp, folder)
+    except OSError:
+        if not (folder / "meta.json").is_file():  # else another process built it first
+            raise
 
 
 def checked(spec: DatasetSpec, split: Split, which: str) -> Split:
@@ -301,5 +315,9 @@ def stratified_subset(labels, limit: int | None, seed: int) -> np.ndarray:
     by_remainder = np.argsort(-(exact - take), kind="stable")
     take[by_remainder[: limit - int(take.sum())]] += 1
     rng = np.random.default_rng(seed)
-    chosen = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take) if k]
+    chosen = [
+        rng.permutation(np.flatnonzero(labels == c))[:k]
+        for c, k in zip(classes, take, strict=True)
+        if k
+    ]
     return np.sort(np.concatenate(chosen)) if chosen else np.arange(0)
