@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import shutil
+import stat
 import tempfile
 import urllib.error
 import urllib.request
@@ -173,9 +174,12 @@ def fingerprint(files: Sequence[Path]) -> str:
 
 
 def is_writable(folder: Path) -> bool:
-    """Whether files can be created in folder (tried for real: root ignores permission bits,
-    a read-only mount does not)."""
+    """Whether study may create files in folder. A folder whose permission bits forbid writing
+    counts as read-only even for root (who could write anyway), as CI lays out the real data."""
+    probe = folder if folder.exists() else folder.parent
     try:
+        if not probe.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+            return False
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             return True
@@ -184,13 +188,13 @@ def is_writable(folder: Path) -> bool:
 
 
 def default_cache_dir(data_root: Path) -> Path:
-    """<data_root>/.study-cache when writable, else $STUDY_CACHE_DIR, $XDG_CACHE_HOME/study or
-    ~/.cache/study (a read-only data_root, as on CI, must work)."""
+    """$STUDY_CACHE_DIR when set; else <data_root>/.study-cache when writable; else
+    $XDG_CACHE_HOME/study or ~/.cache/study (a read-only data_root, as on CI, must work)."""
+    if os.environ.get("STUDY_CACHE_DIR"):
+        return Path(os.environ["STUDY_CACHE_DIR"]).expanduser()
     beside = Path(data_root) / CACHE_FOLDER
     if is_writable(beside):
         return beside
-    if os.environ.get("STUDY_CACHE_DIR"):
-        return Path(os.environ["STUDY_CACHE_DIR"]).expanduser()
     if os.environ.get("XDG_CACHE_HOME"):
         return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "study"
     return Path.home() / ".cache" / "study"

@@ -268,8 +268,13 @@ def preflight(config: dict) -> None:
 
     spec, prepared = prepare_data(config)
     model_spec = registry().model(config["model"])
-    in_channels = spec.channels if model_spec.in_channels is None else model_spec.in_channels
-    model_spec.factory(model_options(config, spec.num_classes, in_channels))
+    in_channels = input_channels(model_spec, prepared)
+    model_spec.factory(model_options(config, prepared.num_classes, in_channels))
+
+
+def input_channels(model_spec, data) -> int:
+    """What the model is built for: its own channel count, or the data's when it takes any."""
+    return data.channels if model_spec.in_channels is None else model_spec.in_channels
 
 
 def checkpoint_path(run) -> Path | None:
@@ -312,14 +317,16 @@ def train_and_evaluate(run, config: dict) -> dict:
     train = DeviceSplit(data.train.images[train_idx], data.train.labels[train_idx], device)
     test = DeviceSplit(data.test.images[test_idx], data.test.labels[test_idx], device)
 
-    in_channels = data_spec.channels if model_spec.in_channels is None else model_spec.in_channels
-    model = model_spec.factory(model_options(config, data_spec.num_classes, in_channels))
+    # Class count, size and channels as the files hold them (a plugin's spec gives the official).
+    num_classes = data.num_classes
+    in_channels = input_channels(model_spec, data)
+    model = model_spec.factory(model_options(config, num_classes, in_channels))
     stats = model_stats(model, config["image_size"], in_channels)
     model.to(device)
 
     # Pretrained weights expect ImageNet statistics; from scratch, the data set's own.
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if config["pretrained"] else (data.mean, data.std)
-    if len(mean) != data_spec.channels and data_spec.channels == 1:
+    if len(mean) != data.channels and data.channels == 1:
         mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
     test_transform = BatchTransform(
         config["image_size"],
@@ -345,6 +352,10 @@ def train_and_evaluate(run, config: dict) -> dict:
         state = engine.load_checkpoint(ckpt, model, optimizer)
         check_resumable(state, config)
         print(f"resuming run {run._id} after epoch {state.epoch} from {ckpt}", flush=True)
+        # Metrics reach the store at Sacred's heartbeat, so a killed run may lack its last
+        # epochs there; the checkpoint has them all. Readers keep one value per epoch.
+        for metrics in state.history:
+            record.log_epoch(run, metrics["epoch"], metrics)
     state = state or engine.TrainState()
     state.config = training_config(config)
 
@@ -371,7 +382,7 @@ def train_and_evaluate(run, config: dict) -> dict:
         test_transform,
         epochs=config["epochs"],
         batch_size=config["batch_size"],
-        num_classes=data_spec.num_classes,
+        num_classes=num_classes,
         seed=seed,
         checkpoint=ckpt,
         state=state,
@@ -385,7 +396,7 @@ def train_and_evaluate(run, config: dict) -> dict:
             test,
             test_transform,
             batch_size=config["batch_size"],
-            num_classes=data_spec.num_classes,
+            num_classes=num_classes,
         )
     return record.write_results(
         run,

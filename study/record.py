@@ -49,10 +49,10 @@ def describe_run(
 
     run.info["dataset"] = {
         "name": data_spec.name,
-        "num_classes": data_spec.num_classes,
+        "num_classes": data.num_classes,
         "class_names": list(data.class_names),
-        "image_size": data_spec.image_size,
-        "channels": data_spec.channels,
+        "image_size": data.image_size,
+        "channels": data.channels,
         "train_count": train_count,
         "test_count": test_count,
         "train_available": len(data.train.labels),

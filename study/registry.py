@@ -27,9 +27,7 @@ class Registry:
     def __init__(self, plugin_manager: pluggy.PluginManager):
         self.pm = plugin_manager
         self.models: dict[str, Provided] = self._collect("study_models", ModelSpec, "model")
-        self.datasets: dict[str, Provided] = self._collect(
-            "study_datasets", DatasetSpec, "dataset"
-        )
+        self.datasets: dict[str, Provided] = self._collect("study_datasets", DatasetSpec, "dataset")
 
     def _collect(self, hook_name: str, spec_type: type, kind: str) -> dict[str, Provided]:
         found: dict[str, Provided] = {}

@@ -45,7 +45,8 @@ def folders(path: Path) -> list[str]:
 # prepare and the cache
 
 
-def test_prepare_builds_a_memory_mapped_cache(tmp_path):
+def test_prepare_builds_a_memory_mapped_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv("STUDY_CACHE_DIR", raising=False)  # the cache goes beside the data
     write_mnist(tmp_path, n_train=40, n_test=10)
     p = prepare(SPECS["mnist"], tmp_path, download=False)
     assert p.train.images.shape == (40, 28, 28, 1) and p.test.labels.shape == (10,)
@@ -115,22 +116,23 @@ def test_cache_dir_argument(tmp_path):
 
 
 @pytest.fixture
-def read_only_root(tmp_path, monkeypatch):
-    """A data root nothing can be written to. As root, chmod does not stop writes, so the
-    writability check is told the truth the chmod would have told it for anyone else."""
+def read_only_root(tmp_path):
+    """A data root laid out read-only, as CI lays out the real data (also for root, who
+    could write there anyway: study respects the permission bits)."""
     root = tmp_path / "data"
     write_mnist(root, n_train=20, n_test=5)
     root.chmod(0o555)
-    if data.is_writable(root / data.CACHE_FOLDER):  # running as root
-        real_check = data.is_writable
-        monkeypatch.setattr(
-            data,
-            "is_writable",
-            lambda folder: root not in [folder, *folder.parents] and real_check(folder),
-        )
-        (root / data.CACHE_FOLDER).rmdir()
+    assert not data.is_writable(root / data.CACHE_FOLDER)
     yield root
     root.chmod(0o755)
+
+
+def test_study_cache_dir_wins_over_a_writable_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDY_CACHE_DIR", str(tmp_path / "chosen"))
+    write_mnist(tmp_path / "data", n_train=20, n_test=5)
+    p = prepare(SPECS["mnist"], tmp_path / "data", download=False)
+    assert p.cache_path.parent == tmp_path / "chosen"
+    assert not (tmp_path / "data" / data.CACHE_FOLDER).exists()
 
 
 def test_read_only_root_uses_study_cache_dir(read_only_root, tmp_path, monkeypatch):
@@ -230,7 +232,8 @@ def with_downloads(spec, *downloads):
     return dataclasses.replace(spec, downloads=list(downloads))
 
 
-def test_download_then_decode(tmp_path, http_root):
+def test_download_then_decode(tmp_path, http_root, monkeypatch):
+    monkeypatch.delenv("STUDY_CACHE_DIR", raising=False)  # the cache goes beside the data
     served, url = http_root
     archive = write_cifar10(served, n_train=20, n_test=5)
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
-from study.plugins import models as plugin
 from torch import nn
 
 from study import modelstats
 from study.errors import ConfigError
 from study.modelstats import model_stats
+from study.plugins import models as plugin
 from study.registry import Registry, plugin_manager
 from study.specs import ModelOptions
 
