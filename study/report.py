@@ -1,0 +1,837 @@
+"""`study report`: a paper-style PDF (or one self-contained HTML page) built from stored runs.
+
+Runs are read through `study.stores` only (RunRecords). The report follows the seed study's
+order: abstract, method, data sets, Table 1 (with the seed's published values beside ours),
+per-data-set results (bar chart, training curves, confusion matrices or most-confused pairs, a
+gallery of misclassified images), efficiency, and an appendix with every run's provenance.
+
+Every number comes from the runs; several runs in one model x data set cell are aggregated
+(mean, sample std, n) and said to be. Figures are drawn by matplotlib as SVG and cached by
+content hash (`<out dir>/.figures/<hash>.svg`), so a rebuild draws only what changed. The
+output is written atomically: a failed build leaves an earlier report untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import math
+import os
+import statistics
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from study.errors import StudyError
+from study.stores import DEFAULT_FILE_STORE, RunRecord, read_file_store
+
+DEFAULT_OUT = "report/study.pdf"
+FORMATS = ("pdf", "html")
+FIGURE_VERSION = "1"  # bump when the drawing code changes: old cache entries stop matching
+CONFUSION_MAX_CLASSES = 20
+CONFUSED_PAIRS = 10
+GALLERY_PER_CELL = 8
+
+# The seed's order; models and data sets it did not have follow, alphabetically.
+MODEL_ORDER = ("vgg16", "inception_v3", "resnet50")
+DATASET_ORDER = ("mnist", "fashion_mnist", "cifar10", "tiny_imagenet")
+DATASET_TITLES = {
+    "mnist": "MNIST",
+    "fashion_mnist": "Fashion-MNIST",
+    "cifar10": "CIFAR-10",
+    "tiny_imagenet": "Tiny-ImageNet",
+}
+MODEL_TITLES = {
+    "vgg16": "VGG-16",
+    "inception_v3": "Inception-V3",
+    "resnet50": "ResNet-50",
+    "resnet18": "ResNet-18",
+    "small_cnn": "Small CNN",
+}
+# The training protocol, as the Method section lists it: (config key, label).
+PROTOCOL_KEYS = (
+    ("optimizer", "optimizer"),
+    ("lr", "learning rate"),
+    ("momentum", "momentum (sgd)"),
+    ("weight_decay", "weight decay"),
+    ("batch_size", "batch size"),
+    ("epochs", "epochs"),
+    ("image_size", "input size (px)"),
+    ("augment", "augmentation"),
+    ("pretrained", "pretrained weights"),
+    ("head", "head"),
+    ("aux_logits", "auxiliary classifier"),
+    ("protocol", "protocol"),
+    ("train_limit", "training subset"),
+    ("test_limit", "test subset"),
+    ("seed", "seed"),
+    ("device", "device"),
+)
+# Keys that say where things are, not what was trained: not compared between runs.
+PLACE_KEYS = ("data_root", "checkpoint_dir", "resume", "num_workers", "download", "gallery")
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def main(argv: list[str]) -> int:
+    """`study report [--runs DIR] [--out PATH] [--format pdf|html] [filters]`."""
+    parser = argparse.ArgumentParser(
+        prog="study report", description="Write a paper-style report of stored runs."
+    )
+    parser.add_argument("--runs", default=DEFAULT_FILE_STORE, help="file store (default ./runs)")
+    parser.add_argument("--out", default=None, help=f"output file (default {DEFAULT_OUT})")
+    parser.add_argument("--format", choices=FORMATS, default=None, help="pdf (default) or html")
+    parser.add_argument("--experiment", help="only runs of this Sacred experiment name")
+    parser.add_argument("--ids", help="only these run ids, e.g. 1,2,5")
+    parser.add_argument("--models", help="only these models, e.g. resnet50,vgg16")
+    parser.add_argument("--datasets", help="only these data sets, e.g. mnist,cifar10")
+    parser.add_argument(
+        "--status", default="COMPLETED", help="only runs with this status (comma list, or 'any')"
+    )
+    parser.add_argument("--title", default=None, help="the report's title")
+    args = parser.parse_args(argv)
+
+    fmt = args.format
+    if fmt is None:
+        fmt = "html" if args.out and args.out.lower().endswith((".html", ".htm")) else "pdf"
+    out = Path(args.out or (DEFAULT_OUT if fmt == "pdf" else "report/study.html"))
+    records = select_runs(
+        args.runs,
+        experiment=args.experiment,
+        ids=_split(args.ids),
+        models=_split(args.models),
+        datasets=_split(args.datasets),
+        status=_split(args.status),
+    )
+    written = build_report(records, out, fmt, title=args.title)
+    print(f"study report: {len(records)} runs -> {written}")
+    return 0
+
+
+def _split(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def select_runs(
+    runs: str | Path,
+    *,
+    experiment: str | None = None,
+    ids: list[str] | None = None,
+    models: list[str] | None = None,
+    datasets: list[str] | None = None,
+    status: list[str] | None = ("COMPLETED",),
+) -> list[RunRecord]:
+    """The runs of a file store that pass every filter; StudyError when none does."""
+    records = read_file_store(Path(runs))
+    wanted_status = None if not status or "any" in [s.lower() for s in status] else set(status)
+    chosen = [
+        r
+        for r in records
+        if (experiment is None or r.experiment == experiment)
+        and (ids is None or r.id in ids)
+        and (models is None or r.model in models)
+        and (datasets is None or r.dataset in datasets)
+        and (wanted_status is None or r.status in wanted_status)
+    ]
+    if not chosen:
+        filters = [
+            f"{name}={','.join(v) if isinstance(v, list | tuple) else v}"
+            for name, v in (
+                ("experiment", experiment),
+                ("ids", ids),
+                ("models", models),
+                ("datasets", datasets),
+                ("status", status),
+            )
+            if v
+        ]
+        statuses = sorted({r.status for r in records})
+        raise StudyError(
+            f"no runs found in {runs} matching {' '.join(filters) or 'any run'}; "
+            f"the store holds {len(records)} runs"
+            + (f" (statuses: {', '.join(statuses)})" if statuses else "")
+            + "; record some with `study run` or relax the filters"
+        )
+    return chosen
+
+
+# ---------------------------------------------------------------------------------------------
+# Building
+
+
+def build_report(
+    records: list[RunRecord],
+    out: str | Path,
+    fmt: str = "pdf",
+    *,
+    title: str | None = None,
+    cache_dir: str | Path | None = None,
+    today: dt.date | None = None,
+) -> Path:
+    """Render `records` to `out` (pdf or html), atomically; return the path written."""
+    if fmt not in FORMATS:
+        raise StudyError(f"format={fmt!r} is invalid; expected one of: {', '.join(FORMATS)}")
+    if not records:
+        raise StudyError("no runs to report on; record some with `study run`")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figures = FigureCache(Path(cache_dir) if cache_dir else out.parent / ".figures")
+    context = report_context(records, figures, title=title, today=today)
+    html = render_html(context)
+    tmp = tempfile.NamedTemporaryFile(
+        dir=out.parent, prefix=f".{out.name}.", suffix=".tmp", delete=False
+    )
+    tmp.close()
+    try:
+        if fmt == "html":
+            Path(tmp.name).write_text(html, encoding="utf-8")
+        else:
+            render_pdf(html, Path(tmp.name))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp.name, 0o666 & ~umask)  # as a plain open() would have made it
+        os.replace(tmp.name, out)
+    except BaseException:
+        Path(tmp.name).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def render_html(context: dict) -> str:
+    import jinja2
+
+    templates = resources.files("study.templates")
+
+    def load(name: str) -> str:
+        return templates.joinpath(name).read_text(encoding="utf-8")
+
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(load),
+        autoescape=True,  # every run-derived string is text, never markup
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["num"] = fmt_num
+    return env.get_template("report.html.j2").render(css=load("report.css"), **context)
+
+
+def render_pdf(html: str, path: Path) -> None:
+    import logging
+
+    from weasyprint import HTML
+
+    logging.getLogger("weasyprint").setLevel(logging.ERROR)
+    logging.getLogger("fontTools").setLevel(logging.ERROR)
+    HTML(string=html, base_url=".").write_pdf(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers
+
+
+def fmt_num(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+@dataclass
+class Stat:
+    """A value over the runs of one cell: mean, sample std (n > 1), n."""
+
+    values: list[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        return statistics.stdev(self.values) if self.n > 1 else None
+
+    def text(self, digits: int = 4, spread: bool = True) -> str:
+        """The value as printed: one run's value, or mean ± std over several (spread=False:
+        the value alone where every run has the same one)."""
+        if not self.values:
+            return "–"
+        if self.n == 1 or (not spread and len(set(self.values)) == 1):
+            return fmt_num(self.values[0], digits)
+        return f"{fmt_num(self.mean, digits)} ± {fmt_num(self.std, digits)}"
+
+
+def stat(records: list[RunRecord], get) -> Stat:
+    values = []
+    for r in records:
+        try:
+            v = get(r)
+        except (KeyError, TypeError, AttributeError):
+            v = None
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+            values.append(float(v))
+    return Stat(values)
+
+
+def _ordered(names, order) -> list[str]:
+    names = set(names)
+    return [n for n in order if n in names] + sorted(n for n in names if n not in order)
+
+
+def model_title(name: str) -> str:
+    return MODEL_TITLES.get(name, name)
+
+
+def dataset_title(name: str) -> str:
+    return DATASET_TITLES.get(name, name)
+
+
+def seed_table() -> dict[tuple[str, str], dict[str, float]]:
+    """The seed report's Table 1: {(dataset, model): {top1, top5}}."""
+    text = resources.files("study.templates").joinpath("seed_table1.csv").read_text()
+    rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
+    return {
+        (row["dataset"], row["model"]): {"top1": float(row["top1"]), "top5": float(row["top5"])}
+        for row in rows
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The report's content
+
+
+def report_context(
+    records: list[RunRecord],
+    figures: FigureCache,
+    *,
+    title: str | None = None,
+    today: dt.date | None = None,
+) -> dict:
+    cells: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
+    for r in records:
+        cells[(r.dataset or "?", r.model or "?")].append(r)
+    datasets = _ordered({d for d, _ in cells}, DATASET_ORDER)
+    models = _ordered({m for _, m in cells}, MODEL_ORDER)
+    seed = seed_table()
+    notes: list[str] = []
+
+    table = results_table(cells, datasets, models, seed)
+    best = {row["dataset"]: row["best"] for row in table["rows"] if row["metric"] == "top1"}
+    starts = sorted(r.start_time for r in records if r.start_time)
+    sections = [
+        dataset_section(d, [m for m in models if (d, m) in cells], cells, figures) for d in datasets
+    ]
+    for s in sections:
+        notes.extend(s["notes"])
+    return {
+        "title": title or "Deeper Networks for Image Classification: a reproduction",
+        "date": (today or dt.date.today()).isoformat(),
+        "run_span": (starts[0][:10], starts[-1][:10]) if starts else None,
+        "abstract": abstract(records, datasets, models, best, cells),
+        "n_runs": len(records),
+        "models": [{"name": m, "title": model_title(m)} for m in models],
+        "datasets": [{"name": d, "title": dataset_title(d)} for d in datasets],
+        "method": method_section(records, cells),
+        "dataset_rows": dataset_rows(cells, datasets),
+        "table": table,
+        "sections": sections,
+        "efficiency": efficiency_rows(cells, datasets, models),
+        "appendix": [appendix_entry(r) for r in records],
+        "notes": notes,
+        "figures_drawn": figures.drawn,
+    }
+
+
+def abstract(records, datasets, models, best, cells) -> str:
+    parts = []
+    for d in datasets:
+        b = best.get(d)
+        if b:
+            stat_ = b["stat"]
+            how = f"top-1 {stat_.text()}" + (f", mean of {stat_.n} runs" if stat_.n > 1 else "")
+            parts.append(f"on {dataset_title(d)}, {model_title(b['model'])} ({how})")
+    text = (
+        f"We train and evaluate {len(models)} network architecture"
+        f"{'s' if len(models) != 1 else ''} "
+        f"({', '.join(model_title(m) for m in models)}) on {len(datasets)} image data set"
+        f"{'s' if len(datasets) != 1 else ''} "
+        f"({', '.join(dataset_title(d) for d in datasets)}), {len(records)} recorded run"
+        f"{'s' if len(records) != 1 else ''} in {len(cells)} model × data set cell"
+        f"{'s' if len(cells) != 1 else ''}, and report top-1 and top-5 test accuracy, training "
+        "behaviour, class confusion and cost."
+    )
+    if parts:
+        text += " The best model by top-1 accuracy is " + "; ".join(parts) + "."
+    return text
+
+
+def _value_text(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def method_section(records, cells) -> dict:
+    """The protocol: values every run shares, and per run the values that differ."""
+    common, differing = [], []
+    for key, label in PROTOCOL_KEYS:
+        values = {json.dumps(r.config.get(key), sort_keys=True) for r in records}
+        if len(values) == 1:
+            common.append({"label": label, "value": _value_text(records[0].config.get(key))})
+        else:
+            differing.append((key, label))
+    other = sorted(
+        {
+            k
+            for r in records
+            for k in r.config
+            if k not in dict(PROTOCOL_KEYS)
+            and k not in PLACE_KEYS
+            and k not in ("model", "dataset")
+            and len({json.dumps(x.config.get(k), sort_keys=True) for x in records}) > 1
+        }
+    )
+    differing += [(k, k) for k in other]
+    rows = [
+        {
+            "id": r.id,
+            "model": model_title(r.model or "?"),
+            "dataset": dataset_title(r.dataset or "?"),
+            "values": [_value_text(r.config.get(k)) for k, _ in differing],
+        }
+        for r in records
+    ]
+    multi = [
+        {
+            "dataset": dataset_title(d),
+            "model": model_title(m),
+            "n": len(rs),
+            "ids": ", ".join(r.id for r in rs),
+            "seeds": ", ".join(_value_text(r.config.get("seed")) for r in rs),
+        }
+        for (d, m), rs in cells.items()
+        if len(rs) > 1
+    ]
+    heads = sorted({_value_text(r.config.get("head")) for r in records})
+    return {
+        "common": common,
+        "differing": [label for _, label in differing],
+        "rows": rows if differing else [],
+        "multi": multi,
+        "heads": heads,
+    }
+
+
+def dataset_rows(cells, datasets) -> list[dict]:
+    rows = []
+    for d in datasets:
+        rs = [r for (dd, _), runs in cells.items() if dd == d for r in runs]
+        infos = [r.info.get("dataset") or {} for r in rs]
+
+        def values(key, infos=infos):
+            seen = []
+            for i in infos:
+                v = i.get(key)
+                if v is not None and v not in seen:
+                    seen.append(v)
+            return ", ".join(str(v) for v in seen) if seen else "–"
+
+        sizes = sorted({r.config.get("image_size") for r in rs if r.config.get("image_size")})
+        rows.append(
+            {
+                "title": dataset_title(d),
+                "classes": values("num_classes"),
+                "native": values("image_size"),
+                "channels": values("channels"),
+                "input": ", ".join(str(s) for s in sizes) or "–",
+                "train": values("train_count"),
+                "train_available": values("train_available"),
+                "test": values("test_count"),
+                "test_available": values("test_available"),
+                "fingerprint": values("fingerprint"),
+            }
+        )
+    return rows
+
+
+def results_table(cells, datasets, models, seed) -> dict:
+    rows = []
+    for d in datasets:
+        for metric, label in (("top1", "Top-1 accuracy"), ("top5", "Top-5 accuracy")):
+            values = []
+            for m in models:
+                rs = cells.get((d, m), [])
+                s = stat(rs, lambda r, metric=metric: r.result[metric])
+                published = seed.get((d, m), {}).get(metric)
+                values.append(
+                    {
+                        "model": m,
+                        "stat": s,
+                        "text": s.text() if rs else "",
+                        "n": s.n,
+                        "ran": bool(rs),
+                        "seed": fmt_num(published) if published is not None and rs else None,
+                        "best": False,
+                    }
+                )
+            means = [v["stat"].mean for v in values if v["stat"].mean is not None]
+            top = max(means) if means else None
+            best = None
+            for v in values:
+                if top is not None and v["stat"].mean == top:
+                    v["best"] = True
+                    best = best or {"model": v["model"], "stat": v["stat"]}
+            rows.append(
+                {"dataset": d, "title": dataset_title(d), "metric": metric, "label": label,
+                 "cells": values, "best": best}
+            )  # fmt: skip
+    any_seed = any(c["seed"] for row in rows for c in row["cells"])
+    aggregated = any(c["n"] > 1 for row in rows for c in row["cells"])
+    return {"rows": rows, "any_seed": any_seed, "aggregated": aggregated}
+
+
+def dataset_section(d, models, cells, figures: FigureCache) -> dict:
+    notes: list[str] = []
+    title = dataset_title(d)
+    runs = [(m, r) for m in models for r in cells[(d, m)]]
+
+    bars = {
+        "models": [model_title(m) for m in models],
+        "top1": [_mean_std(cells[(d, m)], "top1") for m in models],
+        "top5": [_mean_std(cells[(d, m)], "top5") for m in models],
+    }
+    bar_chart = figures.get("bars", bars)
+
+    curves = []
+    for m, r in runs:
+        series = {
+            name: r.metric(name)
+            for name in ("train_top1", "train_loss", "test_top1", "epoch_seconds")
+        }
+        if not any(series.values()):
+            notes.append(f"Run {r.id} ({model_title(m)} on {title}) recorded no training curves.")
+            continue
+        label = model_title(m) + (f" (run {r.id})" if len(cells[(d, m)]) > 1 else "")
+        curves.append({"label": label, **series})
+    curve_chart = figures.get("curves", {"runs": curves}) if curves else None
+
+    class_names: list[str] = []
+    for _, r in runs:
+        names = (r.info.get("dataset") or {}).get("class_names")
+        if names:
+            class_names = list(names)
+            break
+    num_classes = len(class_names)
+    confusion = []  # per model: summed confusion matrix over its runs
+    pairs_by_model = []
+    for m in models:
+        total, used = None, []
+        for r in cells[(d, m)]:
+            ev = _evaluation(r)
+            if ev is None or "confusion" not in ev:
+                notes.append(
+                    f"Run {r.id} ({model_title(m)} on {title}) has no evaluation artifact: "
+                    "no confusion matrix from it."
+                )
+                continue
+            matrix = ev["confusion"].astype(int).tolist()
+            if total is None:
+                total = matrix
+            elif len(matrix) == len(total):
+                total = [
+                    [a + b for a, b in zip(x, y, strict=True)]
+                    for x, y in zip(total, matrix, strict=True)
+                ]
+            used.append(r.id)
+        if total is None:
+            continue
+        label = model_title(m) + (f" (sum of {len(used)} runs)" if len(used) > 1 else "")
+        confusion.append({"label": label, "matrix": total})
+        pairs_by_model.append(
+            {"model": label, "pairs": confused_pairs(total, class_names, CONFUSED_PAIRS)}
+        )
+    show_matrices = 0 < num_classes <= CONFUSION_MAX_CLASSES or (
+        not num_classes and confusion and len(confusion[0]["matrix"]) <= CONFUSION_MAX_CLASSES
+    )
+    confusion_chart = None
+    if confusion and show_matrices:
+        confusion_chart = figures.get("confusion", {"models": confusion, "classes": class_names})
+
+    gallery = []
+    for m in models:
+        items = []
+        for r in cells[(d, m)]:
+            for g in (r.info.get("misclassified") or [])[:GALLERY_PER_CELL]:
+                try:
+                    data = r.artifact_bytes(g["artifact"])
+                except (StudyError, OSError, KeyError):
+                    notes.append(f"Run {r.id}: misclassified image {g.get('artifact')} is missing.")
+                    continue
+                items.append(
+                    {
+                        "src": "data:image/png;base64," + base64.b64encode(data).decode(),
+                        "true": g.get("true_name", g.get("true")),
+                        "predicted": g.get("predicted_name", g.get("predicted")),
+                        "confidence": g.get("confidence"),
+                        "run": r.id,
+                    }
+                )
+        items.sort(key=lambda i: -(i["confidence"] or 0))
+        gallery.append({"model": model_title(m), "items": items[:GALLERY_PER_CELL]})
+    return {
+        "name": d,
+        "title": title,
+        "bar_chart": bar_chart,
+        "curve_chart": curve_chart,
+        "confusion_chart": confusion_chart,
+        "pairs": [] if show_matrices else pairs_by_model,
+        "num_classes": num_classes,
+        "gallery": gallery,
+        "notes": notes,
+        "aggregated": any(len(cells[(d, m)]) > 1 for m in models),
+    }
+
+
+def _mean_std(rs, metric) -> list[float | None]:
+    s = stat(rs, lambda r: r.result[metric])
+    return [s.mean, s.std or 0.0]
+
+
+def _evaluation(r: RunRecord):
+    try:
+        return r.evaluation()
+    except (StudyError, OSError, ValueError):
+        return None
+
+
+def confused_pairs(matrix, class_names, k) -> list[dict]:
+    """The k most frequent (true, predicted) confusions, off the diagonal."""
+    pairs = []
+    for t, row in enumerate(matrix):
+        total = sum(row)
+        for p, count in enumerate(row):
+            if t != p and count:
+                pairs.append((count, t, p, total))
+    pairs.sort(key=lambda x: (-x[0], x[1], x[2]))
+
+    def name(i):
+        return class_names[i] if i < len(class_names) else str(i)
+
+    return [
+        {"true": name(t), "predicted": name(p), "count": c, "share": c / total if total else 0}
+        for c, t, p, total in pairs[:k]
+    ]
+
+
+def efficiency_rows(cells, datasets, models) -> list[dict]:
+    rows = []
+    for d in datasets:
+        for m in models:
+            rs = cells.get((d, m))
+            if not rs:
+                continue
+            hardware = sorted(
+                {
+                    f"{(r.info.get('training') or {}).get('device_name', '?')} "
+                    f"({(r.info.get('training') or {}).get('device', '?')})"
+                    for r in rs
+                }
+            )
+            rows.append(
+                {
+                    "model": model_title(m),
+                    "dataset": dataset_title(d),
+                    "n": len(rs),
+                    "params": stat(rs, lambda r: r.info["model"]["params"]),
+                    "weight_mb": stat(rs, lambda r: r.info["model"]["weight_mb"]),
+                    "gmacs": stat(rs, lambda r: r.info["model"]["gmacs_per_image"]),
+                    "rate": stat(rs, lambda r: r.info["training"]["images_per_s"]),
+                    "seconds": stat(rs, lambda r: r.info["training"]["train_seconds"]),
+                    "input": ", ".join(sorted({str(r.config.get("image_size")) for r in rs})),
+                    "hardware": "; ".join(hardware),
+                }
+            )
+    return rows
+
+
+def _version(value) -> str:
+    return value if isinstance(value, str) else "not recorded"
+
+
+def appendix_entry(r: RunRecord) -> dict:
+    host = r.host or {}
+    libs = host.get("study") if isinstance(host.get("study"), dict) else {}
+    versions = [("python", _version(host.get("python_version")))]
+    versions += [(k, _version(libs.get(k))) for k in ("study", "torch", "torchvision", "cuda")]
+    if libs.get("cudnn"):
+        versions.append(("cudnn", str(libs["cudnn"])))
+    missing = []
+    if not r.metrics:
+        missing.append("training curves")
+    if "evaluation.npz" not in r.artifacts:
+        missing.append("evaluation artifact")
+    if not r.result:
+        missing.append("result")
+    return {
+        "id": r.id,
+        "store": r.store,
+        "experiment": r.experiment,
+        "status": r.status,
+        "model": r.model,
+        "dataset": r.dataset,
+        "start": r.start_time or "–",
+        "stop": r.stop_time or "–",
+        "host": host.get("hostname", "–"),
+        "cpu": host.get("cpu", "–"),
+        "gpus": ", ".join(map(str, libs.get("gpus") or [])) or "none",
+        "os": " ".join(map(str, host.get("os") or [])) or "–",
+        "versions": versions,
+        "config": [(k, json.dumps(v)) for k, v in sorted(r.config.items())],
+        "result": r.result,
+        "missing": missing,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+@dataclass
+class FigureCache:
+    """SVG figures by content hash: a figure whose data did not change is not drawn again."""
+
+    folder: Path
+    drawn: int = 0
+    used: list[str] = field(default_factory=list)
+
+    def get(self, kind: str, data: dict) -> str:
+        import matplotlib
+
+        key = json.dumps(
+            {"kind": kind, "data": data, "v": FIGURE_VERSION, "mpl": matplotlib.__version__},
+            sort_keys=True,
+            default=str,
+        )
+        digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+        path = self.folder / f"{digest}.svg"
+        self.used.append(path.name)
+        try:
+            svg = path.read_bytes()
+        except OSError:
+            svg = DRAW[kind](data)
+            self.drawn += 1
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(svg)
+            os.replace(tmp, path)
+        return "data:image/svg+xml;base64," + base64.b64encode(svg).decode()
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig
+
+
+def _svg(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None})
+    return buf.getvalue()
+
+
+def draw_bars(data: dict) -> bytes:
+    fig = _figure(6.0, 2.6)
+    ax = fig.add_subplot()
+    n = len(data["models"])
+    width = 0.38
+    xs = list(range(n))
+    for offset, metric, label in ((-width / 2, "top1", "top-1"), (width / 2, "top5", "top-5")):
+        means = [v[0] if v[0] is not None else 0 for v in data[metric]]
+        errs = [v[1] for v in data[metric]]
+        bars = ax.bar(
+            [x + offset for x in xs], means, width, yerr=errs if any(errs) else None, label=label
+        )
+        ax.bar_label(bars, labels=[f"{m:.4f}" for m in means], fontsize=7, padding=2)
+    ax.set_xticks(xs, data["models"])
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel("test accuracy")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _svg(fig)
+
+
+def draw_curves(data: dict) -> bytes:
+    fig = _figure(7.0, 4.6)
+    axes = fig.subplots(2, 2)
+    panels = (
+        ("train_top1", "train accuracy"),
+        ("train_loss", "train loss"),
+        ("test_top1", "test accuracy (top-1)"),
+        ("epoch_seconds", "epoch time (s)"),
+    )
+    for ax, (name, label) in zip(axes.flat, panels, strict=True):
+        for run in data["runs"]:
+            points = run.get(name) or []
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3,
+                        label=run["label"])  # fmt: skip
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.spines[["top", "right"]].set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)),
+                   fontsize=7)  # fmt: skip
+    return _svg(fig)
+
+
+def draw_confusion(data: dict) -> bytes:
+    models = data["models"]
+    cols = min(3, len(models))
+    rows = math.ceil(len(models) / cols)
+    fig = _figure(2.4 * cols + 0.4, 2.4 * rows + 0.2)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    names = data["classes"]
+    for ax in axes.flat[len(models) :]:
+        ax.set_axis_off()
+    for ax, entry in zip(axes.flat, models, strict=False):
+        matrix = entry["matrix"]
+        k = len(matrix)
+        normed = [[c / (sum(row) or 1) for c in row] for row in matrix]
+        ax.imshow(normed, cmap="Blues", vmin=0, vmax=1)
+        if k <= 12:
+            for i in range(k):
+                for j in range(k):
+                    if matrix[i][j]:
+                        ax.text(j, i, str(matrix[i][j]), ha="center", va="center", fontsize=5,
+                                color="white" if normed[i][j] > 0.5 else "black")  # fmt: skip
+        labels = [str(names[i]) if i < len(names) else str(i) for i in range(k)]
+        ax.set_xticks(range(k), labels, rotation=90, fontsize=5)
+        ax.set_yticks(range(k), labels, fontsize=5)
+        ax.set_xlabel("predicted", fontsize=7)
+        ax.set_ylabel("true", fontsize=7)
+        ax.set_title(entry["label"], fontsize=8)
+    return _svg(fig)
+
+
+DRAW = {"bars": draw_bars, "curves": draw_curves, "confusion": draw_confusion}

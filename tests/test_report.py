@@ -1,0 +1,244 @@
+"""`study report`: a PDF / HTML report built from real runs made in this test session."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import statistics
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import run_study
+
+from study.errors import StudyError
+from study.report import build_report, main, select_runs
+from study.stores import read_file_store
+
+EVIL = ["<script>alert(1)</script>", "<img src=x onerror=alert(2)>"]
+TINY_CLASSES = 25  # more than the 20 a confusion matrix is drawn for
+
+
+def write_evil_tiny_imagenet(root: Path) -> None:
+    """A 25-class Tiny-ImageNet whose first two class names are markup."""
+    import fakedata
+
+    files = fakedata.tiny_files(TINY_CLASSES, 4, 2 * TINY_CLASSES, 0)
+    wnids = fakedata.tiny_wnids(TINY_CLASSES)
+    lines = files["words.txt"].decode().splitlines()
+    lines[1] = f"{wnids[0]}\t{EVIL[0]}, first"
+    lines[2] = f"{wnids[1]}\t{EVIL[1]}, second"
+    files["words.txt"] = ("\n".join(lines) + "\n").encode()
+    with zipfile.ZipFile(root / "tiny-imagenet-200.zip", "w") as zf:
+        for name, data in files.items():
+            zf.writestr(f"tiny-imagenet-200/{name}", data)
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory) -> Path:
+    """Four real runs: small_cnn on MNIST twice (seeds 0, 1: one aggregated cell), ResNet-18
+    on MNIST, small_cnn on a 25-class Tiny-ImageNet with markup in its class names."""
+    import fakedata
+
+    base = tmp_path_factory.mktemp("report")
+    data = base / "data"
+    fakedata.write_mnist(data, n_train=600, n_test=200, seed=0)
+    write_evil_tiny_imagenet(data)
+    common = [f"data_root={data}", "batch_size=50", "lr=0.003"]
+    runs = [
+        ["model=small_cnn", "dataset=mnist", "epochs=2", "seed=0"],
+        ["model=small_cnn", "dataset=mnist", "epochs=2", "seed=1"],
+        ["model=resnet18", "dataset=mnist", "image_size=32", "train_limit=200", "epochs=1"],
+        ["model=small_cnn", "dataset=tiny_imagenet", "epochs=2"],
+    ]
+    for updates in runs:
+        run_study("run", "with", *updates, *common, "-F", base / "runs", cwd=base)
+    return base / "runs"
+
+
+@pytest.fixture(scope="session")
+def built(store, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("built")
+    records = select_runs(store)
+    pdf = build_report(records, out / "study.pdf", "pdf")
+    html = build_report(records, out / "study.html", "html")
+    return {"records": records, "pdf": pdf, "html": html.read_text(), "out": out}
+
+
+def pdf_text(path: Path) -> str:
+    from pypdf import PdfReader
+
+    text = " ".join(page.extract_text() for page in PdfReader(path).pages)
+    return " ".join(text.split())  # lines wrap wherever the layout put them
+
+
+def cells(html: str) -> dict[str, str]:
+    """Table 1 as {dataset/model/metric: the cell's printed value (ours)}."""
+    found = re.findall(r'data-cell="([^"]+)">\s*(?:<span class="ours">([^<]*)</span>)?', html)
+    return {key: value for key, value in found}
+
+
+def by_cell(records):
+    out = {}
+    for r in records:
+        out.setdefault((r.dataset, r.model), []).append(r)
+    return out
+
+
+def test_table1_prints_the_stored_results(built):
+    table = cells(built["html"])
+    text = pdf_text(built["pdf"])
+    for (dataset, model), rs in by_cell(built["records"]).items():
+        for metric in ("top1", "top5"):
+            values = [r.result[metric] for r in rs]
+            if len(values) == 1:
+                expected = f"{values[0]:.4f}"
+            else:
+                expected = f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+            assert table[f"{dataset}/{model}/{metric}"] == expected
+            assert expected in text
+    assert "(n=2)" in built["html"]  # the seeds of one cell are aggregated, and said to be
+    assert "mean ± sample standard deviation over n runs" in built["html"]
+    assert re.search(r"Small CNN on MNIST: n = 2 \(runs 1, 2; seeds 0, 1\)", built["html"])
+
+
+def test_best_per_row_is_marked(built):
+    records = by_cell(built["records"])
+    mnist_top1 = {m: statistics.fmean(r.result["top1"] for r in rs)
+                  for (d, m), rs in records.items() if d == "mnist"}  # fmt: skip
+    best = max(mnist_top1, key=mnist_top1.get)
+    assert re.search(rf'class="num best" data-cell="mnist/{best}/top1"', built["html"])
+
+
+def test_sections_figures_and_gallery(built):
+    from pypdf import PdfReader
+
+    text = pdf_text(built["pdf"])
+    titles = ["Abstract", "1. Method", "Training protocol", "2. Data sets", "3. Results",
+              "Table 1", "MNIST results", "Misclassified test images", "Tiny-ImageNet results",
+              "4. Efficiency", "GMACs", "Appendix: runs"]  # fmt: skip
+    positions = [text.find(t) for t in titles]
+    assert all(p >= 0 for p in positions), dict(zip(titles, positions, strict=True))
+    assert positions == sorted(positions)
+    assert "The best model by top-1 accuracy is on MNIST" in text
+
+    # MNIST: bars, curves, confusion matrices; Tiny-ImageNet (25 classes): bars, curves and a
+    # table of the most confused pairs instead of a matrix.
+    html = built["html"]
+    assert html.count('<img class="figure"') == 5
+    assert "most frequent confusions" in html and "confusion matrices" in html
+    assert "data:image/svg+xml;base64," in html
+
+    # The gallery: each cell's misclassified thumbnails, as images in the PDF.
+    expected = {28: 0, 64: 0}
+    for (dataset, _), rs in by_cell(built["records"]).items():
+        n = min(8, sum(len(r.info["misclassified"]) for r in rs))
+        expected[28 if dataset == "mnist" else 64] += n
+    assert expected[64] > 0 and expected[28] > 0
+    assert html.count('<img class="misclassified"') == sum(expected.values())
+    reader = PdfReader(built["pdf"])
+    sizes = {}
+    for page in reader.pages:
+        for name, obj in page["/Resources"]["/XObject"].get_object().items():
+            obj = obj.get_object()
+            if obj["/Subtype"] == "/Image" and obj["/Width"] == obj["/Height"]:
+                sizes.setdefault(obj["/Width"], set()).add(name)
+    assert {w: len(sizes.get(w, ())) for w in (28, 64)} == expected
+
+
+def test_pages_are_a4(built):
+    from pypdf import PdfReader
+
+    for page in PdfReader(built["pdf"]).pages:
+        width, height = float(page.mediabox.width), float(page.mediabox.height)
+        assert abs(width - 595.28) < 1 and abs(height - 841.89) < 1  # A4 in points
+
+
+def test_run_derived_text_is_escaped(built):
+    html = built["html"]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;img src=x onerror=alert(2)&gt;" in html
+    assert "<script" not in html.lower() and "<img src=x" not in html
+    text = pdf_text(built["pdf"])
+    assert EVIL[0] in text  # shown as text
+
+
+def test_a_run_without_evaluation_or_curves_gets_a_note(built, tmp_path):
+    records = list(built["records"])
+    first = records[0]
+    records[0] = dataclasses.replace(
+        first, artifacts=[a for a in first.artifacts if a != "evaluation.npz"], metrics={}
+    )
+    html = build_report(records, tmp_path / "r.html", "html").read_text()
+    assert f"Run {first.id} (Small CNN on MNIST) has no evaluation artifact" in html
+    assert f"Run {first.id} (Small CNN on MNIST) recorded no training curves" in html
+    assert "this run recorded no training curves, evaluation artifact" in html
+
+
+def test_no_runs_is_one_clear_error(tmp_path, store):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StudyError, match=r"no runs found in .*empty matching"):
+        main(["--runs", str(tmp_path / "empty"), "--out", str(tmp_path / "r.pdf")])
+    with pytest.raises(StudyError, match="models=vgg16"):
+        main(["--runs", str(store), "--models", "vgg16", "--out", str(tmp_path / "r.pdf")])
+    with pytest.raises(StudyError, match="no such run store"):
+        main(["--runs", str(tmp_path / "missing")])
+    assert not (tmp_path / "r.pdf").exists()
+
+
+def test_filters_and_html_format(store, tmp_path, capsys):
+    out = tmp_path / "only.html"
+    argv = ["--runs", str(store), "--out", str(out), "--format", "html", "--datasets", "mnist",
+            "--ids", "1,3"]  # fmt: skip
+    assert main(argv) == 0
+    html = out.read_text()
+    assert set(cells(html)) == {f"mnist/{m}/{k}" for m in ("resnet18", "small_cnn")
+                                for k in ("top1", "top5")}  # fmt: skip
+    assert "Run 1:" in html and "Run 3:" in html and "Run 2:" not in html
+    assert "2 runs" in capsys.readouterr().out
+
+
+def test_a_failed_build_keeps_the_earlier_report(built, tmp_path, monkeypatch):
+    import study.report
+
+    out = tmp_path / "study.pdf"
+    out.write_bytes(built["pdf"].read_bytes())
+    before = out.read_bytes()
+
+    def broken(html, path):
+        path.write_bytes(b"%PDF-half")
+        raise RuntimeError("renderer crashed")
+
+    monkeypatch.setattr(study.report, "render_pdf", broken)
+    with pytest.raises(RuntimeError):
+        build_report(built["records"], out, "pdf")
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".figures")] == [
+        "study.pdf"
+    ]
+
+
+def test_a_rebuild_draws_only_what_changed(built, tmp_path):
+    cache = tmp_path / "cache"
+    records = built["records"]
+    build_report(records, tmp_path / "a.html", "html", cache_dir=cache)
+    first = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    assert len(first) == 5  # one file per figure
+
+    build_report(records, tmp_path / "b.html", "html", cache_dir=cache)
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == first  # nothing drawn
+
+    # Without the ResNet-18 run only MNIST's figures change; Tiny-ImageNet's are reused.
+    fewer = [r for r in records if r.model != "resnet18"]
+    build_report(fewer, tmp_path / "c.html", "html", cache_dir=cache)
+    new = {p.name for p in cache.iterdir()} - set(first)
+    assert len(new) == 3
+
+
+def test_the_default_cache_is_next_to_the_report(built):
+    figures = list((built["out"] / ".figures").glob("*.svg"))
+    assert len(figures) == 5
+
+
+def test_records_read_back_match(store, built):
+    assert [r.id for r in read_file_store(store)] == [r.id for r in built["records"]]
