@@ -174,6 +174,14 @@ def test_a_run_without_evaluation_or_curves_gets_a_note(built, tmp_path):
     assert f"Run {first.id} (Small CNN on MNIST) recorded no training curves" in html
     assert "this run recorded no training curves, evaluation artifact" in html
 
+    # A run that recorded nothing but its config (failed at once, read with --status any).
+    bare = dataclasses.replace(
+        first, id="99", status="FAILED", result=None, info={}, metrics={}, artifacts=[]
+    )
+    html = build_report([*records, bare], tmp_path / "r.html", "html").read_text()
+    assert "Run 99: small_cnn on mnist (FAILED)" in html
+    assert "this run recorded no training curves, evaluation artifact, result" in html
+
 
 def test_no_runs_is_one_clear_error(tmp_path, store):
     (tmp_path / "empty").mkdir()
@@ -242,3 +250,21 @@ def test_the_default_cache_is_next_to_the_report(built):
 
 def test_records_read_back_match(store, built):
     assert [r.id for r in read_file_store(store)] == [r.id for r in built["records"]]
+
+
+def test_the_seeds_published_values_stand_beside_ours(built, tmp_path):
+    # A ResNet-50 cell on MNIST exists in the seed's Table 1 (0.9923 / 0.9999); a ResNet-18
+    # cell does not. The record is relabelled rather than trained: ResNet-50 is slow on a CPU.
+    records = [
+        dataclasses.replace(r, config={**r.config, "model": "resnet50"})
+        if r.model == "resnet18" else r
+        for r in built["records"]
+    ]  # fmt: skip
+    html = build_report(records, tmp_path / "r.html", "html").read_text()
+    cell = re.search(r'data-cell="mnist/resnet50/top1">(.*?)</td>', html, re.S).group(1)
+    assert '<span class="seed">seed 0.9923</span>' in cell
+    cell = re.search(r'data-cell="mnist/resnet50/top5">(.*?)</td>', html, re.S).group(1)
+    assert '<span class="seed">seed 0.9999</span>' in cell
+    cell = re.search(r'data-cell="mnist/small_cnn/top1">(.*?)</td>', html, re.S).group(1)
+    assert "seed" not in cell
+    assert "labelled <i>seed</i>" in html
