@@ -338,6 +338,8 @@ def report_context(
     ]
     for s in sections:
         notes.extend(s["notes"])
+    efficiency = efficiency_rows(cells, datasets, models)
+    hardware = {e["hardware"] for e in efficiency}
     return {
         "title": title or "Deeper Networks for Image Classification: a reproduction",
         "date": (today or dt.date.today()).isoformat(),
@@ -350,7 +352,8 @@ def report_context(
         "dataset_rows": dataset_rows(cells, datasets),
         "table": table,
         "sections": sections,
-        "efficiency": efficiency_rows(cells, datasets, models),
+        "efficiency": efficiency,
+        "efficiency_hardware": hardware.pop() if len(hardware) == 1 else None,
         "appendix": [appendix_entry(r) for r in records],
         "notes": notes,
         "figures_drawn": figures.drawn,
