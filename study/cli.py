@@ -14,7 +14,7 @@ from pathlib import Path
 
 from study.errors import StudyError
 
-OWN_COMMANDS = ("list",)
+OWN_COMMANDS = ("list", "runs")
 # Sacred options that choose an observer: with any of these, no default file store is added.
 OBSERVER_FLAGS = (
     "-m", "--mongo_db", "-u", "--unobserved", "-s", "--sql", "-t", "--tiny_db",
@@ -24,8 +24,10 @@ OBSERVER_FLAGS = (
 USAGE = """usage: study run with model=NAME dataset=NAME [KEY=VALUE ...] [-F DIR]
        study print_config with model=NAME dataset=NAME [KEY=VALUE ...]
        study list
+       study runs [--runs DIR | --mongo URL [--db NAME]]
 
-Runs are recorded in ./runs unless -F DIR (or a Sacred observer flag such as -m) is given.
+Runs are recorded in ./runs unless -F DIR, -m URL[:DB] (MongoDB; or $STUDY_MONGO_URL) or
+another Sacred observer flag is given.
 `study run --help` lists Sacred's options; `study print_config with ...` shows every config key.
 """
 
@@ -48,10 +50,42 @@ def _own_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="study")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="every registered model and data set, with its plugin")
+    runs = sub.add_parser("runs", help="the runs in a store (default ./runs, or $STUDY_MONGO_URL)")
+    runs.add_argument("--runs", metavar="DIR", help="a file store folder")
+    runs.add_argument("--mongo", metavar="URL", help="a MongoDB URL (mongodb://host:port[:DB])")
+    runs.add_argument("--db", metavar="NAME", help="the MongoDB database (default: study)")
     args = parser.parse_args(argv)
     if args.command == "list":
         print_registry()
+    if args.command == "runs":
+        print_runs(args.runs, args.mongo, args.db)
     return 0
+
+
+def print_runs(folder: str | None, mongo_url: str | None, db: str | None) -> None:
+    from study import mongo
+    from study.stores import DEFAULT_FILE_STORE, read_file_store
+
+    if folder and mongo_url:
+        raise StudyError("give --runs DIR or --mongo URL, not both")
+    target = mongo.parse_target(mongo_url, db) if mongo_url else None
+    if target is None and folder is None and db is None:
+        target = mongo.target_from_env()
+    if target is None and db is not None:
+        raise StudyError("--db needs --mongo URL (or $STUDY_MONGO_URL)")
+    if target is not None:
+        where, records = target.masked, mongo.read_mongo_runs(target)
+    else:
+        where = folder or DEFAULT_FILE_STORE
+        records = read_file_store(Path(where))
+    print(f"{len(records)} run(s) in {where}")
+    print(f"{'id':>5}  {'model':<16} {'dataset':<14} {'status':<12} {'top-1':>7}  start")
+    for r in records:
+        top1 = (r.result or {}).get("top1") if isinstance(r.result, dict) else None
+        top1 = f"{100 * top1:6.2f}%" if isinstance(top1, int | float) else f"{'-':>7}"
+        start = (r.start_time or "-").replace("T", " ")[:19]
+        name = f"{r.model or '-':<16} {r.dataset or '-':<14}"
+        print(f"{r.id:>5}  {name} {r.status:<12} {top1}  {start}")
 
 
 def print_registry() -> None:
@@ -93,12 +127,19 @@ def run_experiment(argv: list[str]) -> int:
     from docopt import docopt
     from sacred.arg_parser import get_config_updates
 
+    from study import mongo
     from study.experiment import ex, preflight
     from study.stores import DEFAULT_FILE_STORE, FileStore, read_json
 
     argv, file_store = take_option(argv, "-F", "--file_storage")
+    argv, mongo_spec = take_option(argv, "-m", "--mongo_db")
     observed_elsewhere = any(a.split("=")[0] in OBSERVER_FLAGS for a in argv)
-    if file_store is None and not observed_elsewhere:
+    # MongoDB: -m URL[:DB], else $STUDY_MONGO_URL when no other store is named.
+    target = mongo.parse_target(mongo_spec) if mongo_spec is not None else None
+    if target is None and file_store is None and not observed_elsewhere:
+        target = mongo.target_from_env()
+    mongo_client = None
+    if file_store is None and not observed_elsewhere and target is None:
         file_store = DEFAULT_FILE_STORE
 
     short_usage, usage, internal_usage = ex.get_usage()
@@ -112,7 +153,13 @@ def run_experiment(argv: list[str]) -> int:
         return 0
 
     with tempfile.TemporaryDirectory() as tmp:
-        if updates.get("resume") is not None:
+        if updates.get("resume") is not None and target is not None and file_store is None:
+            mongo_client = mongo.connect(target)  # no fallback: the run to resume is there
+            stored = mongo.resumable_config(target, mongo_client, updates["resume"])
+            saved = Path(tmp) / "config.json"
+            saved.write_text(__import__("json").dumps(stored))
+            named_configs = [str(saved), *named_configs]
+        elif updates.get("resume") is not None:
             if file_store is None:
                 raise StudyError("resume needs the file store that holds the run (-F DIR)")
             stored = _resumable_config(Path(file_store), updates["resume"], read_json)
@@ -123,6 +170,13 @@ def run_experiment(argv: list[str]) -> int:
         # Sacred's private _create_run is what Experiment.run does before calling the run;
         # study needs the gap in between to add its store and check inputs before recording.
         run = ex._create_run(command, updates, named_configs, {}, {}, args)
+    if target is not None and not run.unobserved:
+        if mongo_client is not None:  # resume: reopen the interrupted run's document
+            run.observers.append(mongo.make_observer(target, mongo_client, updates["resume"]))
+        else:
+            observer, fallback = mongo.observer_for_run(target, file_store)
+            run.observers.extend([observer] if observer else [])
+            file_store = file_store or fallback
     if file_store is not None and not run.unobserved:
         run.observers.append(FileStore(file_store))
     if run.main_function.__name__ == "run" and command == ex.default_command:

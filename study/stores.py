@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,8 @@ class RunRecord:
     stop_time: str | None
     artifacts: list[str] = field(default_factory=list)
     location: Path | None = None  # the run's folder, for a file store
+    # Reads an artifact by name, for stores without a folder (MongoDB: GridFS).
+    fetch: Callable[[str], bytes] | None = field(default=None, repr=False, compare=False)
 
     @property
     def model(self) -> str | None:
@@ -108,6 +111,8 @@ class RunRecord:
         return self.metrics.get(name, [])
 
     def artifact_bytes(self, name: str) -> bytes:
+        if name in self.artifacts and self.fetch is not None:
+            return self.fetch(name)
         if name not in self.artifacts or self.location is None:
             raise StoreError(f"run {self.id} in {self.store} has no artifact {name!r}")
         return (self.location / name).read_bytes()

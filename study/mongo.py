@@ -1,0 +1,341 @@
+"""MongoDB as a run store: choosing it, connecting (fast), recording through Sacred's
+MongoObserver (standard schema: `runs`, `metrics`, GridFS `fs.files`/`fs.chunks`, so Omniboard
+and Incense read the runs), and reading runs back into the same `RunRecord`s as the file store.
+
+The target comes from `-m URL[:DB]` (or Sacred's own `[host:port:]db` form), else from
+`STUDY_MONGO_URL` and `STUDY_MONGO_DB` (default `study`). A password in a URL is never printed or
+stored: every URL that leaves this module goes through `mask_url`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from sacred.observers import MongoObserver
+
+from study.errors import StoreError
+from study.stores import RunRecord, dedupe_metrics
+
+URL_ENV, DB_ENV, FALLBACK_ENV, TIMEOUT_ENV = (
+    "STUDY_MONGO_URL",
+    "STUDY_MONGO_DB",
+    "STUDY_MONGO_FALLBACK",
+    "STUDY_MONGO_TIMEOUT",
+)
+DEFAULT_DB = "study"
+DEFAULT_TIMEOUT_S = 3.0
+# Where Sacred pickles a run document it could not save at the end of a run.
+FAILURE_DIR = os.path.join("runs", "mongo-unsaved")
+
+_SCHEME = re.compile(r"^mongodb(\+srv)?://", re.IGNORECASE)
+_DB_NAME = re.compile(r"^[A-Za-z_][0-9A-Za-z_\-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where runs go: a mongodb:// URL (credentials included, never shown) and a database."""
+
+    url: str
+    db: str
+
+    @property
+    def masked(self) -> str:
+        """The URL, password masked, with the database as its path: safe to print and store."""
+        parts = urlsplit(mask_url(self.url))
+        return urlunsplit((parts.scheme, parts.netloc, "/" + self.db, parts.query, ""))
+
+    def __repr__(self) -> str:  # never the password, not even in a traceback or a debugger
+        return f"Target({self.masked!r})"
+
+
+def mask_url(url: str) -> str:
+    """`mongodb://user:secret@host/db` -> `mongodb://user:***@host/db` (anything else as is)."""
+    if url is None:
+        return url
+    scheme = _SCHEME.match(url)
+    prefix, rest = (url[: scheme.end()], url[scheme.end() :]) if scheme else ("", url)
+    # The userinfo ends at the last '@' of the authority (a password may hold a raw '@').
+    authority_end = len(rest)
+    for stop in "?#":
+        if stop in rest:
+            authority_end = min(authority_end, rest.index(stop))
+    at = rest.rfind("@", 0, authority_end)
+    if at < 0:
+        return url
+    userinfo = rest[:at]
+    if ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{prefix}{user}:***{rest[at:]}"
+
+
+def parse_target(spec: str | None = None, db: str | None = None) -> Target:
+    """`-m`'s value (or STUDY_MONGO_URL) -> Target.
+
+    Accepted: `mongodb://[user:pass@]host[:port][/db][?opts]`, the same followed by `:DB`,
+    and Sacred's `[host:port:]db`. The database is, first to last: the one in `spec`, `db`,
+    STUDY_MONGO_DB, `study`.
+    """
+    spec = (spec or "").strip()
+    if not spec:
+        raise StoreError(f"no MongoDB URL given (-m URL[:DB] or {URL_ENV})")
+    default_db = db or os.environ.get(DB_ENV) or DEFAULT_DB
+    if _SCHEME.match(spec):
+        url, spec_db = spec, None
+        head, _, tail = spec.rpartition(":")
+        if _DB_NAME.match(tail) and _SCHEME.match(head) and "/" not in tail:
+            # `mongodb://host:27017:db` or `mongodb://host:db` (a port is all digits)
+            if not head.endswith("//") and not tail.isdigit():
+                url, spec_db = head, tail
+        path = urlsplit(url).path.strip("/")
+        if path:
+            spec_db = spec_db or path
+            parts = urlsplit(url)
+            url = urlunsplit((parts.scheme, parts.netloc, "/", parts.query, parts.fragment))
+        return Target(url=url, db=_check_db(spec_db or default_db))
+    # Sacred's form: [host:port:]db_name[.collection[:id]][!priority]
+    from sacred.observers.mongo import get_pattern, parse_mongo_db_arg
+
+    if not re.match(get_pattern(), spec):
+        raise StoreError(
+            f"-m {mask_url(spec)!r} is not a MongoDB target; expected mongodb://host:port[:DB], "
+            f"host:port[:DB] or DB"
+        )
+    kwargs = parse_mongo_db_arg(spec)
+    if kwargs.get("collection") or kwargs.get("overwrite") or kwargs.get("priority"):
+        raise StoreError(
+            f"-m {spec}: study records in the standard collections (runs, metrics, fs); "
+            f"give only [host:port:]DB"
+        )
+    url = "mongodb://" + (kwargs.get("url") or "localhost:27017")
+    return Target(url=url, db=_check_db(kwargs.get("db_name") or default_db))
+
+
+def _check_db(name: str) -> str:
+    if not _DB_NAME.match(name):
+        raise StoreError(f"MongoDB database name {name!r} is invalid; use letters, digits, _ or -")
+    return name
+
+
+def target_from_env() -> Target | None:
+    url = os.environ.get(URL_ENV, "").strip()
+    return parse_target(url) if url else None
+
+
+def fallback_enabled() -> bool:
+    value = os.environ.get(FALLBACK_ENV, "").strip().lower()
+    return value in ("1", "true", "yes", "on")
+
+
+def timeout_s() -> float:
+    value = os.environ.get(TIMEOUT_ENV)
+    if not value:
+        return DEFAULT_TIMEOUT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise StoreError(f"{TIMEOUT_ENV}={value!r} is invalid; expected seconds") from None
+    if seconds <= 0:
+        raise StoreError(f"{TIMEOUT_ENV}={value!r} is invalid; expected seconds > 0")
+    return seconds
+
+
+def connect(target: Target, timeout: float | None = None):
+    """A MongoClient that has answered `ping`, or a one-line StoreError within `timeout` s."""
+    import pymongo
+    from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError
+
+    timeout = timeout_s() if timeout is None else timeout
+    ms = int(timeout * 1000)
+    try:
+        client = pymongo.MongoClient(
+            target.url,
+            serverSelectionTimeoutMS=ms,
+            connectTimeoutMS=ms,
+            socketTimeoutMS=max(ms, 60_000),
+            appname="study",
+        )
+    except (ConfigurationError, ValueError, TypeError) as exc:
+        raise StoreError(f"MongoDB URL {target.masked} is invalid ({_one_line(exc)})") from None
+    try:
+        client.admin.command("ping")
+    except OperationFailure as exc:
+        client.close()
+        raise StoreError(f"MongoDB at {target.masked} refused: {_one_line(exc)}") from None
+    except PyMongoError as exc:
+        client.close()
+        raise StoreError(
+            f"MongoDB at {target.masked} is unreachable (no answer within {timeout:g} s: "
+            f"{_one_line(exc)})"
+        ) from None
+    return client
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc).split(", Timeout:")[0].split(" (configured timeouts")[0]
+    text = " ".join(text.split())
+    text = re.sub(r"mongodb(\+srv)?://\S+", lambda m: mask_url(m.group(0)), text)
+    return text[:200]
+
+
+class StudyMongoObserver(MongoObserver):
+    """Sacred's MongoObserver (standard schema), able to continue an interrupted run.
+
+    With `overwrite=<id>` Sacred rewrites the run document from scratch; for `resume=<id>` this
+    keeps what the interrupted run already recorded: its start time, its metric references (the
+    metrics collection keeps its series, and resumed epochs are appended), and a `resumed` list.
+    """
+
+    def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
+        previous = dict(self.overwrite) if self.overwrite is not None else None
+        run_id = super().started_event(
+            ex_info, command, host_info, start_time, config, meta_info, _id
+        )
+        if previous is not None:
+            self.run_entry["start_time"] = previous.get("start_time", start_time)
+            self.run_entry["resumed"] = list(previous.get("resumed", [])) + [start_time]
+            stale = [k for k in ("stop_time", "fail_trace", "result") if k in self.run_entry]
+            for key in stale:
+                self.run_entry.pop(key)
+            self._metric_refs = {
+                m["name"]: m for m in (previous.get("info") or {}).get("metrics", [])
+            }
+            self.save()
+            if stale:  # save() only $sets: what the interrupted run ended with must go
+                self.runs.update_one({"_id": run_id}, {"$unset": dict.fromkeys(stale, "")})
+        return run_id
+
+    def log_metrics(self, metrics_by_name, info):
+        super().log_metrics(metrics_by_name, info)
+        refs = getattr(self, "_metric_refs", None)
+        if refs:  # a resumed run: its series already exist, so no upsert reported them
+            have = {m["name"] for m in info.get("metrics", [])}
+            for name in metrics_by_name:
+                if name not in have and name in refs:
+                    info.setdefault("metrics", []).append(refs[name])
+
+
+def make_observer(target: Target, client, overwrite=None) -> StudyMongoObserver:
+    """Sacred's MongoObserver on an already connected client, writing to target.db."""
+    try:
+        return StudyMongoObserver(
+            client=client, db_name=target.db, overwrite=overwrite, failure_dir=FAILURE_DIR
+        )
+    except RuntimeError:  # Sacred: no run to overwrite
+        raise StoreError(f"no run {overwrite} in {target.masked}") from None
+
+
+def resumable_config(target: Target, client, run_id) -> dict:
+    """The stored config of an interrupted run (mirrors cli._resumable_config)."""
+    doc = client[target.db].runs.find_one({"_id": _run_id(run_id)}, {"status": 1, "config": 1})
+    if doc is None:
+        raise StoreError(f"resume={run_id}: no run {run_id} in {target.masked}; see `study runs`")
+    if doc.get("status") == "COMPLETED":
+        raise StoreError(f"resume={run_id}: run {run_id} in {target.masked} already COMPLETED")
+    config = dict(doc.get("config") or {})
+    config.pop("resume", None)
+    return config
+
+
+def _run_id(run_id):
+    if isinstance(run_id, str) and run_id.isdigit():
+        return int(run_id)
+    return run_id
+
+
+# -- reading runs back -----------------------------------------------------------------------
+
+
+def read_mongo_runs(url, db: str | None = None, ids=None, client=None) -> list[RunRecord]:
+    """Every run (or the runs `ids`) in a MongoDB run store, in id order, as RunRecords."""
+    target = url if isinstance(url, Target) else parse_target(url, db)
+    client = client or connect(target)
+    database = client[target.db]
+    query = {} if ids is None else {"_id": {"$in": [_run_id(i) for i in ids]}}
+    docs = list(database.runs.find(query, {"captured_out": 0}).sort("_id", 1))
+    metrics_by_run: dict = {}
+    run_ids = [d["_id"] for d in docs]
+    for m in database.metrics.find({"run_id": {"$in": run_ids}}):
+        metrics_by_run.setdefault(m["run_id"], {})[m["name"]] = m
+    import gridfs
+
+    fs = gridfs.GridFS(database)
+    return [_record(doc, metrics_by_run.get(doc["_id"], {}), fs, target) for doc in docs]
+
+
+def read_mongo_run(url, run_id, db: str | None = None, client=None) -> RunRecord:
+    records = read_mongo_runs(url, db, ids=[run_id], client=client)
+    if not records:
+        target = url if isinstance(url, Target) else parse_target(url, db)
+        raise StoreError(f"no run {run_id} in {target.masked}")
+    return records[0]
+
+
+def _iso(value):
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _record(doc: dict, metrics: dict, fs, target: Target) -> RunRecord:
+    info = dict(doc.get("info") or {})
+    refs = info.get("metrics")
+    if isinstance(refs, list) and all(isinstance(r, dict) and "id" in r for r in refs):
+        del info["metrics"]  # MongoObserver's references to the metrics collection
+    artifacts = {a["name"]: a["file_id"] for a in doc.get("artifacts", [])}
+    run_id = doc["_id"]
+
+    def fetch(name: str) -> bytes:
+        import gridfs
+
+        try:
+            return fs.get(artifacts[name]).read()
+        except (KeyError, gridfs.errors.NoFile):
+            raise StoreError(f"run {run_id} in {target.masked} has no artifact {name!r}") from None
+
+    return RunRecord(
+        id=str(run_id),
+        store=target.masked,
+        status=doc.get("status", "UNKNOWN"),
+        experiment=(doc.get("experiment") or {}).get("name", ""),
+        command=doc.get("command", ""),
+        config=doc.get("config") or {},
+        info=info,
+        result=doc.get("result"),
+        metrics=dedupe_metrics(metrics),
+        host=doc.get("host") or {},
+        start_time=_iso(doc.get("start_time")),
+        stop_time=_iso(doc.get("stop_time")),
+        artifacts=list(artifacts),
+        fetch=fetch,
+    )
+
+
+# -- choosing the store for `study run` ------------------------------------------------------
+
+
+def observer_for_run(target: Target, fallback_store: str | None, client=None):
+    """(observer, file_store): a connected MongoObserver, or, when the server is unreachable
+    and fallback is on, no observer and the file store to record to instead."""
+    try:
+        client = client or connect(target)
+    except StoreError as exc:
+        if not fallback_enabled():
+            raise StoreError(
+                f"{exc}; start the server, check the URL, or set {FALLBACK_ENV}=1 to record "
+                f"to the file store instead"
+            ) from None
+        store = fallback_store or "runs"
+        print(
+            f"study: {exc}; {FALLBACK_ENV} is set: recording to the file store "
+            f"{Path(store).resolve()} instead",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None, store
+    print(f"study: recording to {target.masked}", file=sys.stderr, flush=True)
+    return make_observer(target, client), None
