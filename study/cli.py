@@ -69,8 +69,8 @@ def print_runs(folder: str | None, mongo_url: str | None, db: str | None) -> Non
     if folder and mongo_url:
         raise StudyError("give --runs DIR or --mongo URL, not both")
     target = mongo.parse_target(mongo_url, db) if mongo_url else None
-    if target is None and folder is None and db is None:
-        target = mongo.target_from_env()
+    if target is None and folder is None:
+        target = mongo.target_from_env(db)
     if target is None and db is not None:
         raise StudyError("--db needs --mongo URL (or $STUDY_MONGO_URL)")
     if target is not None:

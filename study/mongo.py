@@ -12,15 +12,19 @@ from __future__ import annotations
 import os
 import re
 import sys
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from sacred.observers import MongoObserver
+# Sacred 0.8.7 imports pkg_resources, which warns on import (as in study.experiment).
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
-from study.errors import StoreError
-from study.stores import RunRecord, dedupe_metrics
+from sacred.observers import MongoObserver  # noqa: E402
+
+from study.errors import StoreError  # noqa: E402
+from study.stores import RunRecord, dedupe_metrics  # noqa: E402
 
 URL_ENV, DB_ENV, FALLBACK_ENV, TIMEOUT_ENV = (
     "STUDY_MONGO_URL",
@@ -123,9 +127,9 @@ def _check_db(name: str) -> str:
     return name
 
 
-def target_from_env() -> Target | None:
+def target_from_env(db: str | None = None) -> Target | None:
     url = os.environ.get(URL_ENV, "").strip()
-    return parse_target(url) if url else None
+    return parse_target(url, db) if url else None
 
 
 def fallback_enabled() -> bool:

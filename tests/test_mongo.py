@@ -204,6 +204,8 @@ def test_file_store_and_mongo_give_the_same_record(server, db_name, mnist_root, 
     assert f"1 run(s) in {server.url}/{db_name}" in listing
     (row,) = [line for line in listing.splitlines() if line.split()[:2] == ["1", "small_cnn"]]
     assert "small_cnn" in row and "mnist" in row and "COMPLETED" in row and top1 in row
+    env_listing = run_study("runs", "--db", db_name, cwd=tmp_path, env=env)
+    assert env_listing.stdout == listing and "pkg_resources" not in env_listing.stderr
     listing = run_study("runs", "--runs", tmp_path / "files", cwd=tmp_path).stdout
     assert "small_cnn" in listing and top1 in listing and "COMPLETED" in listing
 
@@ -302,8 +304,9 @@ def test_a_200_class_confusion_matrix_stays_in_gridfs(server, db_name, tmp_path)
 
     root = tmp_path / "data"
     fakedata.write_tiny_imagenet(root, n_classes=200, per_class=2, n_val=400)
+    sacred_form = f"127.0.0.1:{server.port}:{db_name}"  # Sacred's own -m host:port:db
     _mongo_run(
-        tmp_path, root, f"{server.url}:{db_name}", "dataset=tiny_imagenet", "image_size=16",
+        tmp_path, root, sacred_form, "dataset=tiny_imagenet", "image_size=16",
         "epochs=1", "gallery=4",
     )  # fmt: skip
     with server.client() as client:
