@@ -1,7 +1,14 @@
 """study: reproducible image-classification studies."""
 
-from study.hookspecs import hookimpl
-from study.specs import DatasetSpec, Decoded, Download, ModelOptions, ModelSpec, Split
+import warnings
+
+# Sacred 0.8.7 imports pkg_resources, which warns on every import; not ours to fix, and it
+# would otherwise greet every `study` command.
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+
+
+from study.hookspecs import hookimpl  # noqa: E402
+from study.specs import DatasetSpec, Decoded, Download, ModelOptions, ModelSpec, Split  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -7,6 +7,7 @@ print_named_configs, ...) go to the Sacred experiment; `study list` is study's o
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 import tempfile
@@ -15,6 +16,8 @@ from pathlib import Path
 from study.errors import StudyError
 
 OWN_COMMANDS = ("list", "runs")
+# Commands with their own argument parser, in their own module.
+DELEGATED_COMMANDS = {"report": "study.report"}
 # Sacred options that choose an observer: with any of these, no default file store is added.
 OBSERVER_FLAGS = (
     "-m", "--mongo_db", "-u", "--unobserved", "-s", "--sql", "-t", "--tiny_db",
@@ -25,6 +28,7 @@ USAGE = """usage: study run with model=NAME dataset=NAME [KEY=VALUE ...] [-F DIR
        study print_config with model=NAME dataset=NAME [KEY=VALUE ...]
        study list
        study runs [--runs DIR | --mongo URL [--db NAME]]
+       study report [--runs DIR | --mongo URL [--db NAME]] [--out PATH] [--format pdf|html]
 
 Runs are recorded in ./runs unless -F DIR, -m URL[:DB] (MongoDB; or $STUDY_MONGO_URL) or
 another Sacred observer flag is given.
@@ -40,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if argv else 2
         if argv[0] in OWN_COMMANDS:
             return _own_command(argv)
+        if argv[0] in DELEGATED_COMMANDS:
+            return importlib.import_module(DELEGATED_COMMANDS[argv[0]]).main(argv[1:])
         return run_experiment(argv)
     except StudyError as exc:
         print(f"study: error: {exc}", file=sys.stderr)
@@ -63,21 +69,9 @@ def _own_command(argv: list[str]) -> int:
 
 
 def print_runs(folder: str | None, mongo_url: str | None, db: str | None) -> None:
-    from study import mongo
-    from study.stores import DEFAULT_FILE_STORE, read_file_store
+    from study.stores import read_runs
 
-    if folder and mongo_url:
-        raise StudyError("give --runs DIR or --mongo URL, not both")
-    target = mongo.parse_target(mongo_url, db) if mongo_url else None
-    if target is None and folder is None:
-        target = mongo.target_from_env(db)
-    if target is None and db is not None:
-        raise StudyError("--db needs --mongo URL (or $STUDY_MONGO_URL)")
-    if target is not None:
-        where, records = target.masked, mongo.read_mongo_runs(target)
-    else:
-        where = folder or DEFAULT_FILE_STORE
-        records = read_file_store(Path(where))
+    where, records = read_runs(folder, mongo_url, db)
     print(f"{len(records)} run(s) in {where}")
     print(f"{'id':>5}  {'model':<16} {'dataset':<14} {'status':<12} {'top-1':>7}  start")
     for r in records:

@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import os
 import platform
-import warnings
 from importlib.metadata import version
 from pathlib import Path
-
-# Sacred 0.8.7 imports pkg_resources, which warns on import; the warning is not ours to fix.
-warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 from sacred import Experiment  # noqa: E402
 from sacred.host_info import host_info_gatherer  # noqa: E402
@@ -49,8 +45,9 @@ def _host_libraries():
 
     info = {
         "study": study.__version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        # str(): torch's version is a TorchVersion object, which Sacred would pickle.
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
         "machine": platform.machine(),
         "cpu_threads": torch.get_num_threads(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,

@@ -12,14 +12,10 @@ from __future__ import annotations
 import os
 import re
 import sys
-import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
-
-# Sacred 0.8.7 imports pkg_resources, which warns on import (as in study.experiment).
-warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 from sacred.observers import MongoObserver  # noqa: E402
 

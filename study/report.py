@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from study.errors import StudyError
-from study.stores import DEFAULT_FILE_STORE, RunRecord, read_file_store
+from study.stores import RunRecord, read_runs
 
 DEFAULT_OUT = "report/study.pdf"
 FORMATS = ("pdf", "html")
@@ -88,7 +88,11 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="study report", description="Write a paper-style report of stored runs."
     )
-    parser.add_argument("--runs", default=DEFAULT_FILE_STORE, help="file store (default ./runs)")
+    parser.add_argument(
+        "--runs", default=None, help="file store (default ./runs, or $STUDY_MONGO_URL when set)"
+    )
+    parser.add_argument("--mongo", metavar="URL", help="read runs from this MongoDB instead")
+    parser.add_argument("--db", metavar="NAME", help="the MongoDB database (default: study)")
     parser.add_argument("--out", default=None, help=f"output file (default {DEFAULT_OUT})")
     parser.add_argument("--format", choices=FORMATS, default=None, help="pdf (default) or html")
     parser.add_argument("--experiment", help="only runs of this Sacred experiment name")
@@ -105,8 +109,10 @@ def main(argv: list[str]) -> int:
     if fmt is None:
         fmt = "html" if args.out and args.out.lower().endswith((".html", ".htm")) else "pdf"
     out = Path(args.out or (DEFAULT_OUT if fmt == "pdf" else "report/study.html"))
+    where, stored = read_runs(args.runs, args.mongo, args.db)
     records = select_runs(
-        args.runs,
+        stored,
+        where=where,
         experiment=args.experiment,
         ids=_split(args.ids),
         models=_split(args.models),
@@ -125,16 +131,16 @@ def _split(value: str | None) -> list[str] | None:
 
 
 def select_runs(
-    runs: str | Path,
+    records: list[RunRecord],
     *,
+    where: str = "the store",
     experiment: str | None = None,
     ids: list[str] | None = None,
     models: list[str] | None = None,
     datasets: list[str] | None = None,
     status: list[str] | None = ("COMPLETED",),
 ) -> list[RunRecord]:
-    """The runs of a file store that pass every filter; StudyError when none does."""
-    records = read_file_store(Path(runs))
+    """The runs that pass every filter; StudyError when none does."""
     wanted_status = None if not status or "any" in [s.lower() for s in status] else set(status)
     chosen = [
         r
@@ -159,7 +165,7 @@ def select_runs(
         ]
         statuses = sorted({r.status for r in records})
         raise StudyError(
-            f"no runs found in {runs} matching {' '.join(filters) or 'any run'}; "
+            f"no runs found in {where} matching {' '.join(filters) or 'any run'}; "
             f"the store holds {len(records)} runs"
             + (f" (statuses: {', '.join(statuses)})" if statuses else "")
             + "; record some with `study run` or relax the filters"

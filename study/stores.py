@@ -176,3 +176,23 @@ def read_file_store(root: Path) -> list[RunRecord]:
         key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name)
     )
     return [read_file_run(p) for p in folders]
+
+
+def read_runs(
+    folder: str | Path | None = None, mongo_url: str | None = None, db: str | None = None
+) -> tuple[str, list[RunRecord]]:
+    """(where, runs) from the store a command names: a folder, a MongoDB URL, or by default
+    $STUDY_MONGO_URL when set, else ./runs. `where` never shows a password."""
+    from study import mongo
+
+    if folder and mongo_url:
+        raise StoreError("give --runs DIR or --mongo URL, not both")
+    target = mongo.parse_target(mongo_url, db) if mongo_url else None
+    if target is None and folder is None:
+        target = mongo.target_from_env(db)
+    if target is None and db is not None:
+        raise StoreError("--db needs --mongo URL (or $STUDY_MONGO_URL)")
+    if target is not None:
+        return target.masked, mongo.read_mongo_runs(target)
+    where = str(folder or DEFAULT_FILE_STORE)
+    return where, read_file_store(Path(where))

@@ -209,6 +209,20 @@ def test_file_store_and_mongo_give_the_same_record(server, db_name, mnist_root, 
     listing = run_study("runs", "--runs", tmp_path / "files", cwd=tmp_path).stdout
     assert "small_cnn" in listing and top1 in listing and "COMPLETED" in listing
 
+    # The same run makes the same report from either store (Table 1, the per-dataset part).
+    run_study("report", "--mongo", server.url, "--db", db_name, "--out", "m.html", cwd=tmp_path)
+    run_study("report", "--runs", tmp_path / "files", "--out", "f.html", cwd=tmp_path)
+    from_m, from_f = (_section(tmp_path / name, "table1") for name in ("m.html", "f.html"))
+    assert top1.rstrip("%")[:4] in from_m or f"{from_mongo.result['top1']:.4f}" in from_m
+    assert from_m == from_f
+
+
+def _section(html_file, css_class):
+    """The first <table class=css_class> of a report page, as text."""
+    html = html_file.read_text()
+    start = html.index(f'<table class="{css_class}"')
+    return html[start : html.index("</table>", start)]
+
 
 @needs_server
 def test_server_down_at_start_fails_fast_or_falls_back(server, mnist_root, tmp_path):

@@ -59,7 +59,7 @@ def store(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def built(store, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("built")
-    records = select_runs(store)
+    records = select_runs(read_file_store(store))
     pdf = build_report(records, out / "study.pdf", "pdf")
     html = build_report(records, out / "study.html", "html")
     return {"records": records, "pdf": pdf, "html": html.read_text(), "out": out}
