@@ -6,6 +6,8 @@ device inside an epoch.
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import random
 import time
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import update_bn
 from tqdm import tqdm
 
 from study.errors import StudyError
@@ -156,6 +159,32 @@ def evaluate(
     )
 
 
+@torch.no_grad()
+def recompute_batchnorm(
+    model: nn.Module,
+    data: DeviceSplit,
+    transform: BatchTransform,
+    *,
+    batch_size: int,
+    images: int,
+    generator: torch.Generator,
+    autocast_dtype: torch.dtype | None = None,
+) -> None:
+    """Precise BatchNorm: re-estimate every BatchNorm layer's statistics from `images` training
+    images (a seeded random sample, test-time transform) with the current weights.
+
+    The running averages kept during training lag behind weights that change fast, which makes
+    a short run's evaluation much worse than its weights (Wu & Johnson 2021, "Rethinking Batch
+    in BatchNorm"). torch's own update_bn does the averaging.
+    """
+    if images <= 0:
+        return
+    n_batches = math.ceil(min(images, len(data)) / batch_size)
+    batches = data.batches(batch_size, transform, train=True, generator=generator)
+    with torch.autocast(data.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        update_bn(itertools.islice(batches, n_batches), model)
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The shuffling/augmentation randomness of one epoch depends on (seed, epoch) alone,
     so a resumed run draws exactly what the uninterrupted run drew."""
@@ -178,13 +207,16 @@ def fit(
     checkpoint: Path | None = None,
     state: TrainState | None = None,
     aux_weight: float = 0.4,
+    precise_bn: int = 0,
     autocast_dtype: torch.dtype | None = None,
     on_epoch: Callable[[int, dict], None] | None = None,
     progress: bool = True,
 ) -> tuple[TrainState, Evaluation | None]:
     """Train from `state` (a fresh or resumed one) to `epochs`, evaluating after each epoch.
 
-    After each epoch: `on_epoch(epoch, metrics)` is called, then the checkpoint is written.
+    After each epoch: BatchNorm statistics are re-estimated from `precise_bn` training images
+    (0: the running averages as trained), the test split is evaluated, `on_epoch(epoch,
+    metrics)` is called, then the checkpoint is written.
     Returns the final state and the last evaluation (None when no epoch was left to run).
     """
     state = state or TrainState()
@@ -202,6 +234,15 @@ def fit(
             aux_weight=aux_weight,
             autocast_dtype=autocast_dtype,
             progress=f"epoch {epoch}/{epochs}" if progress else None,
+        )
+        recompute_batchnorm(
+            model,
+            train,
+            test_transform,
+            batch_size=batch_size,
+            images=precise_bn,
+            generator=torch.Generator().manual_seed(seed * 1_000_003 - epoch),
+            autocast_dtype=autocast_dtype,
         )
         evaluation = evaluate(
             model,

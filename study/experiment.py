@@ -85,6 +85,7 @@ def config():
     head = "replace"  # replace: swap the last layer; append: keep it and add a Linear (the seed)
     aux_logits = None  # None: train the auxiliary classifier where the model has one
     augment = "none"  # none, flip or crop-flip, applied on the device
+    precise_bn = 2000  # training images that re-estimate BatchNorm statistics before each test
     train_limit = None  # a stratified, seeded subset of the training split
     test_limit = None  # a stratified, seeded subset of the test split
     device = "auto"  # auto, cpu, cuda or cuda:N
@@ -105,6 +106,7 @@ def paper():
     weight_decay = 0.0
     augment = "none"
     head = "append"
+    precise_bn = 0  # the seed evaluated with BatchNorm's running averages as trained
     # epochs and image_size stay null here: the config hook resolves them from the protocol
     # (a named config's values override the hook's, so setting them would pin them to null).
 
@@ -168,6 +170,7 @@ def resolve_config(config: dict) -> dict:
     _int(config, "seed", 0)
     _int(config, "num_workers", 0)
     _int(config, "gallery", 0)
+    _int(config, "precise_bn", 0)
     _int(config, "train_limit", 1, allow_none=True)
     _int(config, "test_limit", 1, allow_none=True)
     if not isinstance(config["download"], bool):
@@ -384,6 +387,7 @@ def train_and_evaluate(run, config: dict) -> dict:
         checkpoint=ckpt,
         state=state,
         aux_weight=model_spec.aux_weight,
+        precise_bn=config["precise_bn"],
         on_epoch=lambda epoch, metrics: record.log_epoch(run, epoch, metrics),
     )
     if evaluation is None:  # resumed after the last epoch: evaluate the final weights

@@ -88,3 +88,19 @@ def test_checkpoint_is_written_atomically_and_loaded_safely(tmp_path):
     ckpt.write_bytes(ckpt.read_bytes()[:100])  # a truncated file
     with pytest.raises(StudyError, match="checkpoint.pt: not a readable study checkpoint"):
         engine.load_checkpoint(ckpt, model, opt)
+
+
+def test_precise_bn_re_estimates_statistics_from_training_images():
+    images, labels = _task(n=64)
+    data = DeviceSplit(images, labels, torch.device("cpu"))
+    bn = nn.BatchNorm2d(1)
+    model = nn.Sequential(bn).eval()
+    bn.running_mean.fill_(5.0)  # stale, as after fast-changing weights
+    t = BatchTransform(8, mean=(0.5,), std=(0.25,), out_channels=1)
+    kw = dict(batch_size=16, generator=torch.Generator().manual_seed(0))
+    engine.recompute_batchnorm(model, data, t, images=0, **kw)
+    assert bn.running_mean.item() == 5.0  # 0 images: off
+    engine.recompute_batchnorm(model, data, t, images=64, **kw)
+    x = torch.cat([xb for xb, _ in data.batches(64, t, train=False)])
+    torch.testing.assert_close(bn.running_mean, x.mean(dim=(0, 2, 3)))
+    assert not model.training and bn.momentum == 0.1  # the model is left as it was
