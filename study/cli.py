@@ -15,7 +15,7 @@ from pathlib import Path
 
 from study.errors import StudyError
 
-OWN_COMMANDS = ("list", "runs")
+OWN_COMMANDS = ("list", "runs", "sync")
 # Commands with their own argument parser, in their own module.
 DELEGATED_COMMANDS = {"report": "study.report"}
 # Sacred options that choose an observer: with any of these, no default file store is added.
@@ -29,6 +29,7 @@ USAGE = """usage: study run with model=NAME dataset=NAME [KEY=VALUE ...] [-F DIR
        study list
        study runs [--runs DIR | --mongo URL [--db NAME]]
        study report [--runs DIR | --mongo URL [--db NAME]] [--out PATH] [--format pdf|html]
+       study sync [--runs DIR ...] [--mongo URL [--db NAME]]
 
 Runs are recorded in ./runs unless -F DIR, -m URL[:DB] (MongoDB; or $STUDY_MONGO_URL) or
 another Sacred observer flag is given.
@@ -60,7 +61,13 @@ def _own_command(argv: list[str]) -> int:
     runs.add_argument("--runs", metavar="DIR", help="a file store folder")
     runs.add_argument("--mongo", metavar="URL", help="a MongoDB URL (mongodb://host:port[:DB])")
     runs.add_argument("--db", metavar="NAME", help="the MongoDB database (default: study)")
+    sync = sub.add_parser("sync", help="upload file-store runs (and MongoDB copies) into MongoDB")
+    sync.add_argument("--runs", metavar="DIR", action="append", help="a file store (repeatable)")
+    sync.add_argument("--mongo", metavar="URL", help="a MongoDB URL (default $STUDY_MONGO_URL)")
+    sync.add_argument("--db", metavar="NAME", help="the MongoDB database (default: study)")
     args = parser.parse_args(argv)
+    if args.command == "sync":
+        return sync_runs(args.runs, args.mongo, args.db)
     if args.command == "list":
         print_registry()
     if args.command == "runs":
@@ -80,6 +87,15 @@ def print_runs(folder: str | None, mongo_url: str | None, db: str | None) -> Non
         start = (r.start_time or "-").replace("T", " ")[:19]
         name = f"{r.model or '-':<16} {r.dataset or '-':<14}"
         print(f"{r.id:>5}  {name} {r.status:<12} {top1}  {start}")
+
+
+def sync_runs(folders: list[str] | None, mongo_url: str | None, db: str | None) -> int:
+    from study.sync import main as sync_main
+
+    argv = [a for f in folders or [] for a in ("--runs", f)]
+    argv += ["--mongo", mongo_url] if mongo_url else []
+    argv += ["--db", db] if db else []
+    return sync_main(argv)
 
 
 def print_registry() -> None:
@@ -164,13 +180,16 @@ def run_experiment(argv: list[str]) -> int:
         # Sacred's private _create_run is what Experiment.run does before calling the run;
         # study needs the gap in between to add its store and check inputs before recording.
         run = ex._create_run(command, updates, named_configs, {}, {}, args)
+    if not run.unobserved:  # one name for the run in every store (`study sync` matches it)
+        run.meta_info[mongo.UID_KEY] = _previous_uid(file_store, updates, read_json)
     if target is not None and not run.unobserved:
         if mongo_client is not None:  # resume: reopen the interrupted run's document
-            run.observers.append(mongo.make_observer(target, mongo_client, updates["resume"]))
+            observer = mongo.make_observer(target, mongo_client, updates["resume"])
         else:
             observer, fallback = mongo.observer_for_run(target, file_store)
-            run.observers.extend([observer] if observer else [])
             file_store = file_store or fallback
+        shadow = mongo.shadow_for(target) if observer else None
+        run.observers.extend([o for o in (observer, shadow) if o is not None])
     if file_store is not None and not run.unobserved:
         run.observers.append(FileStore(file_store))
     if run.main_function.__name__ == "run" and command == ex.default_command:
@@ -191,6 +210,19 @@ def run_experiment(argv: list[str]) -> int:
         print(format_filtered_stacktrace(), file=sys.stderr)
         return 1
     return 0
+
+
+def _previous_uid(file_store, updates: dict, read_json) -> str:
+    """A resumed file-store run keeps its study_uid (a MongoDB one: StudyMongoObserver)."""
+    import uuid
+
+    resume = updates.get("resume")
+    run_json = Path(file_store) / str(resume) / "run.json" if file_store and resume else None
+    if run_json is not None and run_json.exists():
+        uid = (read_json(run_json).get("meta") or {}).get("study_uid")
+        if uid:
+            return uid
+    return uuid.uuid4().hex
 
 
 def _resumable_config(store: Path, run_id, read_json) -> dict:

@@ -17,21 +17,27 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from sacred.observers import MongoObserver  # noqa: E402
+from sacred.observers import MongoObserver, RunObserver  # noqa: E402
 
 from study.errors import StoreError  # noqa: E402
-from study.stores import RunRecord, dedupe_metrics  # noqa: E402
+from study.stores import FileStore, RunRecord, dedupe_metrics  # noqa: E402
 
-URL_ENV, DB_ENV, FALLBACK_ENV, TIMEOUT_ENV = (
+URL_ENV, DB_ENV, FALLBACK_ENV, TIMEOUT_ENV, SHADOW_ENV = (
     "STUDY_MONGO_URL",
     "STUDY_MONGO_DB",
     "STUDY_MONGO_FALLBACK",
     "STUDY_MONGO_TIMEOUT",
+    "STUDY_MONGO_SHADOW",
 )
 DEFAULT_DB = "study"
 DEFAULT_TIMEOUT_S = 3.0
 # Where Sacred pickles a run document it could not save at the end of a run.
 FAILURE_DIR = os.path.join("runs", "mongo-unsaved")
+# Where every MongoDB run also keeps a file-store copy (one folder per database), for
+# `study sync` when the server was lost mid-run; STUDY_MONGO_SHADOW=off: no copy.
+DEFAULT_SHADOW = "mongo-shadow"
+# The key that names a run in every store it reaches: meta.study_uid.
+UID_KEY = "study_uid"
 
 _SCHEME = re.compile(r"^mongodb(\+srv)?://", re.IGNORECASE)
 _DB_NAME = re.compile(r"^[A-Za-z_][0-9A-Za-z_\-]{0,63}$")
@@ -192,8 +198,13 @@ class StudyMongoObserver(MongoObserver):
     metrics collection keeps its series, and resumed epochs are appended), and a `resumed` list.
     """
 
+    lost = None  # the first write error once the server is gone: no more long retries
+
     def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
         previous = dict(self.overwrite) if self.overwrite is not None else None
+        uid = ((previous or {}).get("meta") or {}).get(UID_KEY)
+        if uid and isinstance(meta_info, dict):  # a resumed run keeps its name in every store
+            meta_info[UID_KEY] = uid
         run_id = super().started_event(
             ex_info, command, host_info, start_time, config, meta_info, _id
         )
@@ -212,13 +223,61 @@ class StudyMongoObserver(MongoObserver):
         return run_id
 
     def log_metrics(self, metrics_by_name, info):
-        super().log_metrics(metrics_by_name, info)
+        with self._watch():
+            super().log_metrics(metrics_by_name, info)
         refs = getattr(self, "_metric_refs", None)
         if refs:  # a resumed run: its series already exist, so no upsert reported them
             have = {m["name"] for m in info.get("metrics", [])}
             for name in metrics_by_name:
                 if name not in have and name in refs:
                     info.setdefault("metrics", []).append(refs[name])
+
+    # Sacred stops calling an observer after its first error (and logs it), except for the
+    # final save, which it tries 10 times (one server-selection timeout plus 1 s each): ~40 s
+    # more per run once the server is gone. After a lost write, one try is enough: the file
+    # copy (ShadowStore) and Sacred's pickle in FAILURE_DIR keep the run for `study sync`.
+
+    def save(self):
+        import pymongo.errors
+
+        try:
+            self.runs.update_one({"_id": self.run_entry["_id"]}, {"$set": self.run_entry})
+        except pymongo.errors.AutoReconnect as exc:  # Sacred: wait for the next save
+            self._lose(exc)
+        except pymongo.errors.InvalidDocument:
+            super().save()  # Sacred's ObserverError
+
+    def artifact_event(self, name, filename, metadata=None, content_type=None):
+        with self._watch():
+            super().artifact_event(name, filename, metadata, content_type)
+
+    def final_save(self, attempts):
+        super().final_save(1 if self.lost is not None else attempts)
+
+    def _watch(self):
+        import contextlib
+
+        import pymongo.errors
+
+        @contextlib.contextmanager
+        def watch():
+            try:
+                yield
+            except pymongo.errors.ConnectionFailure as exc:
+                self._lose(exc)  # Sacred logs this and stops calling: one line, not pymongo's
+                raise StoreError(f"MongoDB lost: {_one_line(exc)}") from None
+
+        return watch()
+
+    def _lose(self, exc) -> None:
+        if self.lost is None:
+            self.lost = exc
+            print(
+                f"study: lost MongoDB ({_one_line(exc)}); training goes on, the run is kept on "
+                f"disk and `study sync` uploads it once the server is back",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def make_observer(target: Target, client, overwrite=None) -> StudyMongoObserver:
@@ -339,3 +398,102 @@ def observer_for_run(target: Target, fallback_store: str | None, client=None):
         return None, store
     print(f"study: recording to {target.masked}", file=sys.stderr, flush=True)
     return make_observer(target, client), None
+
+
+# -- the file copy of a MongoDB run -----------------------------------------------------------
+
+
+def shadow_dir(target: Target) -> Path | None:
+    """Where the file copies of `target`'s runs go: $STUDY_MONGO_SHADOW (default mongo-shadow)
+    / the database; None when the variable says off."""
+    value = os.environ.get(SHADOW_ENV, "").strip()
+    if value.lower() in ("0", "off", "no", "false", "none"):
+        return None
+    return Path(value or DEFAULT_SHADOW) / target.db
+
+
+class _ShadowFileStore(FileStore):
+    """The copy's folder is named after the MongoDB id; content types are kept for GridFS."""
+
+    def _make_run_dir(self, _id):
+        if self.resume_id is not None or _id is None:
+            return super()._make_run_dir(_id)
+        os.makedirs(self.basedir, exist_ok=True)
+        name, n = str(_id), 1
+        while True:  # a folder left by an earlier database of the same name: a new name
+            try:
+                self.dir = os.path.join(self.basedir, name)
+                os.mkdir(self.dir)
+                return
+            except FileExistsError:
+                n += 1
+                name = f"{_id}.{n}"
+
+    def artifact_event(self, name, filename, metadata=None, content_type=None):
+        if content_type:
+            self.run_entry.setdefault("content_types", {})[name] = content_type
+        super().artifact_event(name, filename, metadata, content_type)
+
+
+class ShadowStore(RunObserver):
+    """A file-store copy of a MongoDB run (run.json, config, info, metrics, artifacts), from
+    which `study sync` completes the MongoDB run when the server was lost. Not a
+    FileStorageObserver, so the checkpoint stays in ./checkpoints/<id>; a failure here never
+    stops the run."""
+
+    priority = 10  # after the MongoObserver, which names the run
+
+    def __init__(self, folder: Path, target: Target):
+        self.store = _ShadowFileStore(str(folder))
+        self.target = target
+        self.active = False
+
+    @property
+    def dir(self) -> str | None:
+        return self.store.dir if self.active else None
+
+    def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
+        resume = config.get("resume") if isinstance(config, dict) else None
+        copy = Path(self.store.basedir) / str(resume) / "run.json"
+        if resume is not None and not copy.exists():
+            return _id  # no copy of the interrupted run: MongoDB only, as before
+        try:
+            self.store.started_event(
+                ex_info, command, host_info, start_time, config, meta_info, _id
+            )
+            self.store.run_entry["mongo"] = {"url": self.target.masked, "id": _id}
+            self.store.save_json(self.store.run_entry, "run.json")
+            self.active = True
+        except (OSError, StoreError) as exc:
+            print(f"study: no file copy of this run ({exc})", file=sys.stderr, flush=True)
+        return _id
+
+    def _forward(self, method, *args, **kwargs):
+        if self.active:
+            getattr(self.store, method)(*args, **kwargs)
+
+    def heartbeat_event(self, info, captured_out, beat_time, result):
+        self._forward("heartbeat_event", info, captured_out, beat_time, result)
+
+    def completed_event(self, stop_time, result):
+        self._forward("completed_event", stop_time, result)
+
+    def interrupted_event(self, interrupt_time, status):
+        self._forward("interrupted_event", interrupt_time, status)
+
+    def failed_event(self, fail_time, fail_trace):
+        self._forward("failed_event", fail_time, fail_trace)
+
+    def resource_event(self, filename):
+        self._forward("resource_event", filename)
+
+    def artifact_event(self, name, filename, metadata=None, content_type=None):
+        self._forward("artifact_event", name, filename, metadata, content_type)
+
+    def log_metrics(self, metrics_by_name, info):
+        self._forward("log_metrics", metrics_by_name, info)
+
+
+def shadow_for(target: Target) -> ShadowStore | None:
+    folder = shadow_dir(target)
+    return ShadowStore(folder, target) if folder is not None else None
