@@ -17,7 +17,7 @@ from study.errors import StudyError
 
 OWN_COMMANDS = ("list", "runs", "sync")
 # Commands with their own argument parser, in their own module.
-DELEGATED_COMMANDS = {"report": "study.report"}
+DELEGATED_COMMANDS = {"report": "study.report", "sweep": "study.sweep"}
 # Sacred options that choose an observer: with any of these, no default file store is added.
 OBSERVER_FLAGS = (
     "-m", "--mongo_db", "-u", "--unobserved", "-s", "--sql", "-t", "--tiny_db",

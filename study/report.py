@@ -30,6 +30,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from study import stats
 from study.errors import StudyError
 from study.stores import RunRecord, read_runs
 
@@ -339,8 +340,14 @@ def report_context(
     table = results_table(cells, datasets, models, seed)
     best = {row["dataset"]: row["best"] for row in table["rows"] if row["metric"] == "top1"}
     starts = sorted(r.start_time for r in records if r.start_time)
+    evaluate = _evaluation_cache()
     sections = [
-        dataset_section(d, [m for m in models if (d, m) in cells], cells, figures) for d in datasets
+        dataset_section(d, [m for m in models if (d, m) in cells], cells, figures, evaluate)
+        for d in datasets
+    ]
+    tests = [
+        comparisons(d, [m for m in models if (d, m) in cells], cells, best.get(d), evaluate)
+        for d in datasets
     ]
     for s in sections:
         notes.extend(s["notes"])
@@ -360,7 +367,13 @@ def report_context(
         "sections": sections,
         "efficiency": efficiency,
         "efficiency_hardware": hardware.pop() if len(hardware) == 1 else None,
-        "appendix": [appendix_entry(r) for r in records],
+        "tests": tests,
+        "calibration": calibration_rows(cells, datasets, models, evaluate),
+        "conclusions": conclusions(tests, cells),
+        "significance": stats.SIGNIFICANCE,
+        "exact_below": stats.MCNEMAR_EXACT_BELOW,
+        "ece_bins": stats.ECE_BINS,
+        "appendix": [appendix_entry(r, evaluate) for r in records],
         "notes": notes,
         "figures_drawn": figures.drawn,
     }
@@ -489,11 +502,13 @@ def results_table(cells, datasets, models, seed) -> dict:
                 rs = cells.get((d, m), [])
                 s = stat(rs, lambda r, metric=metric: r.result[metric])
                 published = seed.get((d, m), {}).get(metric)
+                interval = stats.accuracy_interval(s.values, _test_count(rs))
                 values.append(
                     {
                         "model": m,
                         "stat": s,
                         "text": s.text() if rs else "",
+                        "ci": interval_text(interval),
                         "n": s.n,
                         "ran": bool(rs),
                         "seed": fmt_num(published) if published is not None and rs else None,
@@ -513,10 +528,28 @@ def results_table(cells, datasets, models, seed) -> dict:
             )  # fmt: skip
     any_seed = any(c["seed"] for row in rows for c in row["cells"])
     aggregated = any(c["n"] > 1 for row in rows for c in row["cells"])
-    return {"rows": rows, "any_seed": any_seed, "aggregated": aggregated}
+    single = any(c["n"] == 1 and c["ci"] for row in rows for c in row["cells"])
+    return {"rows": rows, "any_seed": any_seed, "aggregated": aggregated, "single": single}
 
 
-def dataset_section(d, models, cells, figures: FigureCache) -> dict:
+def _test_count(rs: list[RunRecord]) -> int | None:
+    """The test-set size of a cell's runs (for a Wilson interval), when recorded."""
+    for r in rs:
+        count = (r.info.get("dataset") or {}).get("test_count")
+        if isinstance(count, int) and count > 0:
+            return count
+    return None
+
+
+def interval_text(interval: stats.Interval | None) -> str | None:
+    """`95% CI [low, high]`, with `(Wilson)` when it comes from one run's test-set size."""
+    if interval is None:
+        return None
+    how = " Wilson" if interval.method == "wilson" else ""
+    return f"95% CI{how} [{fmt_num(interval.low)}, {fmt_num(interval.high)}]"
+
+
+def dataset_section(d, models, cells, figures: FigureCache, evaluate=None) -> dict:
     notes: list[str] = []
     title = dataset_title(d)
     runs = [(m, r) for m in models for r in cells[(d, m)]]
@@ -548,12 +581,13 @@ def dataset_section(d, models, cells, figures: FigureCache) -> dict:
             class_names = list(names)
             break
     num_classes = len(class_names)
+    evaluate = evaluate or _evaluation
     confusion = []  # per model: summed confusion matrix over its runs
     pairs_by_model = []
     for m in models:
         total, used = None, []
         for r in cells[(d, m)]:
-            ev = _evaluation(r)
+            ev = evaluate(r)
             if ev is None or "confusion" not in ev:
                 notes.append(
                     f"Run {r.id} ({model_title(m)} on {title}) has no evaluation artifact: "
@@ -604,10 +638,12 @@ def dataset_section(d, models, cells, figures: FigureCache) -> dict:
                 )
         items.sort(key=lambda i: -(i["confidence"] or 0))
         gallery.append({"model": model_title(m), "items": items[:GALLERY_PER_CELL]})
+    reliability = reliability_data(models, [cells[(d, m)] for m in models], evaluate)
     return {
         "name": d,
         "title": title,
         "bar_chart": bar_chart,
+        "reliability_chart": reliability_svg(reliability) if reliability else None,
         "curve_chart": curve_chart,
         "confusion_chart": confusion_chart,
         "pairs": [] if show_matrices else pairs_by_model,
@@ -628,6 +664,174 @@ def _evaluation(r: RunRecord):
         return r.evaluation()
     except (StudyError, OSError, ValueError):
         return None
+
+
+def _evaluation_cache():
+    """_evaluation, reading each run's evaluation.npz once per report."""
+    cache: dict[int, Any] = {}
+
+    def evaluate(r: RunRecord):
+        if id(r) not in cache:
+            cache[id(r)] = _evaluation(r)
+        return cache[id(r)]
+
+    return evaluate
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics: paired tests, calibration, conclusions
+
+
+def p_text(p: float) -> str:
+    return "p < 0.0001" if p < 0.0001 else f"p = {p:.4f}"
+
+
+def paired_runs(best_runs, other_runs, evaluate):
+    """The pair McNemar's test compares: the runs of the two models with the lowest seed both
+    ran (seed-matched: same subset, same initialisation stream), evaluated on the same test
+    images; failing that, any two runs on the same test images. (pair, why-not)."""
+
+    def seed_of(r):
+        seed = r.config.get("seed")
+        return seed if isinstance(seed, int) else math.inf
+
+    matched = [(seed_of(a), a, b) for a in best_runs for b in other_runs
+               if seed_of(a) == seed_of(b)]  # fmt: skip
+    unmatched = [(math.inf, a, b) for a in best_runs for b in other_runs
+                 if seed_of(a) != seed_of(b)]  # fmt: skip
+    order = sorted(matched, key=lambda x: (x[0], _id_key(x[1]), _id_key(x[2])))
+    order += sorted(unmatched, key=lambda x: (seed_of(x[1]), _id_key(x[1]), _id_key(x[2])))
+    reason = "no evaluation artifact"
+    for _, a, b in order:
+        ea, eb = evaluate(a), evaluate(b)
+        if ea is None or eb is None:
+            continue
+        ia, ib = ea.get("test_indices"), eb.get("test_indices")
+        if ia is None or ib is None or len(ia) != len(ib) or (ia != ib).any():
+            reason = "their runs were evaluated on different test images"
+            continue
+        return (a, b, ea, eb), None
+    return None, reason
+
+
+def _id_key(r: RunRecord):
+    return (not r.id.isdigit(), int(r.id) if r.id.isdigit() else 0, r.id)
+
+
+def comparisons(d, models, cells, best, evaluate) -> dict:
+    """McNemar's test of the data set's best model (by mean top-1) against each other model."""
+    out = {"dataset": d, "title": dataset_title(d), "best": None, "rows": []}
+    if not best:
+        return out
+    best_model = best["model"]
+    out["best"] = model_title(best_model)
+    for m in models:
+        if m == best_model:
+            continue
+        row = {
+            "model": model_title(m),
+            "best": model_title(best_model),
+            "best_top1": stat(cells[(d, best_model)], lambda r: r.result["top1"]).text(),
+            "top1": stat(cells[(d, m)], lambda r: r.result["top1"]).text(),
+            "test": None,
+        }
+        pair, reason = paired_runs(cells[(d, best_model)], cells[(d, m)], evaluate)
+        if pair is None:
+            row["reason"] = reason
+        else:
+            a, b, ea, eb = pair
+            test = stats.mcnemar(stats.correctness(ea), stats.correctness(eb))
+            seed_a, seed_b = a.config.get("seed"), b.config.get("seed")
+            row.update(
+                test=test,
+                p=p_text(test.p_value),
+                runs=f"{a.id} vs {b.id}",
+                seed=_value_text(seed_a) if seed_a == seed_b else None,
+            )
+        out["rows"].append(row)
+    return out
+
+
+def conclusions(tests, cells) -> list[str]:
+    """One paragraph per data set: a difference is called one only when McNemar's p < 0.05."""
+    out = []
+    alpha = stats.SIGNIFICANCE
+    for t in tests:
+        if not t["best"]:
+            continue
+        if not t["rows"]:
+            out.append(f"On {t['title']} only {t['best']} was run, so there is no comparison.")
+            continue
+        sentences = []
+        for row in t["rows"]:
+            test = row["test"]
+            if test is None:
+                sentences.append(
+                    f"{row['best']} and {row['model']} cannot be compared by a paired test "
+                    f"({row['reason']})."
+                )
+            elif test.significant:
+                sentences.append(
+                    f"{row['best']} (top-1 {row['best_top1']}) differs significantly from "
+                    f"{row['model']} ({row['top1']}): McNemar {test.method}, {row['p']}, "
+                    f"below {alpha}."
+                )
+            else:
+                sentences.append(
+                    f"{row['best']} (top-1 {row['best_top1']}) and {row['model']} "
+                    f"({row['top1']}) show no significant difference (McNemar {test.method}, "
+                    f"{row['p']} ≥ {alpha}); these runs do not establish which is better."
+                )
+        out.append(f"On {t['title']}: " + " ".join(sentences))
+    return out
+
+
+def run_ece(r: RunRecord, evaluate) -> float | None:
+    ev = evaluate(r)
+    if ev is None or "topk_prob" not in ev:
+        return None
+    return stats.expected_calibration_error(stats.top1_confidence(ev), stats.correctness(ev))
+
+
+def calibration_rows(cells, datasets, models, evaluate) -> list[dict]:
+    rows = []
+    for d in datasets:
+        for m in models:
+            rs = cells.get((d, m))
+            if rs:
+                s = stat(rs, lambda r: run_ece(r, evaluate))
+                rows.append({"dataset": dataset_title(d), "model": model_title(m),
+                             "ece": s, "n": s.n})  # fmt: skip
+    return rows
+
+
+def reliability_data(models, runs_per_model, evaluate) -> dict | None:
+    """Per model: the reliability bins of its runs' test predictions, pooled."""
+    import numpy as np
+
+    panels = []
+    for m, rs in zip(models, runs_per_model, strict=True):
+        evs = [ev for ev in (evaluate(r) for r in rs) if ev is not None and "topk_prob" in ev]
+        if not evs:
+            continue
+        conf = np.concatenate([stats.top1_confidence(ev) for ev in evs])
+        right = np.concatenate([stats.correctness(ev) for ev in evs])
+        rel = stats.reliability_bins(conf, right)
+
+        def listed(a):
+            return [None if not np.isfinite(x) else round(float(x), 6) for x in a]
+
+        panels.append(
+            {
+                "label": model_title(m) + (f" ({len(evs)} runs)" if len(evs) > 1 else ""),
+                "edges": listed(rel.edges),
+                "count": [int(c) for c in rel.count],
+                "accuracy": listed(rel.accuracy),
+                "confidence": listed(rel.confidence),
+                "ece": round(stats.expected_calibration_error(conf, right), 6),
+            }
+        )
+    return {"models": panels} if panels else None
 
 
 def confused_pairs(matrix, class_names, k) -> list[dict]:
@@ -684,7 +888,7 @@ def _version(value) -> str:
     return value if isinstance(value, str) else "not recorded"
 
 
-def appendix_entry(r: RunRecord) -> dict:
+def appendix_entry(r: RunRecord, evaluate=None) -> dict:
     host = r.host or {}
     libs = host.get("study") if isinstance(host.get("study"), dict) else {}
     versions = [("python", _version(host.get("python_version")))]
@@ -714,6 +918,7 @@ def appendix_entry(r: RunRecord) -> dict:
         "versions": versions,
         "config": [(k, json.dumps(v)) for k, v in sorted(r.config.items())],
         "result": r.result,
+        "ece": run_ece(r, evaluate or _evaluation),
         "missing": missing,
     }
 
@@ -844,3 +1049,58 @@ def draw_confusion(data: dict) -> bytes:
 
 
 DRAW = {"bars": draw_bars, "curves": draw_curves, "confusion": draw_confusion}
+
+
+def reliability_svg(data: dict) -> str:
+    """Reliability diagrams (one panel per model) as a small hand-written SVG data URI: cheap
+    enough to draw on every build, so they need no figure cache."""
+    from xml.sax.saxutils import escape
+
+    size, pad, gap = 150.0, 30.0, 20.0  # plot square, left/bottom margin, space between panels
+    panels = data["models"]
+    width = len(panels) * (size + pad + gap) + gap
+    height = size + pad + 34.0
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" '
+             f'height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}" '
+             'font-family="DejaVu Sans, sans-serif" font-size="8">']  # fmt: skip
+    for i, p in enumerate(panels):
+        x0, y0 = gap + pad + i * (size + pad + gap), 26.0  # the plot's top-left corner
+
+        def x(v, x0=x0):
+            return x0 + v * size
+
+        def y(v, y0=y0):
+            return y0 + (1 - v) * size
+
+        parts.append(f'<text x="{x(0.5):.1f}" y="10" text-anchor="middle">'
+                     f"{escape(p['label'])}</text>")  # fmt: skip
+        parts.append(f'<text x="{x(0.5):.1f}" y="21" text-anchor="middle">'
+                     f"ECE {p['ece']:.4f}</text>")  # fmt: skip
+        edges = p["edges"]
+        for k, (acc, conf) in enumerate(zip(p["accuracy"], p["confidence"], strict=True)):
+            if acc is None:
+                continue
+            left, w = x(edges[k]), (edges[k + 1] - edges[k]) * size
+            parts.append(f'<rect x="{left:.1f}" y="{y(acc):.1f}" width="{w:.1f}" '
+                         f'height="{y(0) - y(acc):.1f}" fill="#4c72b0" stroke="white" '
+                         'stroke-width="0.5"/>')  # fmt: skip
+            top, bottom = max(acc, conf), min(acc, conf)
+            parts.append(f'<rect x="{left:.1f}" y="{y(top):.1f}" width="{w:.1f}" '
+                         f'height="{y(bottom) - y(top):.1f}" fill="#dd8452" '
+                         'fill-opacity="0.45"/>')  # fmt: skip
+        parts.append(f'<line x1="{x(0)}" y1="{y(0)}" x2="{x(1)}" y2="{y(1)}" stroke="#333" '
+                     'stroke-dasharray="3 2" stroke-width="0.8"/>')  # fmt: skip
+        parts.append(f'<rect x="{x(0)}" y="{y(1)}" width="{size}" height="{size}" '
+                     'fill="none" stroke="#333" stroke-width="0.8"/>')  # fmt: skip
+        for t in (0.0, 0.5, 1.0):
+            parts.append(f'<text x="{x(t):.1f}" y="{y(0) + 10:.1f}" '
+                         f'text-anchor="middle">{t:g}</text>')  # fmt: skip
+            parts.append(f'<text x="{x(0) - 3:.1f}" y="{y(t) + 3:.1f}" '
+                         f'text-anchor="end">{t:g}</text>')  # fmt: skip
+        parts.append(f'<text x="{x(0.5):.1f}" y="{y(0) + 22:.1f}" text-anchor="middle">'
+                     "top-1 confidence</text>")  # fmt: skip
+        parts.append(f'<text transform="translate({x(0) - 20:.1f} {y(0.5):.1f}) rotate(-90)" '
+                     'text-anchor="middle">accuracy</text>')  # fmt: skip
+    parts.append("</svg>")
+    svg = "".join(parts).encode()
+    return "data:image/svg+xml;base64," + base64.b64encode(svg).decode()

@@ -152,11 +152,12 @@ def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> I
 
 
 def accuracy_interval(accuracies, test_count: int | None) -> Interval | None:
-    """The interval Table 1 shows: over runs (t) when there are several, else Wilson from the
-    test-set size; None when neither is possible."""
+    """The interval Table 1 shows: over runs (t, clipped to [0, 1]) when there are several,
+    else Wilson from the test-set size; None when neither is possible."""
     values = [float(v) for v in accuracies]
-    if len(values) >= 2:
-        return mean_interval(values)
+    if len(values) >= 2:  # an accuracy lies in [0, 1]: so does the interval shown for it
+        ci = mean_interval(values)
+        return Interval(ci.estimate, max(0.0, ci.low), min(1.0, ci.high), "t", ci.n, ci.std)
     if len(values) == 1 and test_count:
         return wilson_interval(round(values[0] * test_count), test_count)
     return None

@@ -84,6 +84,8 @@ def test_accuracy_interval_picks_t_or_wilson():
     assert stats.accuracy_interval([0.8, 0.9], 100).method == "t"
     assert stats.accuracy_interval([0.8], 10) == stats.wilson_interval(8, 10)
     assert stats.accuracy_interval([0.8], None) is None
+    wide = stats.accuracy_interval([0.1, 0.9], 50)  # t_{0.975, 1} = 12.7: clipped to [0, 1]
+    assert (wide.low, wide.high) == (0.0, 1.0) and stats.mean_interval([0.1, 0.9]).low < 0
 
 
 def test_ece_by_hand():
@@ -152,3 +154,106 @@ def test_mcnemar_matches_statsmodels(b, c):
     assert ours.p_value == pytest.approx(float(theirs.pvalue), rel=1e-9, abs=1e-300)
     if not exact:
         assert ours.statistic == pytest.approx(float(theirs.statistic), rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# The report's statistics, on runs with fixed predictions
+
+
+def fake_run(run_id, model, correct, *, seed=0, dataset="mnist", indices=None, conf=0.9):
+    """A COMPLETED RunRecord whose evaluation.npz holds these per-image outcomes."""
+    import io
+
+    from study.stores import RunRecord
+
+    correct = np.asarray(correct, dtype=bool)
+    n = correct.size
+    labels = np.arange(n) % 10
+    top1 = np.where(correct, labels, (labels + 1) % 10)
+    topk = np.stack([(top1 + k) % 10 for k in range(5)], axis=1)
+    probs = np.tile([conf, 0.04, 0.03, 0.02, 0.01], (n, 1))
+    confusion = np.zeros((10, 10), dtype=np.int64)
+    np.add.at(confusion, (labels, top1), 1)
+    buf = io.BytesIO()
+    indices = np.arange(n) if indices is None else indices
+    np.savez(buf, labels=labels, topk=topk, topk_prob=probs.astype(np.float16),
+             test_indices=indices, confusion=confusion)  # fmt: skip
+    data = buf.getvalue()
+    return RunRecord(
+        id=str(run_id), store="memory", status="COMPLETED", experiment="study", command="run",
+        config={"model": model, "dataset": dataset, "seed": seed, "head": "replace"},
+        info={"dataset": {"test_count": n, "num_classes": 10,
+                          "class_names": [str(i) for i in range(10)]}},
+        result={"top1": float(correct.mean()), "top5": 1.0, "test_loss": 0.5},
+        metrics={}, host={}, start_time=None, stop_time=None, artifacts=["evaluation.npz"],
+        fetch=lambda name: data,
+    )  # fmt: skip
+
+
+def report_html(records, tmp_path) -> str:
+    from study.report import build_report
+
+    return build_report(records, tmp_path / "r.html", "html").read_text()
+
+
+def conclusions(html: str) -> str:
+    import html as html_lib
+    import re
+
+    part = html[html.index('<section id="conclusions">') : html.index('<section id="appendix">')]
+    return " ".join(html_lib.unescape(re.sub(r"<[^>]+>", " ", part)).split())
+
+
+def test_report_calls_a_clear_difference_a_difference(tmp_path):
+    good = [True] * 95 + [False] * 5
+    poor = [True] * 50 + [False] * 50
+    html = report_html([fake_run(1, "resnet18", good), fake_run(2, "small_cnn", poor)], tmp_path)
+    text = conclusions(html)
+    assert "ResNet-18 (top-1 0.9500) differs significantly from Small CNN (0.5000)" in text
+    assert "chi-square with continuity correction, p < 0.0001" in text  # b + c = 45
+    assert "no significant difference" not in text
+    assert html.count("95% CI Wilson [") == 4  # one run per cell: Wilson from 100 images
+    ci = stats.wilson_interval(95, 100)
+    assert f"95% CI Wilson [{ci.low:.4f}, {ci.high:.4f}]" in html
+    # ECE of a constant 0.9 confidence (stored as float16): |accuracy - 0.9|
+    ece = abs(0.95 - float(np.float16(0.9)))
+    assert f"ECE {ece:.4f}" in html
+
+
+def test_report_finds_no_difference_in_identical_predictions(tmp_path):
+    same = [True] * 70 + [False] * 30
+    html = report_html([fake_run(1, "resnet18", same), fake_run(2, "small_cnn", same)], tmp_path)
+    text = conclusions(html)
+    assert "show no significant difference (McNemar exact binomial, p = 1.0000" in text
+    assert "differs" not in text
+
+
+def test_a_small_gap_is_not_called_a_difference(tmp_path):
+    a = [True] * 80 + [False] * 20
+    b = list(a)
+    b[0] = b[1] = b[2] = False  # b = 3 images only A gets right
+    b[80] = True  # c = 1
+    html = report_html([fake_run(1, "resnet18", a), fake_run(2, "small_cnn", b)], tmp_path)
+    text = conclusions(html)
+    p = stats.mcnemar(np.array(a), np.array(b)).p_value
+    assert p == pytest.approx(0.625) and f"p = {p:.4f}" in text
+    assert "no significant difference" in text
+
+
+def test_seed_matched_pair_and_different_test_images(tmp_path):
+    good = [True] * 90 + [False] * 10
+    poor = [True] * 40 + [False] * 60
+    records = [
+        fake_run(1, "resnet18", good, seed=0),
+        fake_run(2, "resnet18", good, seed=1, indices=np.arange(100) + 7),
+        fake_run(3, "small_cnn", poor, seed=1, indices=np.arange(100) + 7),
+        fake_run(4, "vgg16", poor, seed=5, indices=np.arange(100) + 500),
+    ]
+    html = report_html(records, tmp_path)
+    assert '<tr data-test="mnist/Small CNN">' in html
+    row = html[html.index('<tr data-test="mnist/Small CNN">') :].split("</tr>")[0]
+    assert "<td>2 vs 3</td><td>1</td>" in row  # the runs of seed 1, the only shared seed
+    row = html[html.index('<tr data-test="mnist/VGG-16">') :].split("</tr>")[0]
+    assert "evaluated on different test images" in row
+    assert "cannot be compared by a paired test" in conclusions(html)
+    assert html.count("95% CI [") == 2  # ResNet-18's two runs: a t interval, top-1 and top-5

@@ -1,0 +1,517 @@
+"""`study sweep`: a grid of models x data sets x seeds, each cell one ordinary recorded run.
+
+    study sweep --models vgg16,resnet50 --datasets mnist,cifar10 --seeds 3 with paper
+    study sweep seed-study [with KEY=VALUE ...]
+
+Each cell is `python -m study run with <config> model=M dataset=D seed=S -c sweep:<id>` in its
+own process (a crash in one cell stops only that cell), its output appended to a log file under
+`<store>/sweep-<id>/` (for MongoDB: `./sweeps/sweep-<id>/`).
+
+- Tag: every run a sweep starts carries Sacred's comment `sweep:<id>` (run.json's
+  `meta.comment`); the id is derived from the grid and its config, so the same command is the
+  same sweep. The tag is for people and tools; it does not decide what runs.
+- Matching: a cell is *done* when the store holds a COMPLETED run whose config equals the
+  cell's resolved config (Sacred's config with study's config hook applied, as `study run` would
+  record it) except for the keys in IGNORED_KEYS, which say where or on what a run ran, not what
+  was trained. Any such run counts, tagged or not: a cell trained by hand is not trained again.
+- Otherwise, the latest FAILED / INTERRUPTED / dead RUNNING run of the cell with a checkpoint
+  is resumed (`resume=<id>`, the same run continues); without one the cell runs afresh. A
+  RUNNING file-store run whose heartbeat is recent (another process is training it) is left
+  alone.
+- The store is read again before each cell, so several sweeps (or a Slurm array of
+  `--print-commands` lines) can share a store.
+- SIGTERM / Ctrl-C: the running cell is stopped as `study run` stops (recorded INTERRUPTED),
+  no further cell starts, and the summary is printed; rerunning the sweep resumes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from study.errors import StudyError
+
+# Config keys that do not change what a cell trains: ignored when matching a cell to a run.
+IGNORED_KEYS = ("resume", "device", "num_workers", "data_root", "download", "checkpoint_dir")
+# Keys the grid sets itself.
+GRID_KEYS = ("model", "dataset", "seed")
+# A RUNNING file-store run whose last heartbeat is older than this is taken for dead.
+STALE_SECONDS = 120
+TAG_PREFIX = "sweep:"
+
+
+@dataclass(frozen=True)
+class Grid:
+    models: tuple[str, ...]
+    datasets: tuple[str, ...]
+    seeds: tuple[int, ...]
+    config: tuple[str, ...] = ()  # tokens after `with`: named configs and KEY=VALUE
+    description: str = ""
+
+
+NAMED_GRIDS = {
+    "seed-study": Grid(
+        models=("vgg16", "resnet50", "inception_v3"),
+        datasets=("mnist", "cifar10", "tiny_imagenet"),
+        seeds=(0,),
+        config=("paper",),
+        description="the seed study's 9 cells under its own protocol (`paper`)",
+    ),
+}
+
+
+@dataclass
+class Cell:
+    index: int
+    model: str
+    dataset: str
+    seed: int
+    config: dict  # resolved, as `study run` records it
+    action: str = "run"  # done | running | resume | run
+    run_id: str | None = None  # the run that made it done / is running / will be resumed
+    status: str = "not run"  # after the sweep: COMPLETED, FAILED, INTERRUPTED, ...
+    log: Path | None = None
+    returncode: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}/{self.dataset}/seed {self.seed}"
+
+    @property
+    def slug(self) -> str:
+        return f"{self.index:03d}-{self.model}-{self.dataset}-seed{self.seed}"
+
+
+@dataclass
+class Store:
+    """Where the cells record: the `study run` options that name it, and how to read it."""
+
+    args: list[str]  # -F DIR / -m SPEC, or [] ($STUDY_MONGO_URL)
+    folder: Path | None = None
+    mongo: str | None = None  # the -m spec or $STUDY_MONGO_URL (may hold a password)
+    where: str = ""
+    printable_args: list[str] = field(default_factory=list)
+
+    def read(self):
+        from study.stores import read_runs
+
+        if self.folder is not None and not self.folder.exists():
+            return []
+        return read_runs(str(self.folder) if self.folder else None, self.mongo)[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def main(argv: list[str]) -> int:
+    """`study sweep [GRID] [--models ...] [--datasets ...] [--seeds N] [with KEY=VALUE ...]`."""
+    args, with_tokens = parse_args(argv)
+    grid = make_grid(args, with_tokens)
+    store = make_store(args.file_storage, args.mongo_db)
+    sweep_id = args.id or grid_id(args.grid or "grid", grid)
+    cells = make_cells(grid)
+    if args.cell is not None:
+        if not 0 <= args.cell < len(cells):
+            raise StudyError(f"--cell {args.cell} is out of range; the grid has cells 0-"
+                             f"{len(cells) - 1}")  # fmt: skip
+        cells = [cells[args.cell]]
+    records = store.read()
+    for cell in cells:
+        plan(cell, records)
+
+    if args.print_commands:
+        for cell in cells:
+            if cell.action in ("run", "resume"):
+                print(shown_command(cell, grid, sweep_id, store))
+            else:
+                print(f"# cell {cell.index} {cell.name}: {describe(cell)}", file=sys.stderr)
+        if store.mongo and store.args != store.printable_args:
+            print("# the commands record to $STUDY_MONGO_URL (its password is not printed): "
+                  "export it where they run", file=sys.stderr)  # fmt: skip
+        return 0
+
+    print(f"study sweep {sweep_id}: {len(cells)} cells, recording to {store.where}")
+    if args.dry_run:
+        for cell in cells:
+            print(f"  [{cell.index}] {cell.name:<40} {describe(cell)}")
+        pending = sum(c.action in ("run", "resume") for c in cells)
+        print(f"{pending} of {len(cells)} cells would run (dry run: nothing started)")
+        return 0
+
+    logs = Path(args.logs) if args.logs else log_folder(store, sweep_id)
+    return run_cells(cells, grid, sweep_id, store, logs)
+
+
+VALUE_OPTIONS = ("-F", "--file_storage", "-m", "--mongo_db", "--models", "--datasets", "--seeds",
+                 "--cell", "--id", "--logs")  # fmt: skip
+
+
+def split_with(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(options, config tokens): what follows `with` is config, except options (as for
+    `study run`, `-F DIR` may come after the config)."""
+    if "with" not in argv:
+        return argv, []
+    cut = argv.index("with")
+    options, tokens, rest = argv[:cut], [], argv[cut + 1 :]
+    i = 0
+    while i < len(rest):
+        token = rest[i]
+        if token.startswith("-"):
+            options.append(token)
+            if token in VALUE_OPTIONS and i + 1 < len(rest):
+                options.append(rest[i + 1])
+                i += 1
+        else:
+            tokens.append(token)
+        i += 1
+    return options, tokens
+
+
+def parse_args(argv: list[str]):
+    argv, with_tokens = split_with(argv)
+    grids = ", ".join(f"{k} ({g.description})" for k, g in NAMED_GRIDS.items())
+    parser = argparse.ArgumentParser(
+        prog="study sweep",
+        description="Run a grid of models x data sets x seeds, each cell a recorded run. "
+        "Config after `with` applies to every cell.",
+        epilog=f"named grids: {grids}",
+    )
+    parser.add_argument("grid", nargs="?", choices=sorted(NAMED_GRIDS), help="a named grid")
+    parser.add_argument("--models", help="comma list, e.g. vgg16,resnet50")
+    parser.add_argument("--datasets", help="comma list, e.g. mnist,cifar10")
+    parser.add_argument("--seeds", help="N (seeds 0..N-1) or a comma list of seeds (default 1)")
+    parser.add_argument("-F", "--file_storage", metavar="DIR", help="file store (default ./runs)")
+    parser.add_argument("-m", "--mongo_db", metavar="URL", help="MongoDB, as for `study run`")
+    parser.add_argument("--dry-run", action="store_true", help="print the cells, run nothing")
+    parser.add_argument(
+        "--print-commands", action="store_true",
+        help="print one `study run` command per cell still to run (for Slurm arrays, shell "
+        "loops, torchrun), run nothing",
+    )  # fmt: skip
+    parser.add_argument("--cell", type=int, help="run only this cell (0-based, as listed)")
+    parser.add_argument("--id", help="the sweep's id (default: derived from the grid)")
+    parser.add_argument("--logs", metavar="DIR", help="where cell logs go")
+    return parser.parse_args(argv), with_tokens
+
+
+def _names(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not names:
+        raise StudyError("an empty list; give comma-separated names")
+    return names
+
+
+def parse_seeds(value: str | None) -> tuple[int, ...] | None:
+    """`3` -> (0, 1, 2); `0,5,7` -> (0, 5, 7)."""
+    if value is None:
+        return None
+    try:
+        if "," in value:
+            seeds = tuple(int(v) for v in value.split(",") if v.strip())
+        else:
+            seeds = tuple(range(int(value)))
+    except ValueError:
+        raise StudyError(f"--seeds {value!r} is invalid; expected N or a comma list") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise StudyError(f"--seeds {value!r} is invalid; expected N >= 1 or distinct seeds >= 0")
+    return seeds
+
+
+def make_grid(args, with_tokens: list[str]) -> Grid:
+    base = NAMED_GRIDS.get(args.grid) if args.grid else None
+    models = _names(args.models) or (base.models if base else None)
+    datasets = _names(args.datasets) or (base.datasets if base else None)
+    seeds = parse_seeds(args.seeds) or (base.seeds if base else (0,))
+    if not models or not datasets:
+        raise StudyError(
+            f"a sweep needs --models and --datasets (or a named grid: {', '.join(NAMED_GRIDS)})"
+        )
+    for token in with_tokens:
+        key = token.split("=", 1)[0].strip()
+        if "=" in token and key in (*GRID_KEYS, "resume"):
+            raise StudyError(
+                f"{key} is set by the grid (--models, --datasets, --seeds), not after `with`"
+                if key != "resume"
+                else "resume= is for one run; a sweep resumes its interrupted cells itself"
+            )
+    config = (*(base.config if base else ()), *with_tokens)
+    return Grid(models, datasets, seeds, config)
+
+
+def make_store(file_storage: str | None, mongo_spec: str | None) -> Store:
+    from study import mongo
+
+    if file_storage and mongo_spec:
+        raise StudyError("give -F DIR or -m URL, not both")
+    if mongo_spec:
+        target = mongo.parse_target(mongo_spec)
+        has_password = mongo.mask_url(target.url) != target.url
+        printable = [] if has_password else ["-m", mongo_spec]
+        return Store(["-m", mongo_spec], None, mongo_spec, target.masked, printable)
+    if file_storage is None and os.environ.get(mongo.URL_ENV, "").strip():
+        target = mongo.target_from_env()
+        return Store([], None, os.environ[mongo.URL_ENV], target.masked, [])
+    from study.stores import DEFAULT_FILE_STORE
+
+    folder = Path(file_storage or DEFAULT_FILE_STORE).expanduser().resolve()
+    args = ["-F", str(folder)]
+    return Store(args, folder, None, str(folder), args)
+
+
+def grid_id(name: str, grid: Grid) -> str:
+    """`<name>-<8 hex>`: the same grid and config give the same id."""
+    key = json.dumps([grid.models, grid.datasets, grid.seeds, grid.config])
+    return f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+def log_folder(store: Store, sweep_id: str) -> Path:
+    return (store.folder or Path("sweeps")) / f"sweep-{sweep_id}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Cells
+
+
+def resolve(updates_tokens: tuple[str, ...], model: str, dataset: str, seed: int) -> dict:
+    """The config `study run with TOKENS model=.. dataset=.. seed=..` would record."""
+    from sacred.arg_parser import get_config_updates
+    from sacred.initialize import create_run
+
+    from study.experiment import ex
+
+    updates, named = get_config_updates(list(updates_tokens))
+    updates = {**updates, "model": model, "dataset": dataset, "seed": seed}
+    try:
+        run = create_run(ex, ex.default_command, updates, named_configs=named)
+    except StudyError:
+        raise
+    except Exception as exc:  # Sacred's: an unknown named config, a misspelt key, ...
+        message = " ".join(str(exc).split())
+        raise StudyError(f"the sweep's config is invalid: {message}") from None
+    return dict(run.config)
+
+
+def make_cells(grid: Grid) -> list[Cell]:
+    """Every cell, data set-major (all models on one data set, then the next), seeds inner.
+    Resolving each cell's config checks it: a bad value stops the sweep before any cell runs."""
+    cells = []
+    for dataset in grid.datasets:
+        for model in grid.models:
+            for seed in grid.seeds:
+                config = resolve(grid.config, model, dataset, seed)
+                cells.append(Cell(len(cells), model, dataset, seed, config))
+    return cells
+
+
+def identity(config: dict) -> str:
+    """What a run trained, as comparable text: the config without IGNORED_KEYS, through JSON
+    (as a store holds it)."""
+    kept = {k: v for k, v in config.items() if k not in IGNORED_KEYS}
+    return json.dumps(json.loads(json.dumps(kept, default=str)), sort_keys=True)
+
+
+def _run_order(record) -> tuple:
+    return (record.id.isdigit(), int(record.id) if record.id.isdigit() else 0, record.id)
+
+
+def heartbeat_age(record) -> float | None:
+    """Seconds since a file-store run's last heartbeat (None when unknown)."""
+    if record.location is None:
+        return None
+    try:
+        beat = json.loads((Path(record.location) / "run.json").read_text()).get("heartbeat")
+        when = dt.datetime.fromisoformat(beat)
+    except (OSError, ValueError, TypeError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)  # Sacred writes naive UTC times
+    return (dt.datetime.now(dt.UTC) - when).total_seconds()
+
+
+def checkpoint_exists(record) -> bool:
+    path = (record.info or {}).get("checkpoint")
+    if path and Path(path).exists():
+        return True
+    return record.location is not None and (Path(record.location) / "checkpoint.pt").exists()
+
+
+def plan(cell: Cell, records) -> None:
+    """Set what the cell needs: done, running (elsewhere), resume (run_id) or run."""
+    mine = identity(cell.config)
+    matching = sorted((r for r in records if identity(r.config) == mine), key=_run_order)
+    done = [r for r in matching if r.status == "COMPLETED"]
+    if done:
+        cell.action, cell.run_id, cell.status = "done", done[0].id, "COMPLETED"
+        return
+    live = [r for r in matching if r.status in ("RUNNING", "QUEUED")
+            and (age := heartbeat_age(r)) is not None and age < STALE_SECONDS]  # fmt: skip
+    if live:
+        cell.action, cell.run_id, cell.status = "running", live[-1].id, "RUNNING elsewhere"
+        return
+    resumable = [r for r in matching if checkpoint_exists(r)]
+    if resumable:
+        cell.action, cell.run_id = "resume", resumable[-1].id
+        return
+    cell.action, cell.run_id = "run", None
+
+
+def describe(cell: Cell) -> str:
+    return {
+        "done": f"skip: COMPLETED as run {cell.run_id}",
+        "running": f"skip: run {cell.run_id} is RUNNING (heartbeat within {STALE_SECONDS} s)",
+        "resume": f"resume run {cell.run_id} from its checkpoint",
+        "run": "run",
+    }[cell.action]
+
+
+def cell_command(cell: Cell, grid: Grid, sweep_id: str, store: Store, printable=False):
+    """The `study run ...` arguments of a cell (after `python -m study`)."""
+    store_args = store.printable_args if printable else store.args
+    tag = ["-c", f"{TAG_PREFIX}{sweep_id}"]
+    if cell.action == "resume":
+        return ["run", "with", f"resume={cell.run_id}", *tag, *store_args]
+    cell_keys = [f"model={cell.model}", f"dataset={cell.dataset}", f"seed={cell.seed}"]
+    return ["run", "with", *grid.config, *cell_keys, *tag, *store_args]
+
+
+def shown_command(cell: Cell, grid: Grid, sweep_id: str, store: Store) -> str:
+    """The cell's command as a shell line (no password: $STUDY_MONGO_URL is left to the
+    environment where the URL holds one)."""
+    args = cell_command(cell, grid, sweep_id, store, printable=True)
+    return shlex.join(["python", "-m", "study", *args])
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+class _Stop:
+    """SIGTERM / SIGINT: stop the running cell as `study run` stops, start no other."""
+
+    def __init__(self):
+        self.requested = False
+        self.child: subprocess.Popen | None = None
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def handle(self, signum, frame):
+        self.requested = True
+        # Ctrl-C reaches the child from the terminal itself; SIGTERM (kill, a scheduler) is
+        # passed on, so the child records its run as INTERRUPTED.
+        if signum == signal.SIGTERM and self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signal.SIGTERM)
+
+
+def run_cells(cells: list[Cell], grid: Grid, sweep_id: str, store: Store, logs: Path) -> int:
+    logs.mkdir(parents=True, exist_ok=True)
+    with _Stop() as stop:
+        for cell in cells:
+            if stop.requested:
+                break
+            plan(cell, store.read())  # again: another process may have done it meanwhile
+            if cell.action in ("done", "running"):
+                print(f"[{cell.index}] {cell.name}: {describe(cell)}", flush=True)
+                earlier = logs / f"{cell.slug}.log"
+                cell.log = earlier if earlier.exists() else None
+                continue
+            run_cell(cell, grid, sweep_id, store, logs, stop)
+    summary = write_summary(cells, sweep_id, store, logs)
+    print(summary, flush=True)
+    if stop.requested:
+        print("study sweep: stopped; run the same command again to finish the sweep",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    return 0 if all(c.status == "COMPLETED" for c in cells) else 1
+
+
+def run_cell(cell: Cell, grid: Grid, sweep_id: str, store: Store, logs: Path, stop) -> None:
+    command = [sys.executable, "-m", "study", *cell_command(cell, grid, sweep_id, store)]
+    cell.log = logs / f"{cell.slug}.log"
+    what = describe(cell)
+    print(f"[{cell.index}] {cell.name}: {what} (log {cell.log})", flush=True)
+    started = time.monotonic()
+    with open(cell.log, "a") as log:
+        shown = shown_command(cell, grid, sweep_id, store)
+        log.write(f"=== {dt.datetime.now().isoformat(timespec='seconds')} {shown}\n")
+        log.flush()
+        stop.child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        while True:
+            try:
+                cell.returncode = stop.child.wait()
+                break
+            except InterruptedError:  # pragma: no cover - wait() retries on EINTR itself
+                continue
+        stop.child = None
+    outcome = outcome_of(cell, store)
+    cell.status = outcome
+    seconds = time.monotonic() - started
+    print(f"[{cell.index}] {cell.name}: {outcome} (exit {cell.returncode}, {seconds:.0f} s)",
+          flush=True)  # fmt: skip
+
+
+def outcome_of(cell: Cell, store: Store) -> str:
+    """The cell's status after its process ended, from the store (the exit code when the
+    store holds no run of it: the command failed before recording)."""
+    try:
+        records = store.read()
+    except StudyError:
+        records = []
+    mine = identity(cell.config)
+    matching = sorted((r for r in records if identity(r.config) == mine), key=_run_order)
+    if cell.action == "resume":
+        matching = [r for r in matching if r.id == cell.run_id] or matching
+    if matching:
+        latest = matching[-1]
+        if any(r.status == "COMPLETED" for r in matching):
+            latest = next(r for r in matching if r.status == "COMPLETED")
+        cell.run_id = latest.id
+        if latest.status == "RUNNING" and cell.returncode != 0:
+            return "FAILED" if cell.returncode != 130 else "INTERRUPTED"
+        return latest.status
+    return "INTERRUPTED" if cell.returncode == 130 else f"FAILED (exit {cell.returncode})"
+
+
+def write_summary(cells: list[Cell], sweep_id: str, store: Store, logs: Path) -> str:
+    """The summary table (returned) and `<logs>/summary.json`."""
+    lines = [f"study sweep {sweep_id}: summary ({store.where})"]
+    lines.append(f"{'cell':>4}  {'model':<16} {'dataset':<14} {'seed':>4}  {'status':<20} "
+                 f"{'run':>5}  log")  # fmt: skip
+    for c in cells:
+        log = str(c.log) if c.log else "-"
+        lines.append(f"{c.index:>4}  {c.model:<16} {c.dataset:<14} {c.seed:>4}  "
+                     f"{c.status:<20} {c.run_id or '-':>5}  {log}")  # fmt: skip
+    done = sum(c.status == "COMPLETED" for c in cells)
+    lines.append(f"{done} of {len(cells)} cells COMPLETED")
+    entries = [
+        {"cell": c.index, "model": c.model, "dataset": c.dataset, "seed": c.seed,
+         "status": c.status, "run": c.run_id, "action": c.action,
+         "log": str(c.log) if c.log else None, "returncode": c.returncode}
+        for c in cells
+    ]  # fmt: skip
+    payload = {"sweep": sweep_id, "store": store.where, "cells": entries,
+               "written": dt.datetime.now().isoformat(timespec="seconds")}  # fmt: skip
+    tmp = logs / f".summary.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, logs / "summary.json")
+    return "\n".join(lines)

@@ -1,0 +1,246 @@
+"""`study sweep`: a grid of real runs on the CPU, killed midway, resumed, rerun; the report over it.
+
+One sweep (2 models x 2 data sets x 2 seeds, tiny limits) is started, stopped with SIGTERM
+after its first cells complete, and finished by running the same command again; a third run
+of the command starts nothing. The other tests read that store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import run_study
+
+from study.errors import StudyError
+from study.report import build_report, select_runs
+from study.stores import read_file_store
+
+GRID = ["--models", "small_cnn,resnet18", "--datasets", "mnist,cifar10", "--seeds", "2"]
+TINY = ["epochs=1", "batch_size=50", "image_size=32", "train_limit=60", "precise_bn=0",
+        "gallery=2"]  # fmt: skip
+KILL_AFTER = 2  # completed cells before the sweep is stopped
+
+
+def sweep_args(data: Path, store: Path, *extra) -> list[str]:
+    return ["sweep", *GRID, *extra, "with", f"data_root={data}", *TINY, "-F", str(store)]
+
+
+def study(*args, cwd: Path) -> tuple[int, str, str]:
+    """`study ARGS` in this process (no interpreter start-up; cells still run as processes):
+    (exit status, stdout, stderr)."""
+    from study.cli import main
+
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = main([str(a) for a in args])
+    finally:
+        os.chdir(here)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def completed(store: Path) -> list:
+    try:
+        return [r for r in read_file_store(store) if r.status == "COMPLETED"]
+    except StudyError:  # the store does not exist yet
+        return []
+    except (OSError, ValueError):  # a file caught mid-write: look again
+        return []
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    import fakedata
+
+    root = tmp_path_factory.mktemp("sweepdata")
+    fakedata.write_mnist(root, n_train=120, n_test=60, seed=0)
+    fakedata.write_cifar10(root, n_train=120, n_test=60, seed=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def swept(data, tmp_path_factory) -> dict:
+    base = tmp_path_factory.mktemp("sweep")
+    store = base / "runs"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "study", *sweep_args(data, store)],
+        cwd=base, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while len(completed(store)) < KILL_AFTER:
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "the first cells did not complete in 300 s"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    killed_out, _ = proc.communicate(timeout=120)
+    after_kill = read_file_store(store)
+
+    rc, second, _ = study(*sweep_args(data, store), cwd=base)
+    assert rc == 0, second
+    after_second = read_file_store(store)
+    rc, third, _ = study(*sweep_args(data, store), cwd=base)
+    assert rc == 0, third
+    return {
+        "base": base,
+        "store": store,
+        "killed_rc": proc.returncode,
+        "killed_out": killed_out,
+        "after_kill": after_kill,
+        "second": second,
+        "after_second": after_second,
+        "third": third,
+        "after_third": read_file_store(store),
+    }
+
+
+def cell_key(r):
+    return (r.model, r.dataset, r.config["seed"])
+
+
+def test_sweep_records_every_cell_once(swept):
+    done = [r for r in swept["after_third"] if r.status == "COMPLETED"]
+    assert sorted(cell_key(r) for r in done) == sorted(
+        (m, d, s) for m in ("small_cnn", "resnet18") for d in ("mnist", "cifar10") for s in (0, 1)
+    )
+    for r in done:  # each an ordinary run, under the sweep's config, tagged with the sweep
+        assert r.config["epochs"] == 1 and r.config["train_limit"] == 60
+        run_json = json.loads((r.location / "run.json").read_text())
+        assert re.fullmatch(r"sweep:grid-[0-9a-f]{8}", run_json["meta"]["comment"])
+        assert r.evaluation() is not None
+    assert "8 of 8 cells COMPLETED" in swept["second"]
+
+
+def test_stopped_sweep_then_rerun_completes_only_the_rest(swept):
+    assert swept["killed_rc"] == 130, swept["killed_out"]
+    assert "stopped; run the same command again" in swept["killed_out"]
+    before = {r.id: r for r in swept["after_kill"]}
+    finished = {r.id for r in before.values() if r.status == "COMPLETED"}
+    assert len(finished) >= KILL_AFTER
+    # The cell running when the sweep was stopped was recorded as INTERRUPTED, not left RUNNING.
+    stopped = [r for r in before.values() if r.status != "COMPLETED"]
+    assert all(r.status == "INTERRUPTED" for r in stopped), [r.status for r in stopped]
+
+    second = swept["second"]
+    assert second.count("skip: COMPLETED") == len(finished)
+    ran = re.findall(r"^\[\d\] [^:]+: (run|resume run \d+ from its checkpoint) \(log", second, re.M)
+    assert len(ran) == 8 - len(finished)
+    after = {r.id: r for r in swept["after_second"]}
+    for run_id in finished:  # untouched
+        assert after[run_id].stop_time == before[run_id].stop_time
+    # An interrupted cell was resumed in its own run (checkpoint) or run afresh (none yet).
+    for r in stopped:
+        if "resume run" in second:
+            assert after[r.id].status == "COMPLETED"
+    new_ids = set(after) - set(before)
+    assert len(new_ids) + sum("resume run" in x for x in ran) == 8 - len(finished)
+
+
+def test_rerunning_a_finished_sweep_runs_nothing(swept):
+    third = swept["third"]
+    assert third.count("skip: COMPLETED") == 8
+    assert "(log" not in third  # no cell started
+    assert [r.id for r in swept["after_third"]] == [r.id for r in swept["after_second"]]
+
+
+def test_summary_lists_status_and_log_of_each_cell(swept):
+    lines = [line for line in swept["second"].splitlines() if re.match(r"^\s+\d+  ", line)]
+    assert len(lines) == 8
+    for line in lines:
+        assert "COMPLETED" in line
+    (folder,) = swept["store"].glob("sweep-grid-*")
+    logs = sorted(folder.glob("*.log"))
+    assert len(logs) == 8  # every cell ran once (the stopped one's log holds both attempts)
+    for log in logs:
+        assert str(log) in swept["second"]
+    summary = json.loads((folder / "summary.json").read_text())
+    assert [c["status"] for c in summary["cells"]] == ["COMPLETED"] * 8
+    assert "Started run with ID" in logs[0].read_text() or "COMPLETED" in logs[0].read_text()
+
+
+def test_dry_run_and_print_commands_run_nothing(swept, data, tmp_path):
+    store = swept["store"]
+    ids = [r.id for r in read_file_store(store)]
+    dry = study(*sweep_args(data, store, "--dry-run", "--seeds", "3"), cwd=tmp_path)[1]
+    assert dry.count("skip: COMPLETED") == 8 and "4 of 12 cells would run" in dry
+    assert re.search(r"\[2\] small_cnn/mnist/seed 2\s+run$", dry, re.M)
+
+    rc, out, err = study(*sweep_args(data, store, "--print-commands", "--seeds", "3"), cwd=tmp_path)
+    commands = out.splitlines()
+    assert len(commands) == 4 and all(c.startswith("python -m study run with ") for c in commands)
+    assert all(f"-F {store}" in c and "seed=2" in c and " -c sweep:grid-" in c for c in commands)
+    assert rc == 0 and err.count("COMPLETED") == 8  # the skipped cells, on stderr
+    assert [r.id for r in read_file_store(store)] == ids
+
+    # A printed command is an ordinary `study run`; the sweep then counts its run as done.
+    one = commands[0].split()[3:]  # after `python -m study`
+    run_study(*one, cwd=tmp_path)
+    dry = study(*sweep_args(data, store, "--dry-run", "--seeds", "3"), cwd=tmp_path)[1]
+    assert "3 of 12 cells would run" in dry
+
+
+def test_a_failing_cell_does_not_stop_the_others(data, tmp_path):
+    store = tmp_path / "runs"
+    rc, out, _ = study(
+        "sweep", "--models", "small_cnn", "--datasets", "fashion_mnist,mnist", "with",
+        f"data_root={data}", "download=False", *TINY, "-F", store, cwd=tmp_path,
+    )  # fmt: skip
+    assert rc == 1
+    assert re.search(r"small_cnn\s+fashion_mnist\s+0\s+FAILED \(exit 2\)", out)
+    assert re.search(r"small_cnn\s+mnist\s+0\s+COMPLETED", out)
+    log = next(store.glob("sweep-*/000-small_cnn-fashion_mnist-seed0.log")).read_text()
+    assert "FashionMNIST" in log or "fashion" in log.lower()
+    assert [r.dataset for r in read_file_store(store)] == ["mnist"]
+
+
+def test_bad_grid_config_stops_before_any_cell(data, tmp_path):
+    for extra, message in (
+        (["lr=abc"], "lr='abc' is invalid"),
+        (["seed=3"], "seed is set by the grid"),
+        (["papr"], 'Named config not found: "papr"'),
+    ):
+        proc = run_study(
+            "sweep", "--models", "small_cnn", "--datasets", "mnist", "with",
+            f"data_root={data}", *extra, "-F", tmp_path / "runs", cwd=tmp_path, check=False,
+        ) if extra == ["lr=abc"] else None  # fmt: skip
+        if proc is not None:  # once as a user runs it: one line, no traceback
+            assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+            assert "Traceback" not in proc.stderr
+        rc, _, err = study(
+            "sweep", "--models", "small_cnn", "--datasets", "mnist", "with",
+            f"data_root={data}", *extra, "-F", tmp_path / "runs", cwd=tmp_path,
+        )  # fmt: skip
+        assert rc == 2 and message in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_seed_study_grid(tmp_path):
+    out = study("sweep", "seed-study", "--dry-run", "-F", tmp_path / "runs", cwd=tmp_path)[1]
+    cells = re.findall(r"^\s+\[\d\] (.+?)\s+run$", out, re.M)
+    assert len(cells) == 9 and "9 of 9 cells would run" in out
+    assert "vgg16/mnist/seed 0" in cells and "inception_v3/tiny_imagenet/seed 0" in cells
+    printed = study("sweep", "seed-study", "--print-commands", cwd=tmp_path)[1]
+    assert all(line.startswith("python -m study run with paper model=")
+               for line in printed.splitlines())  # fmt: skip
+
+
+def test_report_over_the_sweep_shows_intervals_and_tests(swept, tmp_path):
+    records = select_runs(read_file_store(swept["store"]))
+    html = build_report(records, tmp_path / "sweep.html", "html").read_text()
+    assert html.count("95% CI [") == 8  # 2 models x 2 data sets x top-1/top-5, n = 2 each
+    assert "t distribution with n − 1 degrees of freedom" in html
+    assert html.count("<tr data-test=") == 2  # per data set: the best model vs the other
+    assert "McNemar" in html and "Expected calibration error" in html
+    assert html.count('<img class="reliability"') == 2
+    assert html.count("ECE ") >= 8  # every run in the appendix
+    assert "5. Conclusions" in html
