@@ -101,6 +101,7 @@ class Store:
     mongo: str | None = None  # the -m spec or $STUDY_MONGO_URL (may hold a password)
     where: str = ""
     printable_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # for the cells' processes
 
     def read(self):
         from study.stores import read_runs
@@ -133,10 +134,10 @@ def main(argv: list[str]) -> int:
     if args.print_commands:
         for cell in cells:
             if cell.action in ("run", "resume"):
-                print(shown_command(cell, grid, sweep_id, store))
+                print(shown_command(cell, grid, sweep_id, store, args.launcher))
             else:
                 print(f"# cell {cell.index} {cell.name}: {describe(cell)}", file=sys.stderr)
-        if store.mongo and store.args != store.printable_args:
+        if store.env:
             print("# the commands record to $STUDY_MONGO_URL (its password is not printed): "
                   "export it where they run", file=sys.stderr)  # fmt: skip
         return 0
@@ -154,7 +155,7 @@ def main(argv: list[str]) -> int:
 
 
 VALUE_OPTIONS = ("-F", "--file_storage", "-m", "--mongo_db", "--models", "--datasets", "--seeds",
-                 "--cell", "--id", "--logs")  # fmt: skip
+                 "--cell", "--id", "--logs", "--launcher")  # fmt: skip
 
 
 def split_with(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -198,6 +199,11 @@ def parse_args(argv: list[str]):
         "--print-commands", action="store_true",
         help="print one `study run` command per cell still to run (for Slurm arrays, shell "
         "loops, torchrun), run nothing",
+    )  # fmt: skip
+    parser.add_argument(
+        "--launcher", default="python",
+        help="what starts `-m study` in printed commands (default python; e.g. "
+        "'torchrun --nproc_per_node=4')",
     )  # fmt: skip
     parser.add_argument("--cell", type=int, help="run only this cell (0-based, as listed)")
     parser.add_argument("--id", help="the sweep's id (default: derived from the grid)")
@@ -258,9 +264,11 @@ def make_store(file_storage: str | None, mongo_spec: str | None) -> Store:
         raise StudyError("give -F DIR or -m URL, not both")
     if mongo_spec:
         target = mongo.parse_target(mongo_spec)
-        has_password = mongo.mask_url(target.url) != target.url
-        printable = [] if has_password else ["-m", mongo_spec]
-        return Store(["-m", mongo_spec], None, mongo_spec, target.masked, printable)
+        if mongo.mask_url(target.url) != target.url:
+            # A password stays off every command line (`ps` shows them to other users): the
+            # cells get the URL through $STUDY_MONGO_URL, printed commands expect it there.
+            return Store([], None, mongo_spec, target.masked, [], {mongo.URL_ENV: mongo_spec})
+        return Store(["-m", mongo_spec], None, mongo_spec, target.masked, ["-m", mongo_spec])
     if file_storage is None and os.environ.get(mongo.URL_ENV, "").strip():
         target = mongo.target_from_env()
         return Store([], None, os.environ[mongo.URL_ENV], target.masked, [])
@@ -387,11 +395,11 @@ def cell_command(cell: Cell, grid: Grid, sweep_id: str, store: Store, printable=
     return ["run", "with", *grid.config, *cell_keys, *tag, *store_args]
 
 
-def shown_command(cell: Cell, grid: Grid, sweep_id: str, store: Store) -> str:
+def shown_command(cell: Cell, grid: Grid, sweep_id: str, store: Store, launcher="python") -> str:
     """The cell's command as a shell line (no password: $STUDY_MONGO_URL is left to the
     environment where the URL holds one)."""
     args = cell_command(cell, grid, sweep_id, store, printable=True)
-    return shlex.join(["python", "-m", "study", *args])
+    return shlex.join([*shlex.split(launcher), "-m", "study", *args])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,7 +463,8 @@ def run_cell(cell: Cell, grid: Grid, sweep_id: str, store: Store, logs: Path, st
         shown = shown_command(cell, grid, sweep_id, store)
         log.write(f"=== {dt.datetime.now().isoformat(timespec='seconds')} {shown}\n")
         log.flush()
-        stop.child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        env = {**os.environ, **store.env}
+        stop.child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         while True:
             try:
                 cell.returncode = stop.child.wait()

@@ -232,6 +232,20 @@ def test_the_seed_study_grid(tmp_path):
     printed = study("sweep", "seed-study", "--print-commands", cwd=tmp_path)[1]
     assert all(line.startswith("python -m study run with paper model=")
                for line in printed.splitlines())  # fmt: skip
+    printed = study("sweep", "seed-study", "--print-commands", "--launcher",
+                    "torchrun --nproc_per_node=2", cwd=tmp_path)[1]  # fmt: skip
+    assert printed.splitlines()[0].startswith("torchrun --nproc_per_node=2 -m study run with")
+
+
+def test_a_mongo_password_is_never_printed():
+    from study.sweep import make_store
+
+    store = make_store(None, "mongodb://ann:s3cret@db.example.org:27017:exp")
+    # Cells get the URL in $STUDY_MONGO_URL, never on a command line; printed commands too.
+    assert store.args == [] and store.printable_args == [] and "s3cret" not in store.where
+    assert store.env == {"STUDY_MONGO_URL": "mongodb://ann:s3cret@db.example.org:27017:exp"}
+    plain = make_store(None, "mongodb://db.example.org:27017:exp")
+    assert plain.printable_args == plain.args
 
 
 def test_report_over_the_sweep_shows_intervals_and_tests(swept, tmp_path):
