@@ -26,8 +26,8 @@ from study.report import build_report, select_runs
 from study.stores import read_file_store
 
 GRID = ["--models", "small_cnn,resnet18", "--datasets", "mnist,cifar10", "--seeds", "2"]
-TINY = ["epochs=1", "batch_size=50", "image_size=32", "train_limit=60", "precise_bn=0",
-        "gallery=2"]  # fmt: skip
+TINY = ["epochs=1", "batch_size=20", "image_size=32", "train_limit=20", "test_limit=30",
+        "precise_bn=0", "gallery=2"]  # fmt: skip
 KILL_AFTER = 2  # completed cells before the sweep is stopped
 
 
@@ -114,7 +114,7 @@ def test_sweep_records_every_cell_once(swept):
         (m, d, s) for m in ("small_cnn", "resnet18") for d in ("mnist", "cifar10") for s in (0, 1)
     )
     for r in done:  # each an ordinary run, under the sweep's config, tagged with the sweep
-        assert r.config["epochs"] == 1 and r.config["train_limit"] == 60
+        assert r.config["epochs"] == 1 and r.config["train_limit"] == 20
         run_json = json.loads((r.location / "run.json").read_text())
         assert re.fullmatch(r"sweep:grid-[0-9a-f]{8}", run_json["meta"]["comment"])
         assert r.evaluation() is not None
