@@ -156,6 +156,7 @@ def mnist_spec() -> DatasetSpec:
         decode=lambda files, workers=0: decode_idx(files, names),
         downloads=idx_downloads("MNIST", MNIST_MIRRORS, MNIST_MD5),
         description="MNIST handwritten digits, 28x28 grey (LeCun et al. 1998)",
+        extra={"mirror_invariant": False},  # a mirrored digit is no digit: never flip MNIST
     )
 
 

@@ -137,7 +137,7 @@ def run_experiment(argv: list[str]) -> int:
     from docopt import docopt
     from sacred.arg_parser import get_config_updates
 
-    from study import mongo
+    from study import distributed, mongo
     from study.experiment import ex, preflight
     from study.stores import DEFAULT_FILE_STORE, FileStore, read_json
 
@@ -180,6 +180,10 @@ def run_experiment(argv: list[str]) -> int:
         # Sacred's private _create_run is what Experiment.run does before calling the run;
         # study needs the gap in between to add its store and check inputs before recording.
         run = ex._create_run(command, updates, named_configs, {}, {}, args)
+    main_rank = distributed.from_environment().is_main
+    if not main_rank:  # torchrun: rank 0 alone records the run and talks; the others are quiet
+        run.unobserved = True
+        run.run_logger.setLevel("ERROR")
     if not run.unobserved:  # one name for the run in every store (`study sync` matches it)
         run.meta_info[mongo.UID_KEY] = _previous_uid(file_store, updates, read_json)
     if target is not None and not run.unobserved:
@@ -192,7 +196,7 @@ def run_experiment(argv: list[str]) -> int:
         run.observers.extend([o for o in (observer, shadow) if o is not None])
     if file_store is not None and not run.unobserved:
         run.observers.append(FileStore(file_store))
-    if run.main_function.__name__ == "run" and command == ex.default_command:
+    if run.main_function.__name__ == "run" and command == ex.default_command and main_rank:
         preflight(run.config)
     _terminate_as_interrupt()
     try:

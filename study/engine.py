@@ -21,6 +21,7 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 from tqdm import tqdm
 
+from study import distributed
 from study.errors import StudyError
 from study.loader import BatchTransform, DeviceSplit
 
@@ -83,6 +84,7 @@ def train_one_epoch(
     batch_size: int,
     generator: torch.Generator,
     aux_weight: float = 0.4,
+    scheduler=None,
     autocast_dtype: torch.dtype | None = None,
     progress: str | None = None,
 ) -> dict:
@@ -103,17 +105,24 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:  # per-step schedules (one-cycle, cosine)
+            scheduler.step()
         loss_sum += loss.detach() * len(labels)
         correct += (logits.detach().argmax(1) == labels).sum()
         seen += len(labels)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    # One read of the device per epoch (and, under torchrun, one sum over the ranks).
+    totals = distributed.sum_(
+        torch.stack(
+            [loss_sum, correct.to(loss_sum.dtype), torch.tensor(float(seen), device=device)]
+        )
+    ).tolist()
     seconds = time.perf_counter() - start
+    loss_total, correct_total, seen_total = totals
     return {
-        "train_loss": loss_sum.item() / seen,
-        "train_top1": correct.item() / seen,
+        "train_loss": loss_total / seen_total,
+        "train_top1": correct_total / seen_total,
         "train_seconds": seconds,
-        "images_per_s": seen / seconds,
+        "images_per_s": seen_total / seconds,
     }
 
 
@@ -142,20 +151,30 @@ def evaluate(
         topk.append(idx)
         topk_prob.append(prob)
         labels_all.append(labels)
-    topk_t, labels_t = torch.cat(topk), torch.cat(labels_all)
-    confusion = torch.bincount(
-        labels_t * num_classes + topk_t[:, 0], minlength=num_classes * num_classes
-    ).view(num_classes, num_classes)
-    n = len(labels_t)
-    hits = topk_t == labels_t[:, None]
+    # Under torchrun each rank evaluated its shard: every rank gets all of them, in rank order.
+    shards = distributed.gather(
+        (
+            loss_sum.item(),
+            torch.cat(labels_all).cpu().numpy(),
+            torch.cat(topk).cpu().numpy(),
+            torch.cat(topk_prob).float().cpu().numpy(),
+        )
+    )
+    labels = np.concatenate([s[1] for s in shards])
+    top = np.concatenate([s[2] for s in shards])
+    n = len(labels)
+    hits = top == labels[:, None]
+    confusion = np.bincount(
+        labels * num_classes + top[:, 0], minlength=num_classes * num_classes
+    ).reshape(num_classes, num_classes)
     return Evaluation(
-        loss=loss_sum.item() / n,
-        top1=hits[:, 0].sum().item() / n,
-        top5=hits.any(1).sum().item() / n,
-        labels=labels_t.cpu().numpy(),
-        topk=topk_t.cpu().numpy(),
-        topk_prob=torch.cat(topk_prob).float().cpu().numpy(),
-        confusion=confusion.cpu().numpy(),
+        loss=float(sum(s[0] for s in shards) / n),
+        top1=float(hits[:, 0].sum() / n),
+        top5=float(hits.any(1).sum() / n),
+        labels=labels,
+        topk=top,
+        topk_prob=np.concatenate([s[3] for s in shards]),
+        confusion=confusion,
     )
 
 
@@ -208,6 +227,8 @@ def fit(
     state: TrainState | None = None,
     aux_weight: float = 0.4,
     precise_bn: int = 0,
+    scheduler=None,
+    train_criterion: nn.Module | None = None,
     autocast_dtype: torch.dtype | None = None,
     on_epoch: Callable[[int, dict], None] | None = None,
     progress: bool = True,
@@ -217,7 +238,9 @@ def fit(
     After each epoch: BatchNorm statistics are re-estimated from `precise_bn` training images
     (0: the running averages as trained), the test split is evaluated, `on_epoch(epoch,
     metrics)` is called, then the checkpoint is written.
-    Returns the final state and the last evaluation (None when no epoch was left to run).
+    `criterion` measures the test loss; `train_criterion` (default: the same) is what training
+    minimises, e.g. with label smoothing. Returns the final state and the last evaluation (None
+    when no epoch was left to run).
     """
     state = state or TrainState()
     evaluation = None
@@ -225,13 +248,14 @@ def fit(
         tick = time.perf_counter()
         metrics = train_one_epoch(
             model,
-            criterion,
+            train_criterion or criterion,
             optimizer,
             train,
             train_transform,
             batch_size=batch_size,
             generator=epoch_generator(seed, epoch),
             aux_weight=aux_weight,
+            scheduler=scheduler,
             autocast_dtype=autocast_dtype,
             progress=f"epoch {epoch}/{epochs}" if progress else None,
         )
@@ -244,6 +268,7 @@ def fit(
             generator=torch.Generator().manual_seed(seed * 1_000_003 - epoch),
             autocast_dtype=autocast_dtype,
         )
+        distributed.average_buffers(model)
         evaluation = evaluate(
             model,
             criterion,
@@ -271,9 +296,18 @@ def fit(
             )
         if on_epoch is not None:
             on_epoch(epoch, metrics)
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, model, optimizer, state)
+        if checkpoint is not None and distributed.from_environment().is_main:
+            save_checkpoint(checkpoint, model, optimizer, state, scheduler)
     return state, evaluation
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside torch.compile's and DistributedDataParallel's wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
 
 
 def _rng_states() -> dict:
@@ -298,14 +332,17 @@ def _set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_checkpoint(path: Path, model: nn.Module, optimizer, state: TrainState) -> None:
+def save_checkpoint(
+    path: Path, model: nn.Module, optimizer, state: TrainState, scheduler=None
+) -> None:
     """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "version": CHECKPOINT_VERSION,
-        "model": model.state_dict(),
+        "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "epoch": state.epoch,
         "history": state.history,
         "train_seconds": state.train_seconds,
@@ -320,7 +357,7 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer, state: TrainState) 
         tmp.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer) -> TrainState:
+def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler=None) -> TrainState:
     """Restore weights, optimizer and RNG states in place; return where training stood."""
     try:
         # weights_only: a checkpoint is a file like any other and must not run code.
@@ -329,8 +366,10 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer) -> TrainState:
         raise StudyError(f"{path}: not a readable study checkpoint ({exc})") from None
     if payload.get("version") != CHECKPOINT_VERSION:
         raise StudyError(f"{path}: checkpoint version {payload.get('version')} is not supported")
-    model.load_state_dict(payload["model"])
+    unwrap(model).load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
+    if scheduler is not None and payload.get("scheduler") is not None:
+        scheduler.load_state_dict(payload["scheduler"])
     _set_rng_states(payload["rng"])
     return TrainState(
         epoch=payload["epoch"],

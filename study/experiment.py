@@ -11,15 +11,16 @@ import platform
 from importlib.metadata import version
 from pathlib import Path
 
-from sacred import Experiment  # noqa: E402
-from sacred.host_info import host_info_gatherer  # noqa: E402
-from sacred.utils import apply_backspaces_and_linefeeds  # noqa: E402
+from sacred import Experiment
+from sacred.host_info import host_info_gatherer
+from sacred.utils import apply_backspaces_and_linefeeds
 
-import study  # noqa: E402
-from study.errors import ConfigError  # noqa: E402
-from study.specs import PROTOCOLS, ModelOptions  # noqa: E402
+import study
+from study.errors import ConfigError
+from study.specs import PROTOCOLS, ModelOptions
 
 OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "onecycle", "cosine")
 HEADS = ("replace", "append")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -84,8 +85,12 @@ def config():
     pretrained = False  # True: torchvision's ImageNet weights; or a path to a weights file
     head = "replace"  # replace: swap the last layer; append: keep it and add a Linear (the seed)
     aux_logits = None  # None: train the auxiliary classifier where the model has one
-    augment = "none"  # none, flip or crop-flip, applied on the device
+    augment = None  # none, flip, crop, crop-flip; None: the protocol's (fast: crop, and flip)
     precise_bn = 2000  # training images that re-estimate BatchNorm statistics before each test
+    schedule = "constant"  # learning rate: constant, onecycle (peak lr) or cosine, per step
+    label_smoothing = 0.0
+    amp = "auto"  # bf16 autocast: auto (on CUDA), true or false
+    compile = False  # torch.compile the model
     train_limit = None  # a stratified, seeded subset of the training split
     test_limit = None  # a stratified, seeded subset of the test split
     device = "auto"  # auto, cpu, cuda or cuda:N
@@ -95,20 +100,40 @@ def config():
     resume = None  # a run id to continue from its last checkpoint
 
 
+# Named configs set concrete values only: a value they set overrides what the config hook
+# resolves, so keys left null for the hook (epochs, image_size, augment) stay unset here.
+
+
 @ex.named_config
 def paper():
-    """The seed study's protocol: Adam, lr 0.0002, batch 100, no augmentation, 224 px
-    (299 for Inception-V3), 6 / 25 / 30 epochs, the ImageNet head kept plus one extra layer."""
+    # The seed study's protocol: Adam, lr 0.0002, batch 100, no augmentation, 224 px (299 for
+    # Inception-V3), 6 / 25 / 30 epochs, the ImageNet head kept plus one extra layer.
     protocol = "paper"
     optimizer = "adam"
     lr = 0.0002
     batch_size = 100
     weight_decay = 0.0
-    augment = "none"
     head = "append"
     precise_bn = 0  # the seed evaluated with BatchNorm's running averages as trained
-    # epochs and image_size stay null here: the config hook resolves them from the protocol
-    # (a named config's values override the hook's, so setting them would pin them to null).
+    schedule = "constant"
+    label_smoothing = 0.0
+
+
+@ex.named_config
+def fast():
+    # A modern protocol for small images: native resolution with a small-image stem, random
+    # crop (and flip where the data set allows it) on the device, SGD with Nesterov momentum,
+    # a one-cycle schedule, label smoothing and precise BatchNorm.
+    protocol = "fast"
+    optimizer = "sgd"
+    lr = 0.1
+    momentum = 0.9
+    weight_decay = 0.0005
+    batch_size = 128
+    head = "replace"
+    schedule = "onecycle"
+    label_smoothing = 0.1
+    aux_logits = False  # Inception-V3's auxiliary head needs 299 px
 
 
 @ex.config_hook
@@ -159,10 +184,24 @@ def resolve_config(config: dict) -> dict:
 
     protocol = _choice(config, "protocol", PROTOCOLS)
     _choice(config, "optimizer", OPTIMIZERS)
+    _choice(config, "schedule", SCHEDULES)
+    if not 0 <= _float(config, "label_smoothing", positive=False) < 1:
+        raise ConfigError(
+            f"label_smoothing={config['label_smoothing']!r} is invalid; expected 0 <= x < 1"
+        )
+    if config["amp"] not in ("auto", True, False):
+        raise ConfigError(f"amp={config['amp']!r} is invalid; expected auto, true or false")
+    if not isinstance(config["compile"], bool):
+        raise ConfigError(f"compile={config['compile']!r} is invalid; expected true or false")
     _choice(config, "head", HEADS)
     from study.loader import AUGMENTATIONS
 
-    _choice(config, "augment", AUGMENTATIONS)
+    augment = config["augment"]
+    if augment is None and protocol == "fast":  # flip only where a mirror image keeps its class
+        augment = "crop-flip" if data_spec.extra.get("mirror_invariant", True) else "crop"
+    elif augment is None:
+        augment = "none"
+    _choice({"augment": augment}, "augment", AUGMENTATIONS)
     _float(config, "lr", positive=True)
     _float(config, "momentum", positive=False)
     _float(config, "weight_decay", positive=False)
@@ -205,14 +244,17 @@ def resolve_config(config: dict) -> dict:
         )
 
     size = config["image_size"]
-    if size is None:
-        size = model_spec.default_input_size(protocol, data_spec.image_size)
+    minimum = model_spec.minimum_size(aux, protocol)
+    if size is None:  # the protocol's size, enlarged to the model's minimum where needed
+        size = max(model_spec.default_input_size(protocol, data_spec.image_size), minimum)
     else:
         size = _int(config, "image_size", 1)
-    minimum = model_spec.minimum_size(aux)
     if size < minimum:
         which = f"{model_spec.name} with aux_logits" if aux else model_spec.name
-        hint = f" (or set aux_logits=False for its {model_spec.min_input_size} px minimum)"
+        hint = (
+            " (or set aux_logits=False for its "
+            f"{model_spec.minimum_size(False, protocol)} px minimum)"
+        )
         raise ConfigError(
             f"image_size={size} is too small for {which}; it needs at least {minimum} px"
             + (hint if aux else "")
@@ -222,7 +264,13 @@ def resolve_config(config: dict) -> dict:
         raise ConfigError(f"resume={resume!r} is invalid; expected a run id")
     # An absolute data_root, so the record says where the data came from.
     data_root = str(Path(config["data_root"]).expanduser().resolve())
-    return {"epochs": epochs, "image_size": size, "aux_logits": aux, "data_root": data_root}
+    return {
+        "epochs": epochs,
+        "image_size": size,
+        "aux_logits": aux,
+        "data_root": data_root,
+        "augment": augment,
+    }
 
 
 def model_options(config: dict, num_classes: int, in_channels: int) -> ModelOptions:
@@ -297,9 +345,10 @@ def run(_run, _config):
 
 
 def train_and_evaluate(run, config: dict) -> dict:
+    import numpy as np
     import torch
 
-    from study import engine, record
+    from study import distributed, engine, record
     from study.data import stratified_subset
     from study.loader import IMAGENET_MEAN, IMAGENET_STD, BatchTransform, DeviceSplit
     from study.modelstats import model_stats
@@ -307,51 +356,68 @@ def train_and_evaluate(run, config: dict) -> dict:
 
     reg = registry()
     model_spec = reg.model(config["model"])
-    data_spec, data = prepare_data(config)
-    device = pick_device(config["device"])
+    world = distributed.from_environment()
+    device = distributed.start(world, pick_device(config["device"]))
+    if world.is_main:  # rank 0 builds the data cache; the others then read it
+        data_spec, data = prepare_data(config)
+    distributed.barrier()
+    if not world.is_main:
+        data_spec, data = prepare_data(config)
     seed = config["seed"]
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # the same initial weights on every rank
 
     train_idx = stratified_subset(data.train.labels, config["train_limit"], seed)
     test_idx = stratified_subset(data.test.labels, config["test_limit"], seed)
+    if world.distributed:
+        # Each rank holds its own shard; equal train shards keep the ranks' steps in lockstep.
+        train_idx = train_idx[: len(train_idx) // world.size * world.size]
+        train_idx, test_idx = train_idx[world.rank :: world.size], test_idx
+        test_shards = [test_idx[r :: world.size] for r in range(world.size)]
+        test_idx = np.concatenate(test_shards)  # evaluation gathers shards in rank order
+        my_test = test_shards[world.rank]
+    else:
+        my_test = test_idx
     train = DeviceSplit(data.train.images[train_idx], data.train.labels[train_idx], device)
-    test = DeviceSplit(data.test.images[test_idx], data.test.labels[test_idx], device)
+    test = DeviceSplit(data.test.images[my_test], data.test.labels[my_test], device)
+    batch_size = config["batch_size"] // world.size if world.distributed else config["batch_size"]
 
     # Class count, size and channels as the files hold them (a plugin's spec gives the official).
     num_classes = data.num_classes
     in_channels = input_channels(model_spec, data)
     model = model_spec.factory(model_options(config, num_classes, in_channels))
     stats = model_stats(model, config["image_size"], in_channels)
-    model.to(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        model = model.to(device, memory_format=torch.channels_last)
+    else:
+        model = model.to(device)
 
     # Pretrained weights expect ImageNet statistics; from scratch, the data set's own.
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if config["pretrained"] else (data.mean, data.std)
     if len(mean) != data.channels and data.channels == 1:
         mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
-    test_transform = BatchTransform(
-        config["image_size"],
-        mean,
-        std,
-        out_channels=in_channels,
-        channels_last=device.type == "cuda",
-    )
+    size = config["image_size"]
+    test_transform = BatchTransform(size, mean, std, in_channels, channels_last=cuda)
     train_transform = BatchTransform(
-        config["image_size"],
-        mean,
-        std,
-        out_channels=in_channels,
-        augment=config["augment"],
-        channels_last=device.type == "cuda",
+        size, mean, std, in_channels, augment=config["augment"], channels_last=cuda
     )
-    optimizer = make_optimizer(config, model)
+    optimizer = make_optimizer(config, model, fused=cuda)
+    scheduler = make_scheduler(config, optimizer, train.num_batches(batch_size, train=True))
     criterion = torch.nn.CrossEntropyLoss()
+    train_criterion = torch.nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
+    autocast_dtype = (
+        torch.bfloat16 if config["amp"] is True or (config["amp"] == "auto" and cuda) else None
+    )
 
-    ckpt = checkpoint_path(run)
+    # Rank 0 knows where the run's checkpoint lives; the others follow it (to resume).
+    ckpt = distributed.broadcast(checkpoint_path(run) if world.is_main else None)
     state = None
     if config["resume"] is not None and ckpt is not None and ckpt.exists():
-        state = engine.load_checkpoint(ckpt, model, optimizer)
+        state = engine.load_checkpoint(ckpt, model, optimizer, scheduler)
         check_resumable(state, config)
-        print(f"resuming run {run._id} after epoch {state.epoch} from {ckpt}", flush=True)
+        if world.is_main:
+            print(f"resuming run {run._id} after epoch {state.epoch} from {ckpt}", flush=True)
         # Metrics reach the store at Sacred's heartbeat, so a killed run may lack its last
         # epochs there; the checkpoint has them all. Readers keep one value per epoch.
         for metrics in state.history:
@@ -359,18 +425,24 @@ def train_and_evaluate(run, config: dict) -> dict:
     state = state or engine.TrainState()
     state.config = training_config(config)
 
+    if world.distributed:
+        ddp_devices = [device.index] if cuda else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ddp_devices)
+    if config["compile"]:
+        model = torch.compile(model)
     record.describe_run(
         run,
         config=config,
         model_spec=model_spec,
         data_spec=data_spec,
         data=data,
-        train_count=len(train),
-        test_count=len(test),
+        train_count=len(train) * world.size,
+        test_count=len(test_idx),
         stats=stats,
         device=device,
         checkpoint=ckpt,
         plugin=reg.models[model_spec.name].plugin,
+        world_size=world.size,
     )
     state, evaluation = engine.fit(
         model,
@@ -381,14 +453,18 @@ def train_and_evaluate(run, config: dict) -> dict:
         train_transform,
         test_transform,
         epochs=config["epochs"],
-        batch_size=config["batch_size"],
+        batch_size=batch_size,
         num_classes=num_classes,
-        seed=seed,
+        seed=seed * 1000 + world.rank if world.distributed else seed,
         checkpoint=ckpt,
         state=state,
         aux_weight=model_spec.aux_weight,
-        precise_bn=config["precise_bn"],
+        precise_bn=config["precise_bn"] // world.size,
+        scheduler=scheduler,
+        train_criterion=train_criterion,
+        autocast_dtype=autocast_dtype,
         on_epoch=lambda epoch, metrics: record.log_epoch(run, epoch, metrics),
+        progress=world.is_main,
     )
     if evaluation is None:  # resumed after the last epoch: evaluate the final weights
         evaluation = engine.evaluate(
@@ -396,9 +472,12 @@ def train_and_evaluate(run, config: dict) -> dict:
             criterion,
             test,
             test_transform,
-            batch_size=config["batch_size"],
+            batch_size=batch_size,
             num_classes=num_classes,
+            autocast_dtype=autocast_dtype,
         )
+    distributed.barrier()
+    distributed.stop()
     return record.write_results(
         run,
         evaluation,
@@ -406,23 +485,42 @@ def train_and_evaluate(run, config: dict) -> dict:
         test_images=data.test.images,
         test_indices=test_idx,
         class_names=data.class_names,
-        gallery=config["gallery"],
+        gallery=config["gallery"] if world.is_main else 0,
     )
 
 
-def make_optimizer(config: dict, model):
+def make_optimizer(config: dict, model, fused: bool = False):
+    """Adam or SGD (Nesterov when momentum > 0); torch's fused kernels on CUDA."""
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
+    fused = fused or None  # None: torch's default implementation
     if config["optimizer"] == "adam":
-        return torch.optim.Adam(params, lr=config["lr"], weight_decay=config["weight_decay"])
+        return torch.optim.Adam(
+            params, lr=config["lr"], weight_decay=config["weight_decay"], fused=fused
+        )
     return torch.optim.SGD(
         params,
         lr=config["lr"],
         momentum=config["momentum"],
         weight_decay=config["weight_decay"],
         nesterov=config["momentum"] > 0,
+        fused=fused,
     )
+
+
+def make_scheduler(config: dict, optimizer, steps_per_epoch: int):
+    """A per-step learning-rate schedule over the whole run (None: constant)."""
+    import torch
+
+    total = max(1, config["epochs"] * steps_per_epoch)
+    if config["schedule"] == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config["lr"], total_steps=total
+        )
+    if config["schedule"] == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    return None
 
 
 def training_config(config: dict) -> dict:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-AUGMENTATIONS = ("none", "flip", "crop-flip")
+AUGMENTATIONS = ("none", "flip", "crop", "crop-flip")
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class BatchTransform:
 def _augment(x: torch.Tensor, kind: str, pad: int, generator: torch.Generator | None):
     n, _, h, w = x.shape
     dev = x.device
-    if kind == "crop-flip":
+    if kind in ("crop", "crop-flip"):
         # Random crop of a reflect-padded batch, one offset per image, by gather indices.
         xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")
         dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
@@ -68,6 +68,8 @@ def _augment(x: torch.Tensor, kind: str, pad: int, generator: torch.Generator | 
         rows = (torch.arange(h, device=dev)[None, :] + dy[:, None])[:, :, None]
         cols = (torch.arange(w, device=dev)[None, :] + dx[:, None])[:, None, :]
         x = xp[torch.arange(n, device=dev)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+    if kind not in ("flip", "crop-flip"):
+        return x
     flip = (torch.rand(n, generator=generator) < 0.5).to(dev)
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 

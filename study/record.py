@@ -43,6 +43,7 @@ def describe_run(
     device,
     checkpoint,
     plugin,
+    world_size=1,
 ):
     """Record, before training, what is being trained on what and where."""
     import torch
@@ -75,6 +76,7 @@ def describe_run(
             torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
         ),
         "torch_threads": torch.get_num_threads(),
+        "processes": world_size,  # torchrun ranks, each on its own device
     }
     run.info["checkpoint"] = str(Path(checkpoint).resolve()) if checkpoint else None
 

@@ -43,6 +43,8 @@ class ModelSpec:
     # Input size in pixels per protocol; None means "the data set's native size".
     input_size: Mapping[str, int | None]
     min_input_size: int
+    # A protocol whose variant of the model takes smaller inputs (e.g. a small-image stem).
+    min_input_size_per_protocol: Mapping[str, int] = field(default_factory=dict)
     # The model has an auxiliary classifier (trained with loss = main + aux_weight * aux).
     aux_logits: bool = False
     aux_min_input_size: int | None = None
@@ -55,10 +57,10 @@ class ModelSpec:
         size = self.input_size.get(protocol)
         return native_size if size is None else int(size)
 
-    def minimum_size(self, aux_logits: bool) -> int:
+    def minimum_size(self, aux_logits: bool, protocol: str = "paper") -> int:
         if aux_logits and self.aux_min_input_size:
             return self.aux_min_input_size
-        return self.min_input_size
+        return self.min_input_size_per_protocol.get(protocol, self.min_input_size)
 
 
 @dataclass(frozen=True)

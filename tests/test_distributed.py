@@ -1,0 +1,36 @@
+"""Multi-process training through torchrun: 2 CPU processes on the gloo backend."""
+
+import subprocess
+import sys
+
+import numpy as np
+
+from study.data import prepare
+from study.registry import registry
+from study.stores import read_file_store
+
+
+def test_torchrun_two_processes_train_one_recorded_run(mnist_root, tmp_path):
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+        "-m", "study", "run", "with", "model=small_cnn", "dataset=mnist",
+        f"data_root={mnist_root}", "epochs=2", "batch_size=50", "lr=0.003", "gallery=3",
+        "-F", str(tmp_path / "runs"),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("epoch 1/2:") == 1  # rank 0 alone prints
+
+    (rec,) = read_file_store(tmp_path / "runs")  # rank 0 alone records
+    assert rec.status == "COMPLETED"
+    assert rec.info["training"]["processes"] == 2
+    assert rec.info["dataset"]["train_count"] == 600 and rec.info["dataset"]["test_count"] == 200
+    assert [s for s, _ in rec.metric("train_loss")] == [1, 2]
+
+    # The ranks' evaluation shards come together as the whole test split, every label in place.
+    data = prepare(registry().dataset("mnist"), mnist_root)
+    ev = rec.evaluation()
+    assert sorted(ev["test_indices"].tolist()) == list(range(200))
+    assert np.array_equal(ev["labels"], data.test.labels[ev["test_indices"]])
+    assert ev["confusion"].sum() == 200
+    assert np.isclose(np.mean(ev["topk"][:, 0] == ev["labels"]), rec.result["top1"])
