@@ -63,18 +63,24 @@ def test_evaluation_top_k_and_most_confident_errors():
     assert ev.per_class_accuracy() == [1.0, 0.0, 1.0]
 
 
+def _onecycle(opt):
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.02, total_steps=3 * 7)  # 7/epoch
+
+
 def test_resume_from_checkpoint_gives_the_uninterrupted_result(tmp_path):
     model, opt, train, test, t = _setup()
-    _, straight = _fit(model, opt, train, test, t, 3)
+    _, straight = _fit(model, opt, train, test, t, 3, scheduler=_onecycle(opt))
 
     model, opt, train, test, t = _setup()
     ckpt = tmp_path / "checkpoint.pt"
-    _fit(model, opt, train, test, t, 2, checkpoint=ckpt)
+    _fit(model, opt, train, test, t, 2, checkpoint=ckpt, scheduler=_onecycle(opt))
     torch.manual_seed(12345)  # disturb the global RNG: the checkpoint must restore it
     model, opt, train, test, t = _setup(seed=99)  # fresh weights, to be overwritten
-    state = engine.load_checkpoint(ckpt, model, opt)
+    scheduler = _onecycle(opt)
+    state = engine.load_checkpoint(ckpt, model, opt, scheduler)
     assert state.epoch == 2
-    state, resumed = _fit(model, opt, train, test, t, 3, state=state)
+    assert scheduler.last_epoch == 14  # the schedule continues where it stopped
+    state, resumed = _fit(model, opt, train, test, t, 3, state=state, scheduler=scheduler)
     assert state.epoch == 3 and len(state.history) == 3
     assert resumed.loss == straight.loss
     assert np.array_equal(resumed.topk_prob, straight.topk_prob)

@@ -168,3 +168,25 @@ def test_sigterm_records_the_run_as_interrupted(mnist_root, tmp_path):
     assert proc.wait(timeout=60) == 130
     (rec,) = read_file_store(tmp_path / "runs")
     assert rec.status == "INTERRUPTED" and rec.stop_time
+
+
+def test_the_fast_named_config_resolves_per_model_and_data_set(tmp_path):
+    def config(*updates):
+        out = run_study("print_config", "with", "fast", *updates, cwd=tmp_path).stdout
+        return re.sub(r"\x1b\[[0-9;]*m", "", out)
+
+    mnist = config("model=vgg16", "dataset=mnist")
+    for line in ("image_size = 32", "augment = 'crop'", "optimizer = 'sgd'",
+                 "schedule = 'onecycle'", "label_smoothing = 0.1", "head = 'replace'"):  # fmt: skip
+        assert line in mnist, line  # VGG-16 needs 32 px; a mirrored digit is no digit
+    cifar = config("model=inception_v3", "dataset=cifar10")
+    assert "image_size = 32" in cifar and "augment = 'crop-flip'" in cifar
+    assert "aux_logits = False" in cifar
+
+
+def test_a_fast_run_trains_with_its_schedule_and_augmentation(mnist_root, tmp_path):
+    (rec,) = _run(tmp_path, mnist_root, "fast", "epochs=2", "batch_size=50")
+    assert rec.status == "COMPLETED"
+    assert rec.config["schedule"] == "onecycle" and rec.config["augment"] == "crop"
+    (_, first), (_, second) = rec.metric("train_loss")
+    assert second < first and rec.result["top1"] > 0.15  # it learns (chance: 0.1)
