@@ -30,6 +30,8 @@ USAGE = """usage: study run with model=NAME dataset=NAME [KEY=VALUE ...] [-F DIR
        study runs [--runs DIR | --mongo URL [--db NAME]]
        study report [--runs DIR | --mongo URL [--db NAME]] [--out PATH] [--format pdf|html]
        study sync [--runs DIR ...] [--mongo URL [--db NAME]]
+       study sweep --models A,B --datasets X,Y --seeds N [with KEY=VALUE ...] [--dry-run]
+       torchrun --nproc-per-node=N -m study run with ...
 
 Runs are recorded in ./runs unless -F DIR, -m URL[:DB] (MongoDB; or $STUDY_MONGO_URL) or
 another Sacred observer flag is given.
