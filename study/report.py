@@ -911,6 +911,7 @@ def appendix_entry(r: RunRecord, evaluate=None) -> dict:
         "id": r.id,
         "store": r.store,
         "experiment": r.experiment,
+        "comment": r.comment,
         "status": r.status,
         "model": r.model,
         "dataset": r.dataset,

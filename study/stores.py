@@ -95,6 +95,7 @@ class RunRecord:
     start_time: str | None
     stop_time: str | None
     artifacts: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)  # Sacred's meta: comment (`-c`), study_uid, ...
     location: Path | None = None  # the run's folder, for a file store
     # Reads an artifact by name, for stores without a folder (MongoDB: GridFS).
     fetch: Callable[[str], bytes] | None = field(default=None, repr=False, compare=False)
@@ -106,6 +107,10 @@ class RunRecord:
     @property
     def dataset(self) -> str | None:
         return self.config.get("dataset")
+
+    @property
+    def comment(self) -> str | None:
+        return self.meta.get("comment")
 
     def metric(self, name: str) -> list[tuple[int, float]]:
         return self.metrics.get(name, [])
@@ -162,6 +167,7 @@ def read_file_run(folder: Path) -> RunRecord:
         start_time=run.get("start_time"),
         stop_time=run.get("stop_time"),
         artifacts=list(run.get("artifacts", [])),
+        meta=dict(run.get("meta") or {}),
         location=folder,
     )
 

@@ -19,6 +19,9 @@ EVIL = ["<script>alert(1)</script>", "<img src=x onerror=alert(2)>"]
 TINY_CLASSES = 25  # more than the 20 a confusion matrix is drawn for
 
 
+COMMENT = "<script>document.title='x'</script>"
+
+
 def write_evil_tiny_imagenet(root: Path) -> None:
     """A 25-class Tiny-ImageNet whose first two class names are markup."""
     import fakedata
@@ -54,7 +57,9 @@ def store(tmp_path_factory) -> Path:
         ["model=small_cnn", "dataset=tiny_imagenet", "epochs=2"],
     ]
     for updates in runs:
-        run_study("run", "with", *updates, *common, "-F", base / "runs", cwd=base)
+        # The ResNet-18 run carries a Sacred comment that is markup, as a user might type it.
+        comment = ["-c", COMMENT] if "model=resnet18" in updates else []
+        run_study("run", "with", *updates, *common, "-F", base / "runs", *comment, cwd=base)
     return base / "runs"
 
 
@@ -158,6 +163,10 @@ def test_pages_are_a4(built):
 
 def test_run_derived_text_is_escaped(built):
     html = built["html"]
+    assert (
+        '<th>comment</th><td colspan="3">&lt;script&gt;document.title=&#39;x&#39;&lt;/script&gt;'
+        in html
+    )
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "&lt;img src=x onerror=alert(2)&gt;" in html
     assert "<script" not in html.lower() and "<img src=x" not in html
