@@ -106,3 +106,10 @@ def test_a_pip_installed_third_party_plugin_trains_through_study_run(
     assert record.config["model"] == "tinynet"
     assert record.info["model"]["plugin"] == "study-tinynet:tinynet"
     assert 0.0 <= record.result["top1"] <= 1.0
+
+
+def test_python_m_study_works_in_the_source_checkout():
+    """The README's commands run from the checkout, where `python -m study` imports ./study
+    first: the installed package must still supply study.plugins and study.templates."""
+    out = run_study("list", cwd=HERE.parent).stdout
+    assert "resnet50" in out and "study:study-models" in out
