@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import signal
 import sys
 import tempfile
@@ -141,7 +142,7 @@ def run_experiment(argv: list[str]) -> int:
 
     from study import distributed, mongo
     from study.experiment import ex, preflight
-    from study.stores import DEFAULT_FILE_STORE, FileStore, read_json
+    from study.stores import DEFAULT_FILE_STORE, FileStore
 
     argv, file_store = take_option(argv, "-F", "--file_storage")
     argv, mongo_spec = take_option(argv, "-m", "--mongo_db")
@@ -165,19 +166,18 @@ def run_experiment(argv: list[str]) -> int:
         return 0
 
     with tempfile.TemporaryDirectory() as tmp:
-        if updates.get("resume") is not None and target is not None and file_store is None:
-            mongo_client = mongo.connect(target)  # no fallback: the run to resume is there
-            stored = mongo.resumable_config(target, mongo_client, updates["resume"])
-            saved = Path(tmp) / "config.json"
-            saved.write_text(__import__("json").dumps(stored))
-            named_configs = [str(saved), *named_configs]
-        elif updates.get("resume") is not None:
-            if file_store is None:
-                raise StudyError("resume needs the file store that holds the run (-F DIR)")
-            stored = _resumable_config(Path(file_store), updates["resume"], read_json)
+        resume = updates.get("resume")
+        if resume is not None:
+            if target is not None and file_store is None:
+                mongo_client = mongo.connect(target)  # no fallback: the run to resume is there
+                stored = mongo.resumable_config(target, mongo_client, resume)
+            elif file_store is not None:
+                stored = _resumable_config(Path(file_store), resume)
+            else:
+                raise StudyError("resume needs the store that holds the run (-F DIR or -m URL)")
             # The stored config, then whatever this command line changes (checked later).
             saved = Path(tmp) / "config.json"
-            saved.write_text(__import__("json").dumps(stored))
+            saved.write_text(json.dumps(stored))
             named_configs = [str(saved), *named_configs]
         # Sacred's private _create_run is what Experiment.run does before calling the run;
         # study needs the gap in between to add its store and check inputs before recording.
@@ -187,7 +187,7 @@ def run_experiment(argv: list[str]) -> int:
         run.unobserved = True
         run.run_logger.setLevel("ERROR")
     if not run.unobserved:  # one name for the run in every store (`study sync` matches it)
-        run.meta_info[mongo.UID_KEY] = _previous_uid(file_store, updates, read_json)
+        run.meta_info[mongo.UID_KEY] = _previous_uid(file_store, updates)
     if target is not None and not run.unobserved:
         if mongo_client is not None:  # resume: reopen the interrupted run's document
             observer = mongo.make_observer(target, mongo_client, updates["resume"])
@@ -218,9 +218,11 @@ def run_experiment(argv: list[str]) -> int:
     return 0
 
 
-def _previous_uid(file_store, updates: dict, read_json) -> str:
+def _previous_uid(file_store, updates: dict) -> str:
     """A resumed file-store run keeps its study_uid (a MongoDB one: StudyMongoObserver)."""
     import uuid
+
+    from study.stores import read_json
 
     resume = updates.get("resume")
     run_json = Path(file_store) / str(resume) / "run.json" if file_store and resume else None
@@ -231,7 +233,9 @@ def _previous_uid(file_store, updates: dict, read_json) -> str:
     return uuid.uuid4().hex
 
 
-def _resumable_config(store: Path, run_id, read_json) -> dict:
+def _resumable_config(store: Path, run_id) -> dict:
+    from study.stores import read_json
+
     folder = store / str(run_id)
     if not (folder / "run.json").exists():
         raise StudyError(f"resume={run_id}: no run {run_id} in {store}; see the folders there")

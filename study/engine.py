@@ -239,8 +239,8 @@ def fit(
     (0: the running averages as trained), the test split is evaluated, `on_epoch(epoch,
     metrics)` is called, then the checkpoint is written.
     `criterion` measures the test loss; `train_criterion` (default: the same) is what training
-    minimises, e.g. with label smoothing. Returns the final state and the last evaluation (None
-    when no epoch was left to run).
+    minimises, e.g. with label smoothing. Returns the final state and the evaluation of the final
+    weights (evaluated here when a resumed run had no epoch left to train).
     """
     state = state or TrainState()
     evaluation = None
@@ -298,6 +298,16 @@ def fit(
             on_epoch(epoch, metrics)
         if checkpoint is not None and distributed.from_environment().is_main:
             save_checkpoint(checkpoint, model, optimizer, state, scheduler)
+    if evaluation is None:
+        evaluation = evaluate(
+            model,
+            criterion,
+            test,
+            test_transform,
+            batch_size=batch_size,
+            num_classes=num_classes,
+            autocast_dtype=autocast_dtype,
+        )
     return state, evaluation
 
 

@@ -466,16 +466,6 @@ def train_and_evaluate(run, config: dict) -> dict:
         on_epoch=lambda epoch, metrics: record.log_epoch(run, epoch, metrics),
         progress=world.is_main,
     )
-    if evaluation is None:  # resumed after the last epoch: evaluate the final weights
-        evaluation = engine.evaluate(
-            model,
-            criterion,
-            test,
-            test_transform,
-            batch_size=batch_size,
-            num_classes=num_classes,
-            autocast_dtype=autocast_dtype,
-        )
     distributed.barrier()
     distributed.stop()
     return record.write_results(

@@ -84,6 +84,10 @@ def test_resume_from_checkpoint_gives_the_uninterrupted_result(tmp_path):
     assert state.epoch == 3 and len(state.history) == 3
     assert resumed.loss == straight.loss
     assert np.array_equal(resumed.topk_prob, straight.topk_prob)
+    # Resumed with no epoch left (killed after the last checkpoint): the final weights are
+    # evaluated, and give the same result.
+    state, again = _fit(model, opt, train, test, t, 3, state=state, scheduler=scheduler)
+    assert state.epoch == 3 and again.loss == straight.loss
 
 
 def test_checkpoint_is_written_atomically_and_loaded_safely(tmp_path):
