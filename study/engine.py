@@ -63,6 +63,7 @@ class TrainState:
     epoch: int = 0  # epochs completed
     history: list[dict] = field(default_factory=list)  # one dict of metrics per epoch
     train_seconds: float = 0.0
+    stopped_by_budget: bool = False  # training ended because the time budget was spent
     config: dict = field(default_factory=dict)  # what was trained; a resume must match it
 
 
@@ -87,7 +88,10 @@ def train_one_epoch(
     scheduler=None,
     autocast_dtype: torch.dtype | None = None,
     progress: str | None = None,
+    time_limit: float | None = None,
 ) -> dict:
+    """One pass over `data` (or less: with `time_limit`, it stops after the first step that ends
+    that many seconds after the epoch began; `stopped_early` then says so)."""
     model.train()
     device = data.device
     loss_sum = torch.zeros((), device=device)
@@ -95,8 +99,11 @@ def train_one_epoch(
     seen = 0
     batches = data.batches(batch_size, transform, train=True, generator=generator)
     total = data.num_batches(batch_size, train=True)
+    stopped_early = False
     start = time.perf_counter()
-    for inputs, labels in tqdm(batches, total=total, desc=progress, disable=progress is None):
+    for step, (inputs, labels) in enumerate(
+        tqdm(batches, total=total, desc=progress, disable=progress is None), start=1
+    ):
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits, aux = split_outputs(model(inputs))
             loss = criterion(logits, labels)
@@ -110,6 +117,9 @@ def train_one_epoch(
         loss_sum += loss.detach() * len(labels)
         correct += (logits.detach().argmax(1) == labels).sum()
         seen += len(labels)
+        if time_limit is not None and step < total and _past(start, time_limit, device):
+            stopped_early = True
+            break
     # One read of the device per epoch (and, under torchrun, one sum over the ranks).
     totals = distributed.sum_(
         torch.stack(
@@ -123,7 +133,20 @@ def train_one_epoch(
         "train_top1": correct_total / seen_total,
         "train_seconds": seconds,
         "images_per_s": seen_total / seconds,
+        "train_images": int(seen_total),
+        "stopped_early": stopped_early,
     }
+
+
+def _past(start: float, limit: float, device: torch.device) -> bool:
+    """Whether `limit` seconds have passed since `start`, agreed by all ranks (under torchrun
+    they must stop at the same step; this is one small all-reduce per step, only with a budget).
+    On CUDA the host clock may run a few queued steps ahead of the device; the epoch's recorded
+    time is measured after the device finished, so the record stays exact."""
+    past = time.perf_counter() - start >= limit
+    if distributed.active():
+        past = bool(distributed.sum_(torch.tensor([float(past)], device=device)).item() > 0)
+    return past
 
 
 @torch.no_grad()
@@ -232,8 +255,14 @@ def fit(
     autocast_dtype: torch.dtype | None = None,
     on_epoch: Callable[[int, dict], None] | None = None,
     progress: bool = True,
+    time_budget: float | None = None,
 ) -> tuple[TrainState, Evaluation | None]:
     """Train from `state` (a fresh or resumed one) to `epochs`, evaluating after each epoch.
+
+    `time_budget` (seconds) caps the time spent in training steps, summed over epochs and
+    resumes: training ends after the first step past it, mid-epoch if need be, and that partial
+    epoch is evaluated and recorded like the others (its `train_images` says how far it got).
+    Evaluation and precise BatchNorm are outside the budget.
 
     After each epoch: BatchNorm statistics are re-estimated from `precise_bn` training images
     (0: the running averages as trained), the test split is evaluated, `on_epoch(epoch,
@@ -245,6 +274,9 @@ def fit(
     state = state or TrainState()
     evaluation = None
     for epoch in range(state.epoch + 1, epochs + 1):
+        if time_budget is not None and state.train_seconds >= time_budget:
+            state.stopped_by_budget = True
+            break
         tick = time.perf_counter()
         metrics = train_one_epoch(
             model,
@@ -258,6 +290,7 @@ def fit(
             scheduler=scheduler,
             autocast_dtype=autocast_dtype,
             progress=f"epoch {epoch}/{epochs}" if progress else None,
+            time_limit=None if time_budget is None else time_budget - state.train_seconds,
         )
         recompute_batchnorm(
             model,
@@ -287,11 +320,13 @@ def fit(
         state.epoch = epoch
         state.history.append({"epoch": epoch, **metrics})
         state.train_seconds += metrics["train_seconds"]
+        state.stopped_by_budget = metrics["stopped_early"]
         if progress:
             print(
                 f"epoch {epoch}/{epochs}: {metrics['epoch_seconds']:.1f} s, "
                 f"train loss {metrics['train_loss']:.4f}, train top-1 {metrics['train_top1']:.4f}, "
-                f"test top-1 {metrics['test_top1']:.4f}, test top-5 {metrics['test_top5']:.4f}",
+                f"test top-1 {metrics['test_top1']:.4f}, test top-5 {metrics['test_top5']:.4f}"
+                + (" (time budget spent)" if metrics["stopped_early"] else ""),
                 flush=True,
             )
         if on_epoch is not None:
@@ -356,6 +391,7 @@ def save_checkpoint(
         "epoch": state.epoch,
         "history": state.history,
         "train_seconds": state.train_seconds,
+        "stopped_by_budget": state.stopped_by_budget,
         "config": state.config,
         "rng": _rng_states(),
     }
@@ -385,5 +421,6 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler=None) -> 
         epoch=payload["epoch"],
         history=list(payload["history"]),
         train_seconds=payload["train_seconds"],
+        stopped_by_budget=payload.get("stopped_by_budget", False),
         config=dict(payload["config"]),
     )

@@ -29,7 +29,15 @@ PAPER_EPOCHS = {"mnist": 6, "fashion_mnist": 6, "cifar10": 25, "tiny_imagenet": 
 DEFAULT_EPOCHS = 10
 
 # Keys that do not change what is trained: they may differ when a run is resumed.
-RESUMABLE_KEYS = ("epochs", "device", "num_workers", "download", "data_root", "resume")
+RESUMABLE_KEYS = (
+    "epochs",
+    "time_budget",
+    "device",
+    "num_workers",
+    "download",
+    "data_root",
+    "resume",
+)
 
 
 def default_data_root() -> str:
@@ -75,6 +83,7 @@ def config():
     download = True  # fetch missing data set files from their official location
     protocol = "paper"  # which input size column of the model to use: paper or fast
     epochs = None  # None: the protocol's epochs for the data set (paper: 6 / 25 / 30)
+    time_budget = None  # seconds of training steps; training ends after the first step past it
     batch_size = 100
     lr = 0.0002
     optimizer = "adam"  # adam or sgd
@@ -212,6 +221,8 @@ def resolve_config(config: dict) -> dict:
     _int(config, "precise_bn", 0)
     _int(config, "train_limit", 1, allow_none=True)
     _int(config, "test_limit", 1, allow_none=True)
+    if config["time_budget"] is not None:
+        _float(config, "time_budget", positive=True)
     if not isinstance(config["download"], bool):
         raise ConfigError(f"download={config['download']!r} is invalid; expected true or false")
     device = config["device"]
@@ -465,6 +476,7 @@ def train_and_evaluate(run, config: dict) -> dict:
         autocast_dtype=autocast_dtype,
         on_epoch=lambda epoch, metrics: record.log_epoch(run, epoch, metrics),
         progress=world.is_main,
+        time_budget=config["time_budget"],
     )
     distributed.barrier()
     distributed.stop()

@@ -25,6 +25,8 @@ EPOCH_METRICS = (
     "test_top1",
     "test_top5",
     "epoch_seconds",
+    "train_seconds",  # the epoch's training steps alone (epoch_seconds adds the evaluation)
+    "train_images",  # fewer than the split where a time budget ended the epoch
     "images_per_s",
 )
 EVALUATION_ARTIFACT = "evaluation.npz"
@@ -105,6 +107,7 @@ def write_results(
     run.info["training"].update(
         epochs_completed=state.epoch,
         train_seconds=state.train_seconds,
+        stopped_by_budget=state.stopped_by_budget,
         images_per_s=_mean_rate(state.history),
     )
     run.info["per_class_accuracy"] = evaluation.per_class_accuracy()

@@ -27,3 +27,32 @@ def test_benchmark_measures_both_pipelines_and_writes_json(tmp_path):
     assert record["image_size"] == 28 and record["protocol"] == "fast"  # MNIST's native size
     assert record["images_per_s"] > 0 and record["baseline_images_per_s"] > 0
     assert 0 <= record["data_share"] <= 1 and 0 <= record["baseline_data_share"] <= 1
+
+
+CURVES = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy_per_time.py"
+
+
+def test_accuracy_per_time_runs_each_protocol_as_a_recorded_run_and_writes_its_curve(
+    mnist_root, tmp_path
+):
+    proc = subprocess.run(
+        [sys.executable, str(CURVES), "--model", "small_cnn", "--dataset", "mnist",
+         "--protocol", "paper,fast", "--epochs", "paper=1,fast=2", "--budget", "1000",
+         "--target", "0.0", "--data-root", str(mnist_root), "--device", "cpu",
+         "--store", str(tmp_path / "runs"), "--machine", "test", "--out", str(tmp_path),
+         "test_limit=100", "head=replace"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (path,) = tmp_path.glob("*-test-accuracy-per-time.jsonl")
+    paper, fast = [json.loads(line) for line in path.read_text().splitlines()]
+    assert (paper["protocol"], fast["protocol"]) == ("paper", "fast")
+    assert [p["epoch"] for p in fast["curve"]] == [1, 2]
+    assert [p["train_images"] for p in fast["curve"]] == [600, 1200]  # cumulative
+    first, last = fast["curve"]
+    assert 0 < first["train_seconds"] < last["train_seconds"] == fast["train_seconds"]
+    assert last["test_top1"] == fast["test_top1"] and fast["test_count"] == 100
+    assert fast["seconds_to_target"] == first["train_seconds"]  # target 0: the first point
+    assert not fast["stopped_by_budget"] and fast["outside_budget_seconds"] > 0
+    assert len(paper["curve"]) == 1 and paper["batch_size"] == 100
+    assert "reached after" in proc.stdout

@@ -34,3 +34,19 @@ def test_torchrun_two_processes_train_one_recorded_run(mnist_root, tmp_path):
     assert np.array_equal(ev["labels"], data.test.labels[ev["test_indices"]])
     assert ev["confusion"].sum() == 200
     assert np.isclose(np.mean(ev["topk"][:, 0] == ev["labels"]), rec.result["top1"])
+
+
+def test_torchrun_ranks_stop_together_at_a_time_budget(mnist_root, tmp_path):
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+        "-m", "study", "run", "with", "model=small_cnn", "dataset=mnist",
+        f"data_root={mnist_root}", "epochs=2", "batch_size=50", "time_budget=1e-9",
+        "test_limit=50", "-F", str(tmp_path / "runs"),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (rec,) = read_file_store(tmp_path / "runs")
+    assert rec.info["training"]["stopped_by_budget"] is True
+    # One step on each rank (25 images each), summed; then the whole test split is evaluated.
+    assert rec.metric("train_images") == [(1, 50.0)]
+    assert rec.evaluation()["confusion"].sum() == 50

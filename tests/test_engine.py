@@ -90,6 +90,41 @@ def test_resume_from_checkpoint_gives_the_uninterrupted_result(tmp_path):
     assert state.epoch == 3 and again.loss == straight.loss
 
 
+def test_a_time_budget_ends_training_mid_epoch_and_evaluates_what_was_trained(tmp_path):
+    model, opt, train, test, t = _setup()
+    ckpt = tmp_path / "checkpoint.pt"
+    logged = []
+    # A budget far below one step's time: exactly one step (32 images), then evaluation.
+    state, ev = _fit(
+        model, opt, train, test, t, 3, time_budget=1e-9, checkpoint=ckpt,
+        on_epoch=lambda e, m: logged.append(m),
+    )  # fmt: skip
+    assert state.epoch == 1 and state.stopped_by_budget
+    assert [m["train_images"] for m in logged] == [32]  # of 200
+    assert logged[0]["stopped_early"] and ev.confusion.sum() == 40
+    assert logged[0]["test_top1"] == ev.top1
+    # The budget holds across a resume: nothing is left to train, the weights are evaluated.
+    model, opt, train, test, t = _setup(seed=99)
+    state = engine.load_checkpoint(ckpt, model, opt)
+    assert state.stopped_by_budget and state.train_seconds == logged[0]["train_seconds"]
+    state, again = _fit(model, opt, train, test, t, 3, state=state, time_budget=1e-9)
+    assert state.epoch == 1 and len(state.history) == 1
+    assert np.array_equal(again.topk_prob, ev.topk_prob)
+
+
+def test_a_time_budget_counts_the_training_time_already_spent():
+    model, opt, train, test, t = _setup()
+    spent = engine.TrainState(epoch=1, train_seconds=100.0)
+    # 100 s spent of a 100.000000001 s budget: the next epoch gets a single step.
+    state, _ = _fit(model, opt, train, test, t, 3, state=spent, time_budget=100 + 1e-9)
+    assert state.epoch == 2 and [h["train_images"] for h in state.history] == [32]
+    # A budget that is not reached changes nothing: every epoch sees every image.
+    model, opt, train, test, t = _setup()
+    state, _ = _fit(model, opt, train, test, t, 2, time_budget=1e6)
+    assert not state.stopped_by_budget
+    assert [h["train_images"] for h in state.history] == [200, 200]
+
+
 def test_checkpoint_is_written_atomically_and_loaded_safely(tmp_path):
     model, opt, train, test, t = _setup()
     ckpt = tmp_path / "checkpoint.pt"

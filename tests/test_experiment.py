@@ -83,6 +83,7 @@ def test_the_same_seed_gives_the_same_metrics(mnist_root, tmp_path):
         ("image_size=4", "image_size=4 is too small for small_cnn; it needs at least 8 px"),
         ("head=middle", "head='middle' is invalid; expected one of: replace, append"),
         ("device=tpu", "device='tpu' is invalid"),
+        ("time_budget=0", "time_budget=0 is invalid; expected a number > 0"),
     ],
 )
 def test_bad_config_is_one_clear_line_and_records_nothing(mnist_root, tmp_path, update, message):
@@ -190,3 +191,13 @@ def test_a_fast_run_trains_with_its_schedule_and_augmentation(mnist_root, tmp_pa
     assert rec.config["schedule"] == "onecycle" and rec.config["augment"] == "crop"
     (_, first), (_, second) = rec.metric("train_loss")
     assert second < first and rec.result["top1"] > 0.15  # it learns (chance: 0.1)
+
+
+def test_a_time_budget_is_recorded_with_the_images_each_epoch_saw(mnist_root, tmp_path):
+    (rec,) = _run(tmp_path, mnist_root, "epochs=3", "time_budget=1e-9", "test_limit=100")
+    assert rec.status == "COMPLETED"
+    assert rec.info["training"]["stopped_by_budget"] is True
+    assert rec.info["training"]["epochs_completed"] == 1
+    assert rec.metric("train_images") == [(1, 50.0)]  # one batch of the 600 training images
+    assert rec.metric("test_top1")[-1][1] == rec.result["top1"]
+    assert rec.evaluation()["labels"].shape == (100,)
