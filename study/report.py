@@ -6,9 +6,11 @@ per-data-set results (bar chart, training curves, confusion matrices or most-con
 gallery of misclassified images), efficiency, and an appendix with every run's provenance.
 
 Every number comes from the runs; several runs in one model x data set cell are aggregated
-(mean, sample std, n) and said to be. Figures are drawn by matplotlib as SVG and cached by
-content hash (`<out dir>/.figures/<hash>.svg`), so a rebuild draws only what changed. The
-output is written atomically: a failed build leaves an earlier report untouched.
+(mean, sample std, n) and said to be. Runs of one model trained differently (another protocol,
+learning rate, budget...) are separate cells, named by what differs (`ResNet-18 (fast)`).
+Figures are drawn by matplotlib as SVG and cached by content hash (`<out dir>/.figures/
+<hash>.svg`), so a rebuild draws only what changed. The output is written atomically: a failed
+build leaves an earlier report untouched.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import io
 import json
 import math
 import os
+import re
 import statistics
 import tempfile
+import textwrap
 from collections import defaultdict
 from dataclasses import dataclass, field
 from importlib import resources
@@ -33,13 +37,23 @@ from typing import Any
 from study import stats
 from study.errors import StudyError
 from study.stores import RunRecord, read_runs
+from study.sweep import TAG_PREFIX  # a sweep tags its runs with this Sacred comment
 
 DEFAULT_OUT = "report/study.pdf"
 FORMATS = ("pdf", "html")
-FIGURE_VERSION = "1"  # bump when the drawing code changes: old cache entries stop matching
+FIGURE_VERSION = "3"  # bump when the drawing code changes: old cache entries stop matching
 CONFUSION_MAX_CLASSES = 20
 CONFUSED_PAIRS = 10
 GALLERY_PER_CELL = 8
+# Per-epoch metrics the training-curve figure draws.
+CURVE_METRICS = (
+    "train_top1",
+    "train_loss",
+    "test_top1",
+    "epoch_seconds",
+    "train_seconds",
+    "images_per_s",
+)
 
 # The seed's order; models and data sets it did not have follow, alphabetically.
 MODEL_ORDER = ("vgg16", "inception_v3", "resnet50")
@@ -65,6 +79,7 @@ PROTOCOL_KEYS = (
     ("weight_decay", "weight decay"),
     ("batch_size", "batch size"),
     ("epochs", "epochs"),
+    ("time_budget", "training time budget (s)"),
     ("image_size", "input size (px)"),
     ("augment", "augmentation"),
     ("pretrained", "pretrained weights"),
@@ -83,6 +98,8 @@ PROTOCOL_KEYS = (
 )
 # Keys that say where things are, not what was trained: not compared between runs.
 PLACE_KEYS = ("data_root", "checkpoint_dir", "resume", "num_workers", "download", "gallery")
+# Keys in which runs of one arm may differ: repeats of the same training, pooled as mean ± std.
+REPEAT_KEYS = ("seed", "device", *PLACE_KEYS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,6 +122,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--ids", help="only these run ids, e.g. 1,2,5")
     parser.add_argument("--models", help="only these models, e.g. resnet50,vgg16")
     parser.add_argument("--datasets", help="only these data sets, e.g. mnist,cifar10")
+    parser.add_argument("--sweep", metavar="ID", help="only the runs of this `study sweep`")
     parser.add_argument(
         "--status", default="COMPLETED", help="only runs with this status (comma list, or 'any')"
     )
@@ -123,6 +141,7 @@ def main(argv: list[str]) -> int:
         ids=_split(args.ids),
         models=_split(args.models),
         datasets=_split(args.datasets),
+        sweep=args.sweep,
         status=_split(args.status),
     )
     written = build_report(records, out, fmt, title=args.title)
@@ -144,6 +163,7 @@ def select_runs(
     ids: list[str] | None = None,
     models: list[str] | None = None,
     datasets: list[str] | None = None,
+    sweep: str | None = None,
     status: list[str] | None = ("COMPLETED",),
 ) -> list[RunRecord]:
     """The runs that pass every filter; StudyError when none does."""
@@ -155,6 +175,7 @@ def select_runs(
         and (ids is None or r.id in ids)
         and (models is None or r.model in models)
         and (datasets is None or r.dataset in datasets)
+        and (sweep is None or r.comment == f"{TAG_PREFIX}{sweep}")
         and (wanted_status is None or r.status in wanted_status)
     ]
     if not chosen:
@@ -165,6 +186,7 @@ def select_runs(
                 ("ids", ids),
                 ("models", models),
                 ("datasets", datasets),
+                ("sweep", sweep),
                 ("status", status),
             )
             if v
@@ -305,8 +327,65 @@ def _ordered(names, order) -> list[str]:
     return [n for n in order if n in names] + sorted(n for n in names if n not in order)
 
 
+def arm_names(records: list[RunRecord]) -> list[str]:
+    """Each run's arm of the comparison: its model, plus, where runs of the same model on the
+    same data set were trained differently (not only with another seed), what sets it apart,
+    e.g. `resnet18 [fast]` beside `resnet18 [paper]`. Pooling such runs as if they were seeds
+    would average two protocols into one number."""
+    names = [r.model or "?" for r in records]
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        groups[(r.dataset, r.model)].append(i)
+    rank = {key: n for n, (key, _) in enumerate(PROTOCOL_KEYS)}
+    for members in groups.values():
+        # A key a run's config lacks (recorded before the key existed) counts as null.
+        keys = {k for i in members for k in records[i].config} - set(REPEAT_KEYS)
+        configs = [
+            {k: json.dumps(records[i].config.get(k), sort_keys=True) for k in keys} for i in members
+        ]
+        differing = [k for k in keys if len({c[k] for c in configs}) > 1]
+        # The protocol first, then in the Method table's order each further key that is still
+        # needed to tell two arms apart.
+        chosen: list[str] = []
+        for key in sorted(differing, key=lambda k: (k != "protocol", rank.get(k, len(rank)), k)):
+            values_by_label = defaultdict(set)
+            for c in configs:
+                values_by_label[tuple(c[k] for k in chosen)].add(c[key])
+            if any(len(v) > 1 for v in values_by_label.values()):
+                chosen.append(key)
+        for i in members if chosen else []:
+            config = records[i].config
+            label = ", ".join(
+                _value_text(config.get(k))
+                if k == "protocol"
+                else f"{k}={_value_text(config.get(k))}"
+                for k in chosen
+            )
+            names[i] = f"{names[i]} [{label}]"
+    return names
+
+
+def base_model(arm: str) -> str:
+    return arm.split(" [", 1)[0]
+
+
+def _ordered_models(arms) -> list[str]:
+    """The seed's model order, then other models alphabetically; arms of a model together."""
+    order = {m: n for n, m in enumerate(MODEL_ORDER)}
+
+    def natural(text: str) -> tuple:  # epochs=5 before epochs=30
+        return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))
+
+    return sorted(
+        set(arms), key=lambda a: (order.get(base_model(a), len(order)), base_model(a), natural(a))
+    )
+
+
 def model_title(name: str) -> str:
-    return MODEL_TITLES.get(name, name)
+    """`resnet50` -> `ResNet-50`; an arm `resnet18 [fast]` -> `ResNet-18 (fast)`."""
+    base, _, label = name.partition(" [")
+    title = MODEL_TITLES.get(base, base)
+    return f"{title} ({label[:-1]})" if label else title
 
 
 def dataset_title(name: str) -> str:
@@ -335,10 +414,10 @@ def report_context(
     today: dt.date | None = None,
 ) -> dict:
     cells: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
-    for r in records:
-        cells[(r.dataset or "?", r.model or "?")].append(r)
+    for r, arm in zip(records, arm_names(records), strict=True):
+        cells[(r.dataset or "?", arm)].append(r)
     datasets = _ordered({d for d, _ in cells}, DATASET_ORDER)
-    models = _ordered({m for _, m in cells}, MODEL_ORDER)
+    models = _ordered_models(m for _, m in cells)
     seed = seed_table()
     notes: list[str] = []
 
@@ -392,10 +471,17 @@ def abstract(records, datasets, models, best, cells) -> str:
             stat_ = b["stat"]
             how = f"top-1 {stat_.text()}" + (f", mean of {stat_.n} runs" if stat_.n > 1 else "")
             parts.append(f"on {dataset_title(d)}, {model_title(b['model'])} ({how})")
+    architectures = _ordered({base_model(m) for m in models}, MODEL_ORDER)
+    variants = (
+        f", trained as {len(models)} variants ({', '.join(model_title(m) for m in models)}),"
+        if len(models) > len(architectures)
+        else ""
+    )
     text = (
-        f"We train and evaluate {len(models)} network architecture"
-        f"{'s' if len(models) != 1 else ''} "
-        f"({', '.join(model_title(m) for m in models)}) on {len(datasets)} image data set"
+        f"We train and evaluate {len(architectures)} network architecture"
+        f"{'s' if len(architectures) != 1 else ''} "
+        f"({', '.join(model_title(m) for m in architectures)}){variants} on {len(datasets)} "
+        "image data set"
         f"{'s' if len(datasets) != 1 else ''} "
         f"({', '.join(dataset_title(d) for d in datasets)}), {len(records)} recorded run"
         f"{'s' if len(records) != 1 else ''} in {len(cells)} model × data set cell"
@@ -457,7 +543,9 @@ def method_section(records, cells) -> dict:
         if len(rs) > 1
     ]
     heads = sorted({_value_text(r.config.get("head")) for r in records})
+    arms = sorted({model_title(m) for _, m in cells if m != base_model(m)})
     return {
+        "arms": arms,
         "common": common,
         "differing": [label for _, label in differing],
         "rows": rows if differing else [],
@@ -506,7 +594,7 @@ def results_table(cells, datasets, models, seed) -> dict:
             for m in models:
                 rs = cells.get((d, m), [])
                 s = stat(rs, lambda r, metric=metric: r.result[metric])
-                published = seed.get((d, m), {}).get(metric)
+                published = seed.get((d, base_model(m)), {}).get(metric)
                 interval = stats.accuracy_interval(s.values, _test_count(rs))
                 values.append(
                     {
@@ -568,10 +656,7 @@ def dataset_section(d, models, cells, figures: FigureCache, evaluate=None) -> di
 
     curves = []
     for m, r in runs:
-        series = {
-            name: r.metric(name)
-            for name in ("train_top1", "train_loss", "test_top1", "epoch_seconds")
-        }
+        series = {name: r.metric(name) for name in CURVE_METRICS}
         if not any(series.values()):
             notes.append(f"Run {r.id} ({model_title(m)} on {title}) recorded no training curves.")
             continue
@@ -990,7 +1075,8 @@ def draw_bars(data: dict) -> bytes:
             [x + offset for x in xs], means, width, yerr=errs if any(errs) else None, label=label
         )
         ax.bar_label(bars, labels=[f"{m:.4f}" for m in means], fontsize=7, padding=2)
-    ax.set_xticks(xs, data["models"])
+    # Arm names can be long ("ResNet-18 (fast, epochs=30)"): wrap them to fit under their bars.
+    ax.set_xticks(xs, [textwrap.fill(m, 22) for m in data["models"]], fontsize=8)
     ax.set_ylim(0, 1.12)
     ax.set_ylabel("test accuracy")
     ax.legend(loc="lower right", fontsize=8)
@@ -998,25 +1084,47 @@ def draw_bars(data: dict) -> bytes:
     return _svg(fig)
 
 
+def _against_training_time(run: dict) -> list[tuple[float, float]]:
+    """(cumulative training seconds, test top-1) after each epoch: accuracy per unit of time,
+    the fair comparison of protocols that differ in cost. Runs recorded before `train_seconds`
+    was a metric have no such curve."""
+    seconds = dict(run.get("train_seconds") or [])
+    points, total = [], 0.0
+    for epoch, top1 in run.get("test_top1") or []:
+        if epoch not in seconds:
+            return []
+        total += seconds[epoch]
+        points.append((total, top1))
+    return points
+
+
 def draw_curves(data: dict) -> bytes:
-    fig = _figure(7.0, 4.6)
-    axes = fig.subplots(2, 2)
+    fig = _figure(7.0, 6.6)
+    axes = fig.subplots(3, 2)
     panels = (
-        ("train_top1", "train accuracy"),
-        ("train_loss", "train loss"),
-        ("test_top1", "test accuracy (top-1)"),
-        ("epoch_seconds", "epoch time (s)"),
+        ("train_top1", "train accuracy", "epoch"),
+        ("train_loss", "train loss", "epoch"),
+        ("test_top1", "test accuracy (top-1)", "epoch"),
+        ("epoch_seconds", "epoch time (s)", "epoch"),
+        (_against_training_time, "test accuracy (top-1) against training time", "training (s)"),
+        ("images_per_s", "training images / s", "epoch"),
     )
-    for ax, (name, label) in zip(axes.flat, panels, strict=True):
+    for ax, (series, label, xlabel) in zip(axes.flat, panels, strict=True):
+        drawn = False
         for run in data["runs"]:
-            points = run.get(name) or []
+            points = series(run) if callable(series) else run.get(series) or []
             if points:
                 ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3,
                         label=run["label"])  # fmt: skip
+                drawn = True
+        if not drawn:  # e.g. runs recorded before study kept per-epoch training seconds
+            ax.text(0.5, 0.5, "not recorded by these runs", ha="center", va="center",
+                    fontsize=8, color="0.4", transform=ax.transAxes)  # fmt: skip
         ax.set_title(label, fontsize=9)
-        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_xlabel(xlabel, fontsize=8)
         ax.tick_params(labelsize=7)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        if xlabel == "epoch":
+            ax.xaxis.get_major_locator().set_params(integer=True)
         ax.spines[["top", "right"]].set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if handles:

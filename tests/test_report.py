@@ -217,6 +217,15 @@ def test_filters_and_html_format(store, tmp_path, capsys):
     assert "2 runs" in capsys.readouterr().out
 
 
+def test_the_sweep_filter_keeps_the_runs_that_sweep_tagged(store):
+    records = read_file_store(store)
+    tagged = dataclasses.replace(records[1], meta={"comment": "sweep:grid-abc123"})
+    others = [dataclasses.replace(records[0], meta={"comment": "sweep:grid-other"}), records[2]]
+    assert select_runs([*others, tagged], sweep="grid-abc123") == [tagged]
+    with pytest.raises(StudyError, match="matching sweep=grid-nope"):
+        select_runs([*others, tagged], sweep="grid-nope")
+
+
 def test_a_failed_build_keeps_the_earlier_report(built, tmp_path, monkeypatch):
     import study.report
 
@@ -279,3 +288,13 @@ def test_the_seeds_published_values_stand_beside_ours(built, tmp_path):
     cell = re.search(r'data-cell="mnist/small_cnn/top1">(.*?)</td>', html, re.S).group(1)
     assert "seed" not in cell
     assert "labelled <i>seed</i>" in html
+
+
+def test_accuracy_against_training_time_sums_the_epochs_training_seconds():
+    from study.report import _against_training_time
+
+    run = {"test_top1": [(1, 0.4), (2, 0.5), (3, 0.6)],
+           "train_seconds": [(1, 10.0), (2, 12.5), (3, 11.0)]}  # fmt: skip
+    assert _against_training_time(run) == [(10.0, 0.4), (22.5, 0.5), (33.5, 0.6)]
+    # A run recorded before training seconds were a metric has no such curve.
+    assert _against_training_time({"test_top1": [(1, 0.4)], "train_seconds": []}) == []

@@ -160,7 +160,9 @@ def test_mcnemar_matches_statsmodels(b, c):
 # The report's statistics, on runs with fixed predictions
 
 
-def fake_run(run_id, model, correct, *, seed=0, dataset="mnist", indices=None, conf=0.9):
+def fake_run(
+    run_id, model, correct, *, seed=0, dataset="mnist", indices=None, conf=0.9, config=None
+):
     """A COMPLETED RunRecord whose evaluation.npz holds these per-image outcomes."""
     import io
 
@@ -181,7 +183,8 @@ def fake_run(run_id, model, correct, *, seed=0, dataset="mnist", indices=None, c
     data = buf.getvalue()
     return RunRecord(
         id=str(run_id), store="memory", status="COMPLETED", experiment="study", command="run",
-        config={"model": model, "dataset": dataset, "seed": seed, "head": "replace"},
+        config={"model": model, "dataset": dataset, "seed": seed, "head": "replace",
+                **(config or {})},
         info={"dataset": {"test_count": n, "num_classes": 10,
                           "class_names": [str(i) for i in range(10)]}},
         result={"top1": float(correct.mean()), "top5": 1.0, "test_loss": 0.5},
@@ -257,3 +260,40 @@ def test_seed_matched_pair_and_different_test_images(tmp_path):
     assert "evaluated on different test images" in row
     assert "cannot be compared by a paired test" in conclusions(html)
     assert html.count("95% CI [") == 2  # ResNet-18's two runs: a t interval, top-1 and top-5
+
+
+def test_runs_trained_differently_are_separate_arms_never_pooled(tmp_path):
+    from study.report import arm_names
+
+    good = [True] * 90 + [False] * 10
+    poor = [True] * 40 + [False] * 60
+    fast = {"protocol": "fast", "lr": 0.1, "device": "cuda"}
+    paper = {"protocol": "paper", "lr": 0.0002, "device": "cpu"}
+    records = [
+        fake_run(1, "resnet18", good, seed=0, config=fast),
+        fake_run(2, "resnet18", good, seed=1, config={**fast, "device": "cpu"}),
+        fake_run(3, "resnet18", poor, seed=0, config=paper),
+        fake_run(4, "small_cnn", poor, seed=0, config=paper),
+        fake_run(5, "small_cnn", poor, seed=1, config=paper),
+    ]
+    # Seed and device are repeats of one training; the protocol sets runs apart (and lr,
+    # which the protocol already tells apart, is not named).
+    assert arm_names(records) == ["resnet18 [fast]"] * 2 + ["resnet18 [paper]"] + ["small_cnn"] * 2
+    html = report_html(records, tmp_path)
+    assert 'data-cell="mnist/resnet18 [fast]/top1"' in html
+    assert 'data-cell="mnist/resnet18 [paper]/top1"' in html
+    assert "never pooled: ResNet-18 (fast), ResNet-18 (paper)" in html
+    text = conclusions(html)
+    assert (
+        "ResNet-18 (fast) (top-1 0.9000 ± 0.0000) differs significantly from ResNet-18 (paper)"
+        in text
+    )
+    # Within one protocol, the further key that tells runs apart is named too.
+    more = [
+        fake_run(6, "resnet18", good, config={**fast, "lr": 0.05}),
+        *records[:3],
+    ]
+    assert arm_names(more) == [
+        "resnet18 [fast, lr=0.05]", "resnet18 [fast, lr=0.1]", "resnet18 [fast, lr=0.1]",
+        "resnet18 [paper, lr=0.0002]",
+    ]  # fmt: skip
