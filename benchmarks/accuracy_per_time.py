@@ -37,7 +37,9 @@ def run_protocol(args, protocol: str, epochs: int | None, store: Path) -> dict:
         *([f"epochs={epochs}"] if epochs else []), "-F", str(store),
     ]  # fmt: skip
     print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    code = subprocess.run(cmd).returncode
+    if code:  # study printed why; records already written stay, nothing half-written is added
+        sys.exit(f"accuracy_per_time: the {protocol} run failed (exit {code}); see above")
     (rec,) = [r for r in read_file_store(store) if r.id not in before]
     return curve_record(rec, args, protocol)
 
@@ -90,8 +92,15 @@ def curve_record(rec, args, protocol: str) -> dict:
 
 def parse_epochs(text: str) -> dict[str, int]:
     """'paper=25,fast=5' -> {'paper': 25, 'fast': 5}."""
-    pairs = (item.split("=", 1) for item in text.split(",") if item)
-    return {protocol: int(n) for protocol, n in pairs}
+    epochs = {}
+    for item in filter(None, text.split(",")):
+        protocol, _, n = item.partition("=")
+        if not n.isdigit() or int(n) < 1:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is invalid; expected PROTOCOL=EPOCHS with EPOCHS >= 1, e.g. fast=5"
+            )
+        epochs[protocol] = int(n)
+    return epochs
 
 
 def main() -> None:
@@ -99,7 +108,9 @@ def main() -> None:
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--dataset", default="cifar10")
     parser.add_argument("--protocol", default="paper,fast", help="comma-separated")
-    parser.add_argument("--epochs", default="", help="per protocol, e.g. paper=25,fast=5")
+    parser.add_argument(
+        "--epochs", type=parse_epochs, default={}, help="per protocol, e.g. paper=25,fast=5"
+    )
     parser.add_argument("--budget", type=float, default=600.0, help="seconds of training")
     parser.add_argument("--target", type=float, default=0.8081, help="test top-1 to time")
     parser.add_argument("--data-root", default="../shared/data")
@@ -110,7 +121,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results", help="folder for the JSON lines")
     parser.add_argument("extra", nargs="*", help="more config updates, e.g. test_limit=1000")
     args = parser.parse_args()
-    epochs = parse_epochs(args.epochs)
+    epochs = args.epochs
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

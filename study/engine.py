@@ -126,7 +126,8 @@ def train_one_epoch(
             [loss_sum, correct.to(loss_sum.dtype), torch.tensor(float(seen), device=device)]
         )
     ).tolist()
-    seconds = time.perf_counter() - start
+    # Rank 0's time on every rank: a time budget then ends training at the same epoch on all.
+    seconds = distributed.broadcast(time.perf_counter() - start)
     loss_total, correct_total, seen_total = totals
     return {
         "train_loss": loss_total / seen_total,

@@ -56,3 +56,25 @@ def test_accuracy_per_time_runs_each_protocol_as_a_recorded_run_and_writes_its_c
     assert not fast["stopped_by_budget"] and fast["outside_budget_seconds"] > 0
     assert len(paper["curve"]) == 1 and paper["batch_size"] == 100
     assert "reached after" in proc.stdout
+
+
+def test_accuracy_per_time_bad_input_is_one_line_and_writes_no_record(mnist_root, tmp_path):
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, str(CURVES), "--data-root", str(mnist_root), "--machine", "test",
+             "--out", str(tmp_path), "--store", str(tmp_path / "runs"), *args],
+            capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        )  # fmt: skip
+
+    proc = run("--epochs", "fast=x")
+    assert proc.returncode == 2
+    assert "'fast=x' is invalid; expected PROTOCOL=EPOCHS with EPOCHS >= 1" in proc.stderr
+    # A run that study refuses: study names the problem, the script says which run failed.
+    proc = run("--model", "resnet51", "--dataset", "mnist", "--protocol", "fast")
+    assert proc.returncode == 1
+    assert "unknown model 'resnet51'" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "accuracy_per_time: the fast run failed (exit 2); see above"
+    )
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("*.jsonl"))
