@@ -1,20 +1,77 @@
 #!/usr/bin/env bash
-# The GPU benchmark, prepared to run in one go (under 8 minutes) on a lent H100:
-# the three seed networks at their `paper` sizes and at `fast` sizes, on synthetic
-# device-resident data and on the real MNIST files, each against the seed-style pipeline.
+# The GPU check of issue 12, in one go on a lent H100 (about 5 minutes; every part has its own
+# time limit, so one slow part cannot take the others' time): study's training step against
+# the seed-style pipeline (fp32 and bf16) and timm's step for the three seed networks, the
+# host-device syncs of each step with their source lines, torch.compile, the CUDA tests, and
+# one real-data `study run` per seed network (MNIST, `fast`, 1 epoch) with its accuracy.
 #
-# On the device machine (torch present, sacred/pluggy carried as wheels in .whl/):
+# Here:   benchmarks/gpu-prepare.sh ../shared/data      (wheels, build-site, MNIST; git-ignored)
+# There:  carry .whl, build-site and .gpu-data, then
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
-#   PYTHONPATH=/tmp/site:$PWD/build-site bash benchmarks/gpu.sh DATA_ROOT OUT_DIR
-# where build-site holds `pip install --no-deps --target build-site .` of this checkout.
-set -euo pipefail
-DATA_ROOT=${1:?usage: benchmarks/gpu.sh DATA_ROOT OUT_DIR}
-OUT=${2:?usage: benchmarks/gpu.sh DATA_ROOT OUT_DIR}
+#   PYTHONPATH=/tmp/site:$PWD/build-site bash benchmarks/gpu.sh .gpu-data "$OUT"
+# DEVICE=cpu runs the same script on the CPU with tiny sizes (a check of the script itself).
+set -uo pipefail
+DATA_ROOT=$(cd "${1:?usage: benchmarks/gpu.sh DATA_ROOT OUT_DIR}" && pwd)
+OUT=$(mkdir -p "${2:?usage: benchmarks/gpu.sh DATA_ROOT OUT_DIR}" && cd "$2" && pwd)
 MACHINE=${MACHINE:-h100}
-run() { timeout 150 python3 benchmarks/benchmark.py --machine "$MACHINE" --out "$OUT" \
-        --steps 30 --warmup 10 --workers 16 "$@" || echo "FAILED: $*"; }
-run --model resnet50,vgg16,inception_v3 --dataset cifar10 --protocol paper --data synthetic
-run --model resnet50,vgg16,inception_v3 --dataset cifar10 --protocol fast --data synthetic \
-    --batch-size 512
-run --model resnet50,vgg16,inception_v3 --dataset mnist --protocol paper,fast --data real \
-    --data-root "$DATA_ROOT"
+DEVICE=${DEVICE:-cuda}
+export PYTHONUNBUFFERED=1 STUDY_CACHE_DIR=${STUDY_CACHE_DIR:-/tmp/study-gpu-cache}
+RUNS=/tmp/study-gpu-runs
+# part LIMIT_SECONDS NAME COMMAND...: run with a time limit; its output goes to OUT/NAME.log too.
+part() {
+    local limit=$1 name=$2; shift 2
+    echo "== $name ($(date +%T), limit ${limit} s)"
+    timeout "$limit" "$@" 2>&1 | tee -a "$OUT/$name.log"
+    local rc=${PIPESTATUS[0]}
+    [ "$rc" = 0 ] || echo "FAILED ($rc): $name"
+}
+BENCH=(python3 benchmarks/benchmark.py --machine "$MACHINE" --out "$OUT" --device "$DEVICE")
+if [ "$DEVICE" = cpu ]; then
+    SIZES=(--steps 1 --warmup 0 --baseline-steps 1 --baseline-warmup 0 --workers 1 --image-size 64)
+    MODELS=resnet18 PAPER_BATCHES=4,8 FAST_BATCH=8 EPOCH=(train_limit=200 test_limit=100)
+    RUN_MODELS=small_cnn
+else
+    SIZES=(--steps 30 --warmup 10 --baseline-steps 20 --baseline-warmup 5 --workers 16)
+    MODELS=resnet50,vgg16,inception_v3 PAPER_BATCHES=100,256 FAST_BATCH=512 EPOCH=()
+    RUN_MODELS="resnet50 vgg16 inception_v3"
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null | tee "$OUT/paper.log"
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/paper.log"
+
+# 1. Throughput at the seed's sizes: batch 100 (the seed's) and 256; seed-style fp32 and bf16
+#    and timm beside batch 100; the syncs of study's step listed under every record.
+part 150 paper "${BENCH[@]}" --model "$MODELS" --dataset cifar10 --protocol paper --data synthetic \
+    --batch-size "$PAPER_BATCHES" --baseline-batch "${PAPER_BATCHES%%,*}" "${SIZES[@]}"
+# 2. The CUDA tests (sync-free step, compile, resume, checkpoint across devices, host path).
+[ "$DEVICE" = cpu ] || part 100 tests python3 -m pytest -q -m cuda -p no:cacheprovider tests
+# 3. One real-data run per seed network: MNIST, the fast protocol, one epoch, its accuracy.
+rm -rf "$RUNS"
+for model in $RUN_MODELS; do
+    part 60 runs python3 -m study run with fast model="$model" dataset=mnist epochs=1 \
+        data_root="$DATA_ROOT" device="$DEVICE" "${EPOCH[@]}" -F "$RUNS"
+done
+python3 - "$RUNS" "$OUT/runs.jsonl" <<'PY'
+import json, sys
+from study.stores import read_file_store
+with open(sys.argv[2], "w") as out:
+    for r in read_file_store(sys.argv[1]):
+        t = r.info.get("training", {})
+        row = {"id": r.id, "model": r.model, "dataset": r.dataset, "status": r.status,
+               "protocol": r.config.get("protocol"), "epochs": r.config.get("epochs"),
+               "image_size": r.config.get("image_size"), "batch_size": r.config.get("batch_size"),
+               "train_count": r.info.get("dataset", {}).get("train_count"),
+               "test_count": r.info.get("dataset", {}).get("test_count"),
+               "top1": (r.result or {}).get("top1"), "top5": (r.result or {}).get("top5"),
+               **{k: t.get(k) for k in ("device_name", "train_seconds", "images_per_s",
+                                         "data_on_device", "compile_seconds")}}
+        print(json.dumps(row)); out.write(json.dumps(row) + "\n")
+PY
+# 4. The fast protocol's sizes (the data set's own, small-image stems) at batch 512.
+part 60 fast "${BENCH[@]}" --model "$MODELS" --dataset cifar10 --protocol fast --data synthetic \
+    --batch-size "$FAST_BATCH" --baseline fp32 --baseline-batch "$FAST_BATCH" --no-timm \
+    "${SIZES[@]}"
+# 5. torch.compile (mode default) of ResNet-50 at 224 px, batch 256: compile time and rate.
+[ "$DEVICE" = cpu ] || part 110 compile "${BENCH[@]}" --model resnet50 --dataset cifar10 \
+    --protocol paper --data synthetic --batch-size 256 --compile on --baseline none --no-timm \
+    "${SIZES[@]}"
+echo "== done ($(date +%T))"

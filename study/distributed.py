@@ -7,11 +7,15 @@ Outside torchrun every function here is a no-op, so the single-process path stay
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+# Seconds a rank waits in a collective before giving up (default one hour).
+TIMEOUT_VARIABLE = "STUDY_DIST_TIMEOUT"
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,10 @@ def start(world: World, device: torch.device) -> torch.device:
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # Ranks other than 0 wait in a collective while rank 0 downloads and decodes the data
+        # set on first use, which can outlast NCCL's default 10 minutes.
+        timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_VARIABLE, 3600)))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     return device
 
 

@@ -23,9 +23,11 @@ from tqdm import tqdm
 
 from study import distributed
 from study.errors import StudyError
-from study.loader import BatchTransform, DeviceSplit
+from study.loader import BatchTransform, Split, batch_slices
 
-CHECKPOINT_VERSION = 1
+# 2: random states per rank, one CUDA state each. Version 1 checkpoints still load.
+CHECKPOINT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass
@@ -64,7 +66,45 @@ class TrainState:
     history: list[dict] = field(default_factory=list)  # one dict of metrics per epoch
     train_seconds: float = 0.0
     stopped_by_budget: bool = False  # training ended because the time budget was spent
+    compile_seconds: float = 0.0  # torch.compile's warm-up, outside train_seconds
     config: dict = field(default_factory=dict)  # what was trained; a resume must match it
+
+
+@dataclass
+class TrainingSetup:
+    """Everything `fit` needs, built from a config by `study.experiment.build_setup` (which
+    `benchmarks/benchmark.py` calls too, so the benchmark times what `study run` trains)."""
+
+    model: nn.Module  # as trained: possibly wrapped by DistributedDataParallel / torch.compile
+    optimizer: torch.optim.Optimizer
+    criterion: nn.Module  # the test loss
+    train: Split
+    test: Split
+    train_transform: BatchTransform
+    test_transform: BatchTransform
+    epochs: int
+    batch_size: int  # per process
+    num_classes: int
+    seed: int  # each epoch's data order and augmentation derive from (seed, epoch)
+    train_criterion: nn.Module | None = None  # what training minimises (default: criterion)
+    scheduler: object | None = None  # stepped every batch
+    aux_weight: float = 0.4
+    precise_bn: int = 0  # training images that re-estimate BatchNorm statistics before a test
+    autocast_dtype: torch.dtype | None = None
+    time_budget: float | None = None  # seconds of training steps, over epochs and resumes
+    checkpoint: Path | None = None
+    progress: bool = True
+    compiled: str | None = None  # the torch.compile mode the model was compiled with
+
+    @property
+    def device(self) -> torch.device:
+        return self.train.device
+
+    @property
+    def plain_model(self) -> nn.Module:
+        """The module inside the wrappers: evaluation and precise BatchNorm run on it, so
+        compiled graphs are never re-traced for no-grad or BatchNorm's cumulative mode."""
+        return unwrap(self.model)
 
 
 def split_outputs(outputs) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -75,60 +115,72 @@ def split_outputs(outputs) -> tuple[torch.Tensor, torch.Tensor | None]:
     return main, aux
 
 
+def train_step(setup: TrainingSetup, inputs: torch.Tensor, labels: torch.Tensor):
+    """One optimisation step on one batch; returns (loss, logits), both still on the device.
+    Nothing here waits for the device."""
+    device_type = inputs.device.type
+    dtype = setup.autocast_dtype
+    criterion = setup.train_criterion or setup.criterion
+    with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+        logits, aux = split_outputs(setup.model(inputs))
+        loss = criterion(logits, labels)
+        if aux is not None:
+            loss = loss + setup.aux_weight * criterion(aux, labels)
+    setup.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    setup.optimizer.step()
+    if setup.scheduler is not None:  # per-step schedules (one-cycle, cosine)
+        setup.scheduler.step()
+    return loss, logits
+
+
+# Under torchrun, the ranks agree on a time budget every this many steps (one all-reduce and a
+# read of its result: a sync); a single process reads its own clock every step, which costs none.
+BUDGET_CHECK_EVERY = 16
+
+
 def train_one_epoch(
-    model: nn.Module,
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    data: DeviceSplit,
-    transform: BatchTransform,
-    *,
-    batch_size: int,
+    setup: TrainingSetup,
     generator: torch.Generator,
-    aux_weight: float = 0.4,
-    scheduler=None,
-    autocast_dtype: torch.dtype | None = None,
+    *,
     progress: str | None = None,
     time_limit: float | None = None,
 ) -> dict:
-    """One pass over `data` (or less: with `time_limit`, it stops after the first step that ends
-    that many seconds after the epoch began; `stopped_early` then says so)."""
-    model.train()
+    """One pass over the training split (or less: with `time_limit`, it stops after the first
+    step that ends that many seconds after the epoch began, checked every step in one process
+    and every BUDGET_CHECK_EVERY steps under torchrun; `stopped_early` then says so)."""
+    setup.model.train()
+    data = setup.train
     device = data.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
-    batches = data.batches(batch_size, transform, train=True, generator=generator)
-    total = data.num_batches(batch_size, train=True)
+    batches = data.batches(setup.batch_size, setup.train_transform, train=True, generator=generator)
+    total = data.num_batches(setup.batch_size, train=True)
+    check_every = BUDGET_CHECK_EVERY if distributed.active() else 1
     stopped_early = False
     start = time.perf_counter()
     for step, (inputs, labels) in enumerate(
         tqdm(batches, total=total, desc=progress, disable=progress is None), start=1
     ):
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits, aux = split_outputs(model(inputs))
-            loss = criterion(logits, labels)
-            if aux is not None:
-                loss = loss + aux_weight * criterion(aux, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:  # per-step schedules (one-cycle, cosine)
-            scheduler.step()
+        loss, logits = train_step(setup, inputs, labels)
         loss_sum += loss.detach() * len(labels)
         correct += (logits.detach().argmax(1) == labels).sum()
         seen += len(labels)
-        if time_limit is not None and step < total and _past(start, time_limit, device):
+        if (
+            time_limit is not None
+            and step < total
+            and step % check_every == 0
+            and _past(start, time_limit, device)
+        ):
             stopped_early = True
             break
     # One read of the device per epoch (and, under torchrun, one sum over the ranks).
-    totals = distributed.sum_(
-        torch.stack(
-            [loss_sum, correct.to(loss_sum.dtype), torch.tensor(float(seen), device=device)]
-        )
-    ).tolist()
+    seen_t = torch.full((), float(seen), device=device)
+    totals = distributed.sum_(torch.stack([loss_sum, correct.to(loss_sum.dtype), seen_t]))
+    loss_total, correct_total, seen_total = totals.tolist()
     # Rank 0's time on every rank: a time budget then ends training at the same epoch on all.
     seconds = distributed.broadcast(time.perf_counter() - start)
-    loss_total, correct_total, seen_total = totals
     return {
         "train_loss": loss_total / seen_total,
         "train_top1": correct_total / seen_total,
@@ -141,9 +193,9 @@ def train_one_epoch(
 
 def _past(start: float, limit: float, device: torch.device) -> bool:
     """Whether `limit` seconds have passed since `start`, agreed by all ranks (under torchrun
-    they must stop at the same step; this is one small all-reduce per step, only with a budget).
-    On CUDA the host clock may run a few queued steps ahead of the device; the epoch's recorded
-    time is measured after the device finished, so the record stays exact."""
+    they must stop at the same step). On CUDA the host clock may run a few queued steps ahead
+    of the device; the epoch's recorded time is measured after the device finished (the
+    epoch's one read), so the record stays exact."""
     past = time.perf_counter() - start >= limit
     if distributed.active():
         past = bool(distributed.sum_(torch.tensor([float(past)], device=device)).item() > 0)
@@ -154,7 +206,7 @@ def _past(start: float, limit: float, device: torch.device) -> bool:
 def evaluate(
     model: nn.Module,
     criterion: nn.Module,
-    data: DeviceSplit,
+    data: Split,
     transform: BatchTransform,
     *,
     batch_size: int,
@@ -202,10 +254,23 @@ def evaluate(
     )
 
 
+def evaluate_setup(setup: TrainingSetup) -> Evaluation:
+    """The test split's evaluation of the model as it stands (on the plain module)."""
+    return evaluate(
+        setup.plain_model,
+        setup.criterion,
+        setup.test,
+        setup.test_transform,
+        batch_size=setup.batch_size,
+        num_classes=setup.num_classes,
+        autocast_dtype=setup.autocast_dtype,
+    )
+
+
 @torch.no_grad()
 def recompute_batchnorm(
     model: nn.Module,
-    data: DeviceSplit,
+    data: Split,
     transform: BatchTransform,
     *,
     batch_size: int,
@@ -218,7 +283,8 @@ def recompute_batchnorm(
 
     The running averages kept during training lag behind weights that change fast, which makes
     a short run's evaluation much worse than its weights (Wu & Johnson 2021, "Rethinking Batch
-    in BatchNorm"). torch's own update_bn does the averaging.
+    in BatchNorm"). torch's own update_bn does the averaging. Give it the plain module, not a
+    compiled one: update_bn's cumulative mode reads num_batches_tracked on the host.
     """
     if images <= 0:
         return
@@ -228,90 +294,103 @@ def recompute_batchnorm(
         update_bn(itertools.islice(batches, n_batches), model)
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+def epoch_generator(seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Generator:
     """The shuffling/augmentation randomness of one epoch depends on (seed, epoch) alone,
-    so a resumed run draws exactly what the uninterrupted run drew."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    so a resumed run draws exactly what the uninterrupted run drew. It is a generator of the
+    training device, so drawing never copies from the host."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
+
+
+@torch.no_grad()
+def _warm_up_compiled(setup: TrainingSetup) -> float:
+    """Compile (and autotune) before training, so training time is training: one forward and
+    backward per batch shape the epoch will see (three under CUDA graphs), then every buffer,
+    gradient and random state is put back as it was. Returns the seconds it took."""
+    start = time.perf_counter()
+    device = setup.device
+    buffers = [b.clone() for b in setup.model.buffers()]
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    generator = torch.Generator(device=device).manual_seed(0)
+    batch = setup.train.batches(
+        setup.batch_size, setup.train_transform, train=True, generator=generator
+    )
+    inputs, labels = next(iter(batch))
+    sizes = {b - a for a, b in batch_slices(len(setup.train), setup.batch_size, train=True)}
+    repeats = 3 if setup.compiled == "reduce-overhead" else 1
+    setup.model.train()
+    criterion = setup.train_criterion or setup.criterion
+    for size in sorted(sizes, reverse=True):
+        for _ in range(repeats):
+            with (
+                torch.enable_grad(),
+                torch.autocast(
+                    device.type,
+                    dtype=setup.autocast_dtype,
+                    enabled=setup.autocast_dtype is not None,
+                ),
+            ):
+                logits, aux = split_outputs(setup.model(inputs[:size]))
+                loss = criterion(logits, labels[:size])
+                if aux is not None:
+                    loss = loss + setup.aux_weight * criterion(aux, labels[:size])
+                loss.backward()
+    setup.optimizer.zero_grad(set_to_none=True)
+    for saved, buffer in zip(buffers, setup.model.buffers(), strict=True):
+        buffer.copy_(saved)
+    torch.set_rng_state(cpu_rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state(cuda_rng, device)
+    distributed.barrier()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def fit(
-    model: nn.Module,
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    train: DeviceSplit,
-    test: DeviceSplit,
-    train_transform: BatchTransform,
-    test_transform: BatchTransform,
-    *,
-    epochs: int,
-    batch_size: int,
-    num_classes: int,
-    seed: int,
-    checkpoint: Path | None = None,
+    setup: TrainingSetup,
     state: TrainState | None = None,
-    aux_weight: float = 0.4,
-    precise_bn: int = 0,
-    scheduler=None,
-    train_criterion: nn.Module | None = None,
-    autocast_dtype: torch.dtype | None = None,
     on_epoch: Callable[[int, dict], None] | None = None,
-    progress: bool = True,
-    time_budget: float | None = None,
-) -> tuple[TrainState, Evaluation | None]:
-    """Train from `state` (a fresh or resumed one) to `epochs`, evaluating after each epoch.
+) -> tuple[TrainState, Evaluation]:
+    """Train from `state` (a fresh or resumed one) to `setup.epochs`, evaluating after each.
 
-    `time_budget` (seconds) caps the time spent in training steps, summed over epochs and
-    resumes: training ends after the first step past it, mid-epoch if need be, and that partial
-    epoch is evaluated and recorded like the others (its `train_images` says how far it got).
-    Evaluation and precise BatchNorm are outside the budget.
+    `setup.time_budget` (seconds) caps the time spent in training steps, summed over epochs
+    and resumes: training ends after the first step past it, mid-epoch if need be, and that
+    partial epoch is evaluated and recorded like the others (its `train_images` says how far
+    it got). Evaluation, precise BatchNorm and compilation are outside the budget.
 
-    After each epoch: BatchNorm statistics are re-estimated from `precise_bn` training images
-    (0: the running averages as trained), the test split is evaluated, `on_epoch(epoch,
-    metrics)` is called, then the checkpoint is written.
-    `criterion` measures the test loss; `train_criterion` (default: the same) is what training
-    minimises, e.g. with label smoothing. Returns the final state and the evaluation of the final
-    weights (evaluated here when a resumed run had no epoch left to train).
+    After each epoch: BatchNorm statistics are re-estimated from `setup.precise_bn` training
+    images (0: the running averages as trained), the test split is evaluated, `on_epoch(epoch,
+    metrics)` is called, then the checkpoint is written. Returns the final state and the
+    evaluation of the final weights (evaluated here when a resumed run had no epoch left).
     """
     state = state or TrainState()
     evaluation = None
+    epochs, budget = setup.epochs, setup.time_budget
+    if setup.compiled and state.epoch < epochs and not state.stopped_by_budget:
+        state.compile_seconds += _warm_up_compiled(setup)
     for epoch in range(state.epoch + 1, epochs + 1):
-        if time_budget is not None and state.train_seconds >= time_budget:
+        if budget is not None and state.train_seconds >= budget:
             state.stopped_by_budget = True
             break
         tick = time.perf_counter()
         metrics = train_one_epoch(
-            model,
-            train_criterion or criterion,
-            optimizer,
-            train,
-            train_transform,
-            batch_size=batch_size,
-            generator=epoch_generator(seed, epoch),
-            aux_weight=aux_weight,
-            scheduler=scheduler,
-            autocast_dtype=autocast_dtype,
-            progress=f"epoch {epoch}/{epochs}" if progress else None,
-            time_limit=None if time_budget is None else time_budget - state.train_seconds,
+            setup,
+            epoch_generator(setup.seed, epoch, setup.device),
+            progress=f"epoch {epoch}/{epochs}" if setup.progress else None,
+            time_limit=None if budget is None else budget - state.train_seconds,
         )
         recompute_batchnorm(
-            model,
-            train,
-            test_transform,
-            batch_size=batch_size,
-            images=precise_bn,
-            generator=torch.Generator().manual_seed(seed * 1_000_003 - epoch),
-            autocast_dtype=autocast_dtype,
+            setup.plain_model,
+            setup.train,
+            setup.test_transform,
+            batch_size=setup.batch_size,
+            images=setup.precise_bn,
+            generator=torch.Generator(setup.device).manual_seed(setup.seed * 1_000_003 - epoch),
+            autocast_dtype=setup.autocast_dtype,
         )
-        distributed.average_buffers(model)
-        evaluation = evaluate(
-            model,
-            criterion,
-            test,
-            test_transform,
-            batch_size=batch_size,
-            num_classes=num_classes,
-            autocast_dtype=autocast_dtype,
-        )
+        distributed.average_buffers(setup.plain_model)
+        evaluation = evaluate_setup(setup)
         metrics.update(
             test_loss=evaluation.loss,
             test_top1=evaluation.top1,
@@ -322,7 +401,7 @@ def fit(
         state.history.append({"epoch": epoch, **metrics})
         state.train_seconds += metrics["train_seconds"]
         state.stopped_by_budget = metrics["stopped_early"]
-        if progress:
+        if setup.progress:
             print(
                 f"epoch {epoch}/{epochs}: {metrics['epoch_seconds']:.1f} s, "
                 f"train loss {metrics['train_loss']:.4f}, train top-1 {metrics['train_top1']:.4f}, "
@@ -332,18 +411,14 @@ def fit(
             )
         if on_epoch is not None:
             on_epoch(epoch, metrics)
-        if checkpoint is not None and distributed.from_environment().is_main:
-            save_checkpoint(checkpoint, model, optimizer, state, scheduler)
+        # Every rank's random states, so each continues its own stream on resume.
+        rng = distributed.gather(_rng_states(setup.device))
+        if setup.checkpoint is not None and distributed.from_environment().is_main:
+            save_checkpoint(
+                setup.checkpoint, setup.model, setup.optimizer, state, setup.scheduler, rng=rng
+            )
     if evaluation is None:
-        evaluation = evaluate(
-            model,
-            criterion,
-            test,
-            test_transform,
-            batch_size=batch_size,
-            num_classes=num_classes,
-            autocast_dtype=autocast_dtype,
-        )
+        evaluation = evaluate_setup(setup)
     return state, evaluation
 
 
@@ -356,34 +431,41 @@ def unwrap(model: nn.Module) -> nn.Module:
         model = inner
 
 
-def _rng_states() -> dict:
-    # Plain types and tensors only, so the checkpoint loads with weights_only=True.
+def _rng_states(device: torch.device) -> dict:
+    """This process's random states: CPU, NumPy, Python, and the training device's own CUDA
+    state (only that one, so a checkpoint written where 8 GPUs were visible resumes on 1).
+    Plain types and tensors only, so the checkpoint loads with weights_only=True."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     states = {
         "torch": torch.get_rng_state(),
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
         "python": random.getstate(),
     }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.device(device).type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
     return states
 
 
-def _set_rng_states(states: dict) -> None:
+def _set_rng_states(states: dict, device: torch.device) -> None:
     torch.set_rng_state(states["torch"])
     kind, keys, pos, has_gauss, cached = states["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(states["python"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    cuda = states.get("cuda")
+    if isinstance(cuda, list | tuple):  # version 1 saved every visible GPU's state
+        cuda = cuda[0] if cuda else None
+    if cuda is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
 
 
 def save_checkpoint(
-    path: Path, model: nn.Module, optimizer, state: TrainState, scheduler=None
+    path: Path, model: nn.Module, optimizer, state: TrainState, scheduler=None, rng=None
 ) -> None:
-    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    """Write atomically: a crash mid-write leaves the previous checkpoint intact. `rng` is
+    every rank's random states in rank order (default: this process's)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    device = next(unwrap(model).parameters()).device
     payload = {
         "version": CHECKPOINT_VERSION,
         "model": unwrap(model).state_dict(),
@@ -392,9 +474,10 @@ def save_checkpoint(
         "epoch": state.epoch,
         "history": state.history,
         "train_seconds": state.train_seconds,
+        "compile_seconds": state.compile_seconds,
         "stopped_by_budget": state.stopped_by_budget,
         "config": state.config,
-        "rng": _rng_states(),
+        "rng": rng if rng is not None else [_rng_states(device)],
     }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -405,23 +488,37 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler=None) -> TrainState:
-    """Restore weights, optimizer and RNG states in place; return where training stood."""
+    """Restore weights, optimizer and this rank's random states in place; return where
+    training stood. A checkpoint from a CUDA run loads on the CPU and the other way round.
+    Resumed with as many processes as wrote it, every rank continues its own random streams
+    (an exact resume); with more, the new ranks are seeded afresh (rank and epoch), so no two
+    ranks share a stream."""
     try:
         # weights_only: a checkpoint is a file like any other and must not run code.
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise StudyError(f"{path}: not a readable study checkpoint ({exc})") from None
-    if payload.get("version") != CHECKPOINT_VERSION:
+    if payload.get("version") not in READABLE_VERSIONS:
         raise StudyError(f"{path}: checkpoint version {payload.get('version')} is not supported")
-    unwrap(model).load_state_dict(payload["model"])
+    plain = unwrap(model)
+    device = next(plain.parameters()).device
+    plain.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     if scheduler is not None and payload.get("scheduler") is not None:
         scheduler.load_state_dict(payload["scheduler"])
-    _set_rng_states(payload["rng"])
+    states = payload["rng"]
+    states = states if isinstance(states, list) else [states]  # version 1: one dict
+    rank = distributed.from_environment().rank
+    if rank < len(states):
+        _set_rng_states(states[rank], device)
+    else:
+        _set_rng_states(states[0], device)
+        torch.manual_seed(1_000_003 * (payload["epoch"] + 1) + rank)
     return TrainState(
         epoch=payload["epoch"],
         history=list(payload["history"]),
         train_seconds=payload["train_seconds"],
+        compile_seconds=payload.get("compile_seconds", 0.0),
         stopped_by_budget=payload.get("stopped_by_budget", False),
         config=dict(payload["config"]),
     )

@@ -23,6 +23,11 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "onecycle", "cosine")
 HEADS = ("replace", "append")
 DEVICES = ("auto", "cpu", "cuda")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+GRAD_COMPRESSION = ("none", "bf16")
+# Rank r of a torchrun run seeds its global generator (dropout) with seed + r * this, so ranks
+# draw different masks and rank 0 draws what a single process draws.
+RANK_SEED_STRIDE = 1_000_003
 
 # The seed study's epochs per data set; data sets it did not train on get DEFAULT_EPOCHS.
 PAPER_EPOCHS = {"mnist": 6, "fashion_mnist": 6, "cifar10": 25, "tiny_imagenet": 30}
@@ -33,6 +38,7 @@ RESUMABLE_KEYS = (
     "epochs",
     "time_budget",
     "device",
+    "data_on_device",
     "num_workers",
     "download",
     "data_root",
@@ -100,6 +106,10 @@ def config():
     label_smoothing = 0.0
     amp = "auto"  # bf16 autocast: auto (on CUDA), true or false
     compile = False  # torch.compile the model
+    compile_mode = "default"  # torch.compile's mode: default, reduce-overhead, max-autotune...
+    data_on_device = "auto"  # hold the data on the device: auto (if it fits), true, false
+    sync_bn = False  # torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
+    grad_compression = "none"  # torchrun: none, or bf16 gradients in the all-reduce
     train_limit = None  # a stratified, seeded subset of the training split
     test_limit = None  # a stratified, seeded subset of the test split
     device = "auto"  # auto, cpu, cuda or cuda:N
@@ -203,6 +213,14 @@ def resolve_config(config: dict) -> dict:
     if not isinstance(config["compile"], bool):
         raise ConfigError(f"compile={config['compile']!r} is invalid; expected true or false")
     _choice(config, "head", HEADS)
+    _choice(config, "compile_mode", COMPILE_MODES)
+    _choice(config, "grad_compression", GRAD_COMPRESSION)
+    if not isinstance(config["sync_bn"], bool):
+        raise ConfigError(f"sync_bn={config['sync_bn']!r} is invalid; expected true or false")
+    if config["data_on_device"] not in ("auto", True, False):
+        raise ConfigError(
+            f"data_on_device={config['data_on_device']!r} is invalid; expected auto, true or false"
+        )
     from study.loader import AUGMENTATIONS
 
     augment = config["augment"]
@@ -215,6 +233,14 @@ def resolve_config(config: dict) -> dict:
     _float(config, "momentum", positive=False)
     _float(config, "weight_decay", positive=False)
     _int(config, "batch_size", 1)
+    processes = int(os.environ.get("WORLD_SIZE", 1))  # torchrun's
+    if config["batch_size"] % processes:
+        b = config["batch_size"]
+        lower, upper = b // processes * processes, -(-b // processes) * processes
+        raise ConfigError(
+            f"batch_size={b} does not split evenly over {processes} processes; "
+            f"use a multiple of {processes}" + (f", e.g. {lower} or {upper}" if lower else "")
+        )
     _int(config, "seed", 0)
     _int(config, "num_workers", 0)
     _int(config, "gallery", 0)
@@ -329,6 +355,14 @@ def preflight(config: dict) -> None:
     model_spec = registry().model(config["model"])
     in_channels = input_channels(model_spec, prepared)
     model_spec.factory(model_options(config, prepared.num_classes, in_channels))
+    # The data fits where data_on_device says (or somewhere, for auto), or stop now.
+    from study import distributed, loader
+
+    world = distributed.from_environment()
+    device = pick_device(config["device"])
+    if device.type == "cuda" and world.distributed:
+        device = torch_device("cuda", world.local_rank)
+    loader.data_on_device(config["data_on_device"], data_bytes(config, prepared, world), device)
 
 
 def input_channels(model_spec, data) -> int:
@@ -355,14 +389,140 @@ def run(_run, _config):
     return train_and_evaluate(_run, dict(_config))
 
 
-def train_and_evaluate(run, config: dict) -> dict:
+def select_indices(config: dict, data, world):
+    """(this rank's train indices, this rank's test indices, every test index in evaluation
+    order): the seeded subsets of `train_limit` / `test_limit`, sharded over torchrun's ranks."""
     import numpy as np
+
+    from study.data import stratified_subset
+
+    seed = config["seed"]
+    train_idx = stratified_subset(data.train.labels, config["train_limit"], seed)
+    test_idx = stratified_subset(data.test.labels, config["test_limit"], seed)
+    if not world.distributed:
+        return train_idx, test_idx, test_idx
+    # Each rank holds its own shard; equal train shards keep the ranks' steps in lockstep.
+    train_idx = train_idx[: len(train_idx) // world.size * world.size]
+    test_shards = [test_idx[r :: world.size] for r in range(world.size)]
+    # Evaluation gathers the shards in rank order.
+    return train_idx[world.rank :: world.size], test_shards[world.rank], np.concatenate(test_shards)
+
+
+def torch_device(kind: str, index: int):
     import torch
 
-    from study import distributed, engine, record
-    from study.data import stratified_subset
-    from study.loader import IMAGENET_MEAN, IMAGENET_STD, BatchTransform, DeviceSplit
+    return torch.device(kind, index)
+
+
+def data_bytes(config: dict, data, world) -> int:
+    """Bytes of uint8 images one process holds for a run: its train shard and test shard."""
+    import math
+
+    train_idx, my_test, _ = select_indices(config, data, world)
+    per_image = math.prod(data.train.images.shape[1:])
+    return per_image * (len(train_idx) + len(my_test))
+
+
+def build_setup(config: dict, data, device, world, model_spec) -> tuple:
+    """The model, optimizer, schedule, data splits and transforms of a resolved config, on
+    `device`, as `study run` trains them; `benchmarks/benchmark.py` builds through it too.
+    Returns (TrainingSetup, the model's stats, every test index in evaluation order)."""
+    import torch
+
+    from study import engine, loader
     from study.modelstats import model_stats
+
+    seed = config["seed"]
+    train_idx, my_test, test_idx = select_indices(config, data, world)
+    on_device = loader.data_on_device(
+        config["data_on_device"], data_bytes(config, data, world), device
+    )
+    train = loader.make_split(
+        data.train.images[train_idx], data.train.labels[train_idx], device, on_device
+    )
+    test = loader.make_split(
+        data.test.images[my_test], data.test.labels[my_test], device, on_device
+    )
+    batch_size = config["batch_size"] // world.size  # resolve_config checked it divides
+
+    # Class count, size and channels as the files hold them (a plugin's spec gives the official).
+    num_classes = data.num_classes
+    in_channels = input_channels(model_spec, data)
+    torch.manual_seed(seed)  # the same initial weights on every rank
+    model = model_spec.factory(model_options(config, num_classes, in_channels))
+    stats = model_stats(model, config["image_size"], in_channels)
+    # Dropout (and anything else drawn from the global generator) differs between ranks; rank 0
+    # keeps `seed`, so one process trains exactly as before.
+    torch.manual_seed(seed + RANK_SEED_STRIDE * world.rank)
+    cuda = device.type == "cuda"
+    if world.distributed and config["sync_bn"]:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        model = model.to(device, memory_format=torch.channels_last)
+    else:
+        model = model.to(device)
+
+    # Pretrained weights expect ImageNet statistics; from scratch, the data set's own.
+    imagenet = (loader.IMAGENET_MEAN, loader.IMAGENET_STD)
+    mean, std = imagenet if config["pretrained"] else (data.mean, data.std)
+    if len(mean) != data.channels and data.channels == 1:
+        mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+    size = config["image_size"]
+    test_transform = loader.BatchTransform(size, mean, std, in_channels, channels_last=cuda)
+    train_transform = loader.BatchTransform(
+        size, mean, std, in_channels, augment=config["augment"], channels_last=cuda
+    )
+    optimizer = make_optimizer(config, model, fused=cuda)
+    scheduler = make_scheduler(config, optimizer, train.num_batches(batch_size, train=True))
+    autocast_dtype = (
+        torch.bfloat16 if config["amp"] is True or (config["amp"] == "auto" and cuda) else None
+    )
+    if world.distributed:
+        # No buffer broadcast: BatchNorm statistics are averaged over the ranks before each
+        # evaluation (distributed.average_buffers), which is what a broadcast would approximate.
+        model = torch.nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[device.index] if cuda else None,
+            broadcast_buffers=False,
+            gradient_as_bucket_view=True,
+        )
+        if config["grad_compression"] == "bf16":
+            from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+            model.register_comm_hook(None, default_hooks.bf16_compress_hook)
+    compiled = None
+    if config["compile"]:
+        compiled = config["compile_mode"]
+        # Static shapes: the epoch's last, smaller batch is one more graph, not a dynamic one.
+        model = torch.compile(model, mode=compiled, dynamic=False)
+    setup = engine.TrainingSetup(
+        model=model,
+        optimizer=optimizer,
+        criterion=torch.nn.CrossEntropyLoss(),
+        train_criterion=torch.nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"]),
+        scheduler=scheduler,
+        train=train,
+        test=test,
+        train_transform=train_transform,
+        test_transform=test_transform,
+        epochs=config["epochs"],
+        batch_size=batch_size,
+        num_classes=num_classes,
+        # Each rank shuffles and augments its own shard with its own stream.
+        seed=seed * 1000 + world.rank if world.distributed else seed,
+        aux_weight=model_spec.aux_weight,
+        precise_bn=config["precise_bn"] // world.size,
+        autocast_dtype=autocast_dtype,
+        time_budget=config["time_budget"],
+        progress=world.is_main,
+        compiled=compiled,
+    )
+    return setup, stats, test_idx
+
+
+def train_and_evaluate(run, config: dict) -> dict:
+    from study import distributed, engine, loader, record
     from study.registry import registry
 
     reg = registry()
@@ -374,58 +534,14 @@ def train_and_evaluate(run, config: dict) -> dict:
     distributed.barrier()
     if not world.is_main:
         data_spec, data = prepare_data(config)
-    seed = config["seed"]
-    torch.manual_seed(seed)  # the same initial weights on every rank
-
-    train_idx = stratified_subset(data.train.labels, config["train_limit"], seed)
-    test_idx = stratified_subset(data.test.labels, config["test_limit"], seed)
-    if world.distributed:
-        # Each rank holds its own shard; equal train shards keep the ranks' steps in lockstep.
-        train_idx = train_idx[: len(train_idx) // world.size * world.size]
-        train_idx, test_idx = train_idx[world.rank :: world.size], test_idx
-        test_shards = [test_idx[r :: world.size] for r in range(world.size)]
-        test_idx = np.concatenate(test_shards)  # evaluation gathers shards in rank order
-        my_test = test_shards[world.rank]
-    else:
-        my_test = test_idx
-    train = DeviceSplit(data.train.images[train_idx], data.train.labels[train_idx], device)
-    test = DeviceSplit(data.test.images[my_test], data.test.labels[my_test], device)
-    batch_size = config["batch_size"] // world.size if world.distributed else config["batch_size"]
-
-    # Class count, size and channels as the files hold them (a plugin's spec gives the official).
-    num_classes = data.num_classes
-    in_channels = input_channels(model_spec, data)
-    model = model_spec.factory(model_options(config, num_classes, in_channels))
-    stats = model_stats(model, config["image_size"], in_channels)
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-        model = model.to(device, memory_format=torch.channels_last)
-    else:
-        model = model.to(device)
-
-    # Pretrained weights expect ImageNet statistics; from scratch, the data set's own.
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if config["pretrained"] else (data.mean, data.std)
-    if len(mean) != data.channels and data.channels == 1:
-        mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
-    size = config["image_size"]
-    test_transform = BatchTransform(size, mean, std, in_channels, channels_last=cuda)
-    train_transform = BatchTransform(
-        size, mean, std, in_channels, augment=config["augment"], channels_last=cuda
-    )
-    optimizer = make_optimizer(config, model, fused=cuda)
-    scheduler = make_scheduler(config, optimizer, train.num_batches(batch_size, train=True))
-    criterion = torch.nn.CrossEntropyLoss()
-    train_criterion = torch.nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
-    autocast_dtype = (
-        torch.bfloat16 if config["amp"] is True or (config["amp"] == "auto" and cuda) else None
-    )
+    setup, stats, test_idx = build_setup(config, data, device, world, model_spec)
 
     # Rank 0 knows where the run's checkpoint lives; the others follow it (to resume).
     ckpt = distributed.broadcast(checkpoint_path(run) if world.is_main else None)
+    setup.checkpoint = ckpt
     state = None
     if config["resume"] is not None and ckpt is not None and ckpt.exists():
-        state = engine.load_checkpoint(ckpt, model, optimizer, scheduler)
+        state = engine.load_checkpoint(ckpt, setup.model, setup.optimizer, setup.scheduler)
         check_resumable(state, config)
         if world.is_main:
             print(f"resuming run {run._id} after epoch {state.epoch} from {ckpt}", flush=True)
@@ -436,47 +552,23 @@ def train_and_evaluate(run, config: dict) -> dict:
     state = state or engine.TrainState()
     state.config = training_config(config)
 
-    if world.distributed:
-        ddp_devices = [device.index] if cuda else None
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ddp_devices)
-    if config["compile"]:
-        model = torch.compile(model)
     record.describe_run(
         run,
         config=config,
         model_spec=model_spec,
         data_spec=data_spec,
         data=data,
-        train_count=len(train) * world.size,
+        train_count=len(setup.train) * world.size,
         test_count=len(test_idx),
         stats=stats,
-        device=device,
+        device=setup.device,
         checkpoint=ckpt,
         plugin=reg.models[model_spec.name].plugin,
         world_size=world.size,
+        data_on_device=isinstance(setup.train, loader.DeviceSplit),
     )
     state, evaluation = engine.fit(
-        model,
-        criterion,
-        optimizer,
-        train,
-        test,
-        train_transform,
-        test_transform,
-        epochs=config["epochs"],
-        batch_size=batch_size,
-        num_classes=num_classes,
-        seed=seed * 1000 + world.rank if world.distributed else seed,
-        checkpoint=ckpt,
-        state=state,
-        aux_weight=model_spec.aux_weight,
-        precise_bn=config["precise_bn"] // world.size,
-        scheduler=scheduler,
-        train_criterion=train_criterion,
-        autocast_dtype=autocast_dtype,
-        on_epoch=lambda epoch, metrics: record.log_epoch(run, epoch, metrics),
-        progress=world.is_main,
-        time_budget=config["time_budget"],
+        setup, state, on_epoch=lambda epoch, metrics: record.log_epoch(run, epoch, metrics)
     )
     distributed.barrier()
     distributed.stop()

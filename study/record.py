@@ -46,6 +46,7 @@ def describe_run(
     checkpoint,
     plugin,
     world_size=1,
+    data_on_device=True,
 ):
     """Record, before training, what is being trained on what and where."""
     import torch
@@ -79,6 +80,8 @@ def describe_run(
         ),
         "torch_threads": torch.get_num_threads(),
         "processes": world_size,  # torchrun ranks, each on its own device
+        "batch_per_process": config["batch_size"] // world_size,
+        "data_on_device": data_on_device,  # False: batches copied from pinned host memory
     }
     run.info["checkpoint"] = str(Path(checkpoint).resolve()) if checkpoint else None
 
@@ -107,6 +110,7 @@ def write_results(
     run.info["training"].update(
         epochs_completed=state.epoch,
         train_seconds=state.train_seconds,
+        compile_seconds=state.compile_seconds,
         stopped_by_budget=state.stopped_by_budget,
         images_per_s=_mean_rate(state.history),
     )

@@ -90,6 +90,9 @@ PROTOCOL_KEYS = (
     ("precise_bn", "precise BatchNorm (images)"),
     ("amp", "bf16 autocast"),
     ("compile", "torch.compile"),
+    ("compile_mode", "torch.compile mode"),
+    ("sync_bn", "SyncBatchNorm (torchrun)"),
+    ("grad_compression", "gradient compression (torchrun)"),
     ("protocol", "protocol"),
     ("train_limit", "training subset"),
     ("test_limit", "test subset"),
@@ -97,7 +100,15 @@ PROTOCOL_KEYS = (
     ("device", "device"),
 )
 # Keys that say where things are, not what was trained: not compared between runs.
-PLACE_KEYS = ("data_root", "checkpoint_dir", "resume", "num_workers", "download", "gallery")
+PLACE_KEYS = (
+    "data_root",
+    "checkpoint_dir",
+    "resume",
+    "num_workers",
+    "download",
+    "gallery",
+    "data_on_device",
+)
 # Keys in which runs of one arm may differ: repeats of the same training, pooled as mean ± std.
 REPEAT_KEYS = ("seed", "device", *PLACE_KEYS)
 

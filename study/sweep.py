@@ -42,7 +42,15 @@ from pathlib import Path
 from study.errors import StudyError
 
 # Config keys that do not change what a cell trains: ignored when matching a cell to a run.
-IGNORED_KEYS = ("resume", "device", "num_workers", "data_root", "download", "checkpoint_dir")
+IGNORED_KEYS = (
+    "resume",
+    "device",
+    "data_on_device",
+    "num_workers",
+    "data_root",
+    "download",
+    "checkpoint_dir",
+)
 # Keys the grid sets itself.
 GRID_KEYS = ("model", "dataset", "seed")
 # A RUNNING file-store run whose last heartbeat is older than this is taken for dead.

@@ -6,27 +6,31 @@ import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark.py"
-FIELDS = {"model", "dataset", "protocol", "image_size", "device", "images_per_s",
-          "baseline_images_per_s", "ratio", "data_share", "baseline_data_share", "date",
-          "machine"}  # fmt: skip
+FIELDS = {"model", "dataset", "protocol", "image_size", "batch_size", "compile", "device",
+          "images_per_s", "step_ms", "data_share", "syncs", "baseline_images_per_s", "ratio",
+          "gmacs_per_image", "date", "machine"}  # fmt: skip
 
 
-def test_benchmark_measures_both_pipelines_and_writes_json(tmp_path):
+def test_benchmark_times_the_engine_step_beside_the_seed_pipeline_and_writes_json(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--model", "resnet18", "--dataset", "mnist",
          "--protocol", "fast", "--data", "synthetic", "--steps", "1", "--warmup", "0",
-         "--batch-size", "4", "--workers", "0", "--device", "cpu", "--machine", "test",
-         "--out", str(tmp_path)],
+         "--batch-size", "4,6", "--baseline-batch", "4", "--no-timm", "--workers", "0",
+         "--device", "cpu", "--machine", "test", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "ratio" in proc.stdout
+    assert "seed fp32" in proc.stdout
     (path,) = tmp_path.glob("*-test.jsonl")
-    (record,) = [json.loads(line) for line in path.read_text().splitlines()]
-    assert FIELDS <= set(record)
-    assert record["image_size"] == 28 and record["protocol"] == "fast"  # MNIST's native size
-    assert record["images_per_s"] > 0 and record["baseline_images_per_s"] > 0
-    assert 0 <= record["data_share"] <= 1 and 0 <= record["baseline_data_share"] <= 1
+    first, second = [json.loads(line) for line in path.read_text().splitlines()]
+    assert FIELDS <= set(first)
+    assert first["image_size"] == 28 and first["protocol"] == "fast"  # MNIST's native size
+    assert first["images_per_s"] > 0 and first["baseline_images_per_s"] > 0
+    assert first["ratio"] == round(first["images_per_s"] / first["baseline_images_per_s"], 3)
+    assert 0 <= first["data_share"] and first["syncs"] == [] and first["compile"] is False
+    # The seed-style pipeline runs at its batch size only; the second batch size is study's.
+    assert (first["batch_size"], second["batch_size"]) == (4, 6)
+    assert "baseline_images_per_s" not in second and second["images_per_s"] > 0
 
 
 CURVES = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy_per_time.py"

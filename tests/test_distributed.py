@@ -6,6 +6,7 @@ import sys
 import numpy as np
 
 from study.data import prepare
+from study.engine import BUDGET_CHECK_EVERY
 from study.registry import registry
 from study.stores import read_file_store
 
@@ -40,13 +41,14 @@ def test_torchrun_ranks_stop_together_at_a_time_budget(mnist_root, tmp_path):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
         "-m", "study", "run", "with", "model=small_cnn", "dataset=mnist",
-        f"data_root={mnist_root}", "epochs=2", "batch_size=50", "time_budget=1e-9",
+        f"data_root={mnist_root}", "epochs=2", "batch_size=10", "time_budget=1e-9",
         "test_limit=50", "-F", str(tmp_path / "runs"),
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (rec,) = read_file_store(tmp_path / "runs")
     assert rec.info["training"]["stopped_by_budget"] is True
-    # One step on each rank (25 images each), summed; then the whole test split is evaluated.
-    assert rec.metric("train_images") == [(1, 50.0)]
+    # The ranks agree every BUDGET_CHECK_EVERY steps (of 60 here): that many steps on each rank
+    # (5 images each), summed; then the whole test split is evaluated.
+    assert rec.metric("train_images") == [(1, float(BUDGET_CHECK_EVERY * 10))]
     assert rec.evaluation()["confusion"].sum() == 50

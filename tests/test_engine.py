@@ -32,11 +32,16 @@ def _setup(seed=0):
     return model, opt, train, test, t
 
 
-def _fit(model, opt, train, test, t, epochs, **kw):
-    return engine.fit(
-        model, nn.CrossEntropyLoss(), opt, train, test, t, t,
-        epochs=epochs, batch_size=32, num_classes=2, seed=7, progress=False, **kw,
+def _setup_for(model, opt, train, test, t, epochs, **kw):
+    return engine.TrainingSetup(
+        model=model, optimizer=opt, criterion=nn.CrossEntropyLoss(), train=train, test=test,
+        train_transform=t, test_transform=t, epochs=epochs, batch_size=32, num_classes=2, seed=7,
+        progress=False, **kw,
     )  # fmt: skip
+
+
+def _fit(model, opt, train, test, t, epochs, state=None, on_epoch=None, **kw):
+    return engine.fit(_setup_for(model, opt, train, test, t, epochs, **kw), state, on_epoch)
 
 
 def test_fit_learns_and_reports_each_epoch():

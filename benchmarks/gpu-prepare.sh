@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Prepare, on this machine, what benchmarks/gpu.sh needs on a lent GPU machine that has torch,
+# torchvision, timm, pluggy, numpy, jinja2, matplotlib and pytest but no network:
+#   .whl/        Sacred and its dependencies, pymongo, setuptools<82, as Python 3.12 wheels
+#   build-site/  this checkout installed with --no-deps (the entry points register the plugins)
+#   .gpu-data/   the real MNIST files (11 MB) from DATA_ROOT, without any decoded cache
+# All three are git-ignored; name them in the device call's `carry`. Usage:
+#   benchmarks/gpu-prepare.sh ../shared/data
+set -euo pipefail
+DATA_ROOT=${1:?usage: benchmarks/gpu-prepare.sh DATA_ROOT}
+cd "$(dirname "$0")/.."
+rm -rf .whl build-site .gpu-data
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d .whl \
+    sacred==0.8.7 GitPython gitdb smmap docopt-ng jsonpickle munch pymongo dnspython \
+    "setuptools>=77.0.3,<82"
+python3 -m pip install -q --no-deps --target build-site .
+rm -rf build-site/bin build
+mkdir -p .gpu-data/MNIST/raw
+cp "$DATA_ROOT"/MNIST/raw/*-ubyte.gz .gpu-data/MNIST/raw/
+du -sh .whl build-site .gpu-data
