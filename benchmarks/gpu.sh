@@ -43,7 +43,7 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
 part 150 paper "${BENCH[@]}" --model "$MODELS" --dataset cifar10 --protocol paper --data synthetic \
     --batch-size "$PAPER_BATCHES" --baseline-batch "${PAPER_BATCHES%%,*}" "${SIZES[@]}"
 # 2. The CUDA tests (sync-free step, compile, resume, checkpoint across devices, host path).
-[ "$DEVICE" = cpu ] || part 100 tests python3 -m pytest -q -m cuda -p no:cacheprovider tests
+[ "$DEVICE" = cpu ] || part 100 tests python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_gpu_path.py
 # 3. One real-data run per seed network: MNIST, the fast protocol, one epoch, its accuracy.
 rm -rf "$RUNS"
 for model in $RUN_MODELS; do

@@ -503,7 +503,13 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler=None) -> 
     plain = unwrap(model)
     device = next(plain.parameters()).device
     plain.load_state_dict(payload["model"])
+    # The saved param groups carry `fused`: keep what this optimizer was built with (fused on
+    # CUDA), whichever device wrote the checkpoint.
+    built_with = [group.get("fused") for group in optimizer.param_groups]
     optimizer.load_state_dict(payload["optimizer"])
+    for group, fused in zip(optimizer.param_groups, built_with, strict=True):
+        if "fused" in group:
+            group["fused"] = fused
     if scheduler is not None and payload.get("scheduler") is not None:
         scheduler.load_state_dict(payload["scheduler"])
     states = payload["rng"]
@@ -512,8 +518,10 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler=None) -> 
     if rank < len(states):
         _set_rng_states(states[rank], device)
     else:
-        _set_rng_states(states[0], device)
-        torch.manual_seed(1_000_003 * (payload["epoch"] + 1) + rank)
+        fresh = 1_000_003 * (payload["epoch"] + 1) + rank
+        torch.manual_seed(fresh)  # and every CUDA device's
+        np.random.seed(fresh % 2**32)
+        random.seed(fresh)
     return TrainState(
         epoch=payload["epoch"],
         history=list(payload["history"]),
