@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check of issue 12, in one go on a lent H100 (about 5 minutes; every part has its own
-# time limit, so one slow part cannot take the others' time): study's training step against
+# The GPU check of issue 12, in one go on a lent H100 (every part has its own time limit, so one
+# slow part cannot take the others' time; at most 9 minutes, expected about 6): study's training step against
 # the seed-style pipeline (fp32 and bf16) and timm's step for the three seed networks, the
 # host-device syncs of each step with their source lines, torch.compile, the CUDA tests, and
 # one real-data `study run` per seed network (MNIST, `fast`, 1 epoch) with its accuracy.
@@ -32,22 +32,29 @@ if [ "$DEVICE" = cpu ]; then
     RUN_MODELS=small_cnn
 else
     SIZES=(--steps 30 --warmup 10 --baseline-steps 20 --baseline-warmup 5 --workers 16)
-    MODELS=resnet50,vgg16,inception_v3 PAPER_BATCHES=100,256 FAST_BATCH=512 EPOCH=()
+    MODELS=resnet50,vgg16,inception_v3 PAPER_BATCHES=100,256 FAST_BATCH=512
+    EPOCH=(train_limit=20000)
     RUN_MODELS="resnet50 vgg16 inception_v3"
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null | tee "$OUT/paper.log"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/paper.log"
 
-# 1. Throughput at the seed's sizes: batch 100 (the seed's) and 256; seed-style fp32 and bf16
-#    and timm beside batch 100; the syncs of study's step listed under every record.
-part 150 paper "${BENCH[@]}" --model "$MODELS" --dataset cifar10 --protocol paper --data synthetic \
-    --batch-size "$PAPER_BATCHES" --baseline-batch "${PAPER_BATCHES%%,*}" "${SIZES[@]}"
+# 1. Throughput at the seed's sizes, a part per network so that a slow one cannot take the
+#    others' time: batch 100 (the seed's) and 256; seed-style fp32 and bf16 and timm beside
+#    batch 100; the syncs of study's step listed under every record.
+for model in ${MODELS//,/ }; do
+    part 70 paper "${BENCH[@]}" --model "$model" --dataset cifar10 --protocol paper \
+        --data synthetic --batch-size "$PAPER_BATCHES" --baseline-batch "${PAPER_BATCHES%%,*}" \
+        "${SIZES[@]}"
+done
 # 2. The CUDA tests (sync-free step, compile, resume, checkpoint across devices, host path).
-[ "$DEVICE" = cpu ] || part 100 tests python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_gpu_path.py
-# 3. One real-data run per seed network: MNIST, the fast protocol, one epoch, its accuracy.
+[ "$DEVICE" = cpu ] || part 60 tests python3 -m pytest -q -m cuda -p no:cacheprovider \
+    tests/test_gpu_path.py
+# 3. One real-data run per seed network: MNIST (20,000 training images, the 10,000 test
+#    images), the fast protocol, one epoch, its accuracy.
 rm -rf "$RUNS"
 for model in $RUN_MODELS; do
-    part 60 runs python3 -m study run with fast model="$model" dataset=mnist epochs=1 \
+    part 45 runs python3 -m study run with fast model="$model" dataset=mnist epochs=1 \
         data_root="$DATA_ROOT" device="$DEVICE" "${EPOCH[@]}" -F "$RUNS"
 done
 python3 - "$RUNS" "$OUT/runs.jsonl" <<'PY'
@@ -67,11 +74,13 @@ with open(sys.argv[2], "w") as out:
         print(json.dumps(row)); out.write(json.dumps(row) + "\n")
 PY
 # 4. The fast protocol's sizes (the data set's own, small-image stems) at batch 512.
-part 60 fast "${BENCH[@]}" --model "$MODELS" --dataset cifar10 --protocol fast --data synthetic \
-    --batch-size "$FAST_BATCH" --baseline fp32 --baseline-batch "$FAST_BATCH" --no-timm \
-    "${SIZES[@]}"
+for model in ${MODELS//,/ }; do
+    part 30 fast "${BENCH[@]}" --model "$model" --dataset cifar10 --protocol fast \
+        --data synthetic --batch-size "$FAST_BATCH" --baseline fp32 --baseline-batch "$FAST_BATCH" \
+        --no-timm "${SIZES[@]}"
+done
 # 5. torch.compile (mode default) of ResNet-50 at 224 px, batch 256: compile time and rate.
-[ "$DEVICE" = cpu ] || part 110 compile "${BENCH[@]}" --model resnet50 --dataset cifar10 \
+[ "$DEVICE" = cpu ] || part 90 compile "${BENCH[@]}" --model resnet50 --dataset cifar10 \
     --protocol paper --data synthetic --batch-size 256 --compile on --baseline none --no-timm \
     "${SIZES[@]}"
 echo "== done ($(date +%T))"
