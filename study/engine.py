@@ -6,10 +6,12 @@ device inside an epoch.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import os
 import random
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from torch.optim.swa_utils import update_bn
 from tqdm import tqdm
 
 from study import distributed
-from study.errors import StudyError
+from study.errors import StudyError, TrainingFailed
 from study.loader import BatchTransform, Split, batch_slices
 
 # 2: random states per rank, one CUDA state each. Version 1 checkpoints still load.
@@ -154,6 +156,10 @@ def train_one_epoch(
     device = data.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
+    # Steps whose loss was nan or inf, and the first of them: kept on the device and read with
+    # the epoch's metrics, so no step waits to check.
+    nonfinite = torch.zeros((), device=device)
+    first_nonfinite = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
     batches = data.batches(setup.batch_size, setup.train_transform, train=True, generator=generator)
     total = data.num_batches(setup.batch_size, train=True)
@@ -166,6 +172,9 @@ def train_one_epoch(
         loss, logits = train_step(setup, inputs, labels)
         loss_sum += loss.detach() * len(labels)
         correct += (logits.detach().argmax(1) == labels).sum()
+        bad = ~torch.isfinite(loss.detach())
+        first_nonfinite = torch.where(bad & (nonfinite == 0), step, first_nonfinite)
+        nonfinite += bad
         seen += len(labels)
         if (
             time_limit is not None
@@ -177,8 +186,18 @@ def train_one_epoch(
             break
     # One read of the device per epoch (and, under torchrun, one sum over the ranks).
     seen_t = torch.full((), float(seen), device=device)
-    totals = distributed.sum_(torch.stack([loss_sum, correct.to(loss_sum.dtype), seen_t]))
-    loss_total, correct_total, seen_total = totals.tolist()
+    totals = distributed.sum_(
+        torch.stack([loss_sum, correct.to(loss_sum.dtype), seen_t, nonfinite])
+    )
+    loss_total, correct_total, seen_total, nonfinite_total = totals.tolist()
+    if nonfinite_total:
+        first = int(first_nonfinite)  # this process's first; 0: it happened on another process
+        where = f" from step {first} of {total}" if first else ""
+        raise TrainingFailed(
+            f"the training loss was not finite (nan or inf) in {int(nonfinite_total)} step(s) "
+            f"of this epoch{where}; training stopped. Lower lr, or check the data "
+            "(constant images give a zero standard deviation)"
+        )
     # Rank 0's time on every rank: a time budget then ends training at the same epoch on all.
     seconds = distributed.broadcast(time.perf_counter() - start)
     return {
@@ -374,12 +393,15 @@ def fit(
             state.stopped_by_budget = True
             break
         tick = time.perf_counter()
-        metrics = train_one_epoch(
-            setup,
-            epoch_generator(setup.seed, epoch, setup.device),
-            progress=f"epoch {epoch}/{epochs}" if setup.progress else None,
-            time_limit=None if budget is None else budget - state.train_seconds,
-        )
+        try:
+            metrics = train_one_epoch(
+                setup,
+                epoch_generator(setup.seed, epoch, setup.device),
+                progress=f"epoch {epoch}/{epochs}" if setup.progress else None,
+                time_limit=None if budget is None else budget - state.train_seconds,
+            )
+        except TrainingFailed as exc:
+            raise TrainingFailed(f"epoch {epoch}: {exc}") from None
         recompute_batchnorm(
             setup.plain_model,
             setup.train,
@@ -479,12 +501,65 @@ def save_checkpoint(
         "config": state.config,
         "rng": rng if rng is not None else [_rng_states(device)],
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    digests = _digest_path(path)
+    previous = _listed_digests(digests)[:1]
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
     try:
-        torch.save(payload, tmp)
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        digest = _sha256(tmp)
+        # The digest file lists the new digest and the one it replaces until the checkpoint
+        # itself is replaced: a crash in between leaves a pair that still verifies.
+        _write_text_atomic(digests, "\n".join([digest, *previous]) + "\n")
         os.replace(tmp, path)
+        _write_text_atomic(digests, digest + "\n")
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _listed_digests(path: Path) -> list[str]:
+    try:
+        return path.read_text().split()
+    except FileNotFoundError:
+        return []
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(name, path)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Refuse a checkpoint whose bytes differ from the digest written with it (a flipped bit
+    would otherwise load and train on silently). Checkpoints from before digests have none."""
+    listed = _listed_digests(_digest_path(path))
+    if listed and _sha256(path) not in listed:
+        raise TrainingFailed(
+            f"{path}: the file does not match its digest ({_digest_path(path).name}): it changed "
+            "after it was written; it cannot be resumed (start a new run, or restore the file)"
+        )
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler=None) -> TrainState:
@@ -493,6 +568,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler=None) -> 
     Resumed with as many processes as wrote it, every rank continues its own random streams
     (an exact resume); with more, the new ranks are seeded afresh (rank and epoch), so no two
     ranks share a stream."""
+    verify_checkpoint(path)
     try:
         # weights_only: a checkpoint is a file like any other and must not run code.
         payload = torch.load(path, map_location="cpu", weights_only=True)

@@ -6,6 +6,7 @@ Sacred is the edge: this module turns a config into calls of the plain functions
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 from importlib.metadata import version
@@ -25,6 +26,7 @@ HEADS = ("replace", "append")
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 GRAD_COMPRESSION = ("none", "bf16")
+MAX_SEED = 2**32 - 1  # what NumPy's and torch's seeding accept
 # Rank r of a torchrun run seeds its global generator (dropout) with seed + r * this, so ranks
 # draw different masks and rank 0 draws what a single process draws.
 RANK_SEED_STRIDE = 1_000_003
@@ -175,6 +177,8 @@ def _float(config, key, positive):
     value = config[key]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{key}={value!r} is invalid; expected a number")
+    if not math.isfinite(value):  # 1e999, nan from a JSON config
+        raise ConfigError(f"{key}={value!r} is invalid; expected a finite number")
     if (positive and value <= 0) or value < 0:
         bound = "> 0" if positive else ">= 0"
         raise ConfigError(f"{key}={value!r} is invalid; expected a number {bound}")
@@ -241,8 +245,14 @@ def resolve_config(config: dict) -> dict:
             f"batch_size={b} does not split evenly over {processes} processes; "
             f"use a multiple of {processes}" + (f", e.g. {lower} or {upper}" if lower else "")
         )
-    _int(config, "seed", 0)
-    _int(config, "num_workers", 0)
+    if _int(config, "seed", 0) > MAX_SEED:
+        raise ConfigError(f"seed={config['seed']} is invalid; expected 0 <= seed <= {MAX_SEED}")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if _int(config, "num_workers", 0) > (cpus or 1):
+        raise ConfigError(
+            f"num_workers={config['num_workers']} is invalid; this machine has {cpus} CPUs "
+            f"for decoding, so use 0..{cpus}"
+        )
     _int(config, "gallery", 0)
     _int(config, "precise_bn", 0)
     _int(config, "train_limit", 1, allow_none=True)
@@ -416,8 +426,6 @@ def torch_device(kind: str, index: int):
 
 def data_bytes(config: dict, data, world) -> int:
     """Bytes of uint8 images one process holds for a run: its train shard and test shard."""
-    import math
-
     train_idx, my_test, _ = select_indices(config, data, world)
     per_image = math.prod(data.train.images.shape[1:])
     return per_image * (len(train_idx) + len(my_test))

@@ -1,12 +1,14 @@
 """The training loop without Sacred: it learns, checkpoints atomically and resumes exactly."""
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from study import engine
-from study.errors import StudyError
+from study.errors import StudyError, TrainingFailed
 from study.loader import BatchTransform, DeviceSplit
 
 
@@ -134,10 +136,48 @@ def test_checkpoint_is_written_atomically_and_loaded_safely(tmp_path):
     model, opt, train, test, t = _setup()
     ckpt = tmp_path / "checkpoint.pt"
     engine.save_checkpoint(ckpt, model, opt, engine.TrainState(epoch=1, config={"lr": 0.01}))
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
-    ckpt.write_bytes(ckpt.read_bytes()[:100])  # a truncated file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "checkpoint.pt.sha256"]
+    good = ckpt.read_bytes()
+    ckpt.write_bytes(good[:100])  # a truncated file
+    with pytest.raises(TrainingFailed, match="checkpoint.pt: the file does not match its digest"):
+        engine.load_checkpoint(ckpt, model, opt)
+    (tmp_path / "checkpoint.pt.sha256").unlink()  # a checkpoint from before digests
     with pytest.raises(StudyError, match="checkpoint.pt: not a readable study checkpoint"):
         engine.load_checkpoint(ckpt, model, opt)
+
+
+def test_a_flipped_bit_in_a_checkpoint_is_refused_in_one_line(tmp_path):
+    model, opt, train, test, t = _setup()
+    ckpt = tmp_path / "checkpoint.pt"
+    engine.save_checkpoint(ckpt, model, opt, engine.TrainState(epoch=1))
+    first = ckpt.read_bytes()
+    engine.save_checkpoint(ckpt, model, opt, engine.TrainState(epoch=2))
+    assert engine.load_checkpoint(ckpt, model, opt).epoch == 2
+    data = bytearray(ckpt.read_bytes())
+    data[len(data) // 2] ^= 0x01  # inside the tensor data: torch.load alone would not notice
+    ckpt.write_bytes(bytes(data))
+    with pytest.raises(TrainingFailed) as info:
+        engine.load_checkpoint(ckpt, model, opt)
+    assert "\n" not in str(info.value) and "does not match its digest" in str(info.value)
+    # A crash between replacing the checkpoint and rewriting its digest: the digest file still
+    # lists the one it replaced, so the previous checkpoint verifies.
+    ckpt.write_bytes(first)
+    digests = tmp_path / "checkpoint.pt.sha256"
+    digests.write_text("0" * 64 + "\n" + hashlib.sha256(first).hexdigest() + "\n")
+    assert engine.load_checkpoint(ckpt, model, opt).epoch == 1
+
+
+def test_a_non_finite_loss_stops_training_with_one_line_naming_epoch_and_step(tmp_path):
+    model, opt, train, test, t = _setup()
+    for group in opt.param_groups:
+        group["lr"] = 1e30  # the first step overflows the weights; the next losses are nan
+    ckpt = tmp_path / "checkpoint.pt"
+    with pytest.raises(TrainingFailed) as info:
+        _fit(model, opt, train, test, t, 3, checkpoint=ckpt)
+    message = str(info.value)
+    assert message.startswith("epoch 1: the training loss was not finite (nan or inf) in ")
+    assert "from step 2 of 7" in message and "\n" not in message
+    assert not ckpt.exists()  # nothing of the broken epoch is kept
 
 
 def test_precise_bn_re_estimates_statistics_from_training_images():

@@ -1,0 +1,60 @@
+"""Bad values stop `study run` with one line before any work, and nothing is recorded; a run
+whose loss stops being finite ends FAILED with one line naming the epoch and step."""
+
+import json
+
+import pytest
+import torch
+from conftest import run_study
+
+BASE = ["model=small_cnn", "dataset=mnist", "epochs=1", "batch_size=50"]
+
+
+def _run(tmp_path, mnist_root, *updates):
+    return run_study(
+        "run", "with", *BASE, f"data_root={mnist_root}", *updates, "-F", tmp_path / "runs",
+        cwd=tmp_path, check=False,
+    )  # fmt: skip
+
+
+CASES = [
+    ("lr=1e999", "lr=inf is invalid; expected a finite number"),
+    ("momentum=nan", "momentum='nan' is invalid; expected a number"),
+    ("time_budget=1e999", "time_budget=inf is invalid; expected a finite number"),
+    ("seed=4294967296", "seed=4294967296 is invalid; expected 0 <= seed <= 4294967295"),
+    ("num_workers=100000", "num_workers=100000 is invalid; this machine has"),
+    ("data_on_device=maybe", "data_on_device='maybe' is invalid; expected auto, true or false"),
+    ("compile_mode=fastest", "compile_mode='fastest' is invalid; expected one of: default,"),
+    ("grad_compression=fp8", "grad_compression='fp8' is invalid; expected one of: none, bf16"),
+]
+if not torch.cuda.is_available():
+    CASES.append(("device=cuda:0", "device='cuda:0' is unavailable: no CUDA device"))
+
+
+@pytest.mark.parametrize(("update", "message"), CASES, ids=[c[0] for c in CASES])
+def test_a_bad_value_is_one_line_exit_2_and_records_nothing(mnist_root, tmp_path, update, message):
+    proc = _run(tmp_path, mnist_root, update)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("study: error:")]
+    assert message in line
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not [p for p in runs.iterdir() if p.name != "_sources"]
+
+
+def test_nan_from_a_json_config_file_is_refused(mnist_root, tmp_path):
+    config = tmp_path / "nan.json"
+    config.write_text('{"time_budget": NaN}')  # what json.dumps(float("nan")) writes
+    proc = _run(tmp_path, mnist_root, str(config))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "study: error: time_budget=nan is invalid; expected a finite number" in proc.stderr
+
+
+def test_a_loss_that_stops_being_finite_fails_the_run_with_one_line(mnist_root, tmp_path):
+    proc = _run(tmp_path, mnist_root, "optimizer=sgd", "lr=1e30")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("study: error:")]
+    assert "epoch 1: the training loss was not finite (nan or inf) in" in line
+    run = json.loads((tmp_path / "runs" / "1" / "run.json").read_text())
+    assert run["status"] == "FAILED"
+    assert not (tmp_path / "runs" / "1" / "checkpoint.pt").exists()
