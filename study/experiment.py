@@ -359,20 +359,86 @@ def prepare_data(config: dict):
 def preflight(config: dict) -> None:
     """Work that can fail on bad input, done before the run is recorded: data present and
     decoded, model buildable with these options (pretrained weights found)."""
+    from study import distributed, loader
     from study.registry import registry
 
     spec, prepared = prepare_data(config)
     model_spec = registry().model(config["model"])
-    in_channels = input_channels(model_spec, prepared)
-    model_spec.factory(model_options(config, prepared.num_classes, in_channels))
-    # The data fits where data_on_device says (or somewhere, for auto), or stop now.
-    from study import distributed, loader
-
     world = distributed.from_environment()
     device = pick_device(config["device"])
     if device.type == "cuda" and world.distributed:
         device = torch_device("cuda", world.local_rank)
+    check_model(config, model_spec, prepared, device)
+    # The data fits where data_on_device says (or somewhere, for auto), or stop now.
     loader.data_on_device(config["data_on_device"], data_bytes(config, prepared, world), device)
+
+
+def build_model(config: dict, model_spec, data):
+    """The plugin's model for this config; whatever the plugin raises becomes one line."""
+    from torch import nn
+
+    from study.errors import PluginError, StudyError
+    from study.registry import registry
+
+    plugin = registry().models[model_spec.name].plugin
+    try:
+        model = model_spec.factory(
+            model_options(config, data.num_classes, input_channels(model_spec, data))
+        )
+    except StudyError:
+        raise
+    except Exception as exc:
+        raise PluginError(
+            f"model {model_spec.name} (plugin {plugin}) failed to build: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise PluginError(
+            f"model {model_spec.name} (plugin {plugin}): its factory returned "
+            f"{type(model).__name__}, not a torch.nn.Module"
+        )
+    return model
+
+
+def check_model(config: dict, model_spec, data, device) -> None:
+    """The plugin contract, checked on the meta device before any work: one logit per class
+    (and an auxiliary output of the same shape where the model has one), and one image's
+    activations within the device's memory."""
+    import torch
+
+    from study import loader
+    from study.engine import split_outputs
+    from study.errors import PluginError
+    from study.modelstats import forward_on_meta
+
+    model = build_model(config, model_spec, data)
+    size, channels = config["image_size"], input_channels(model_spec, data)
+    try:
+        outputs, elements = forward_on_meta(model, 2, size, channels)
+    except Exception:  # an op without a meta kernel: the run itself will tell
+        return
+    classes = data.num_classes
+    for what, out in zip(("output", "auxiliary output"), split_outputs(outputs), strict=True):
+        if out is not None and tuple(out.shape) != (2, classes):
+            raise PluginError(
+                f"model {model_spec.name}: its {what} for a batch of 2 images has shape "
+                f"{tuple(out.shape)}, expected (2, {classes}): one logit per class of "
+                f"{data.name} (ModelOptions.num_classes)"
+            )
+    # fp32 activations kept for backward, at batch 1; the weights, gradients and optimizer
+    # state come on top. A rough bound, but it turns an allocation of terabytes into a line.
+    need = elements * 4
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = loader.available_host_memory()
+    if need > free:
+        fits = int(size * (free / need) ** 0.5)
+        raise ConfigError(
+            f"image_size={size}: one image through {model_spec.name} needs an estimated "
+            f"{need / 2**30:.1f} GiB of activations, more than the {free / 2**30:.1f} GiB free "
+            f"on {device}; about {fits} px or less would fit"
+        )
 
 
 def input_channels(model_spec, data) -> int:
@@ -457,7 +523,7 @@ def build_setup(config: dict, data, device, world, model_spec) -> tuple:
     num_classes = data.num_classes
     in_channels = input_channels(model_spec, data)
     torch.manual_seed(seed)  # the same initial weights on every rank
-    model = model_spec.factory(model_options(config, num_classes, in_channels))
+    model = build_model(config, model_spec, data)
     stats = model_stats(model, config["image_size"], in_channels)
     # Dropout (and anything else drawn from the global generator) differs between ranks; rank 0
     # keeps `seed`, so one process trains exactly as before.

@@ -63,3 +63,31 @@ def _count_on_device(model: nn.Module, image_size: int, in_channels: int) -> int
 def _dtype(model: nn.Module) -> torch.dtype:
     first = next(model.parameters(), None)
     return first.dtype if first is not None and first.is_floating_point() else torch.float32
+
+
+def forward_on_meta(model: nn.Module, batch: int, image_size: int, in_channels: int = 3):
+    """(outputs, activation elements per image) of one training-mode forward pass on the meta
+    device: shapes only, no arithmetic and no memory, whatever the image size. Activation
+    elements are the outputs of every leaf module, roughly what backward keeps."""
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    meta = {name: torch.empty_like(t, device="meta") for name, t in tensors.items()}
+    x = torch.empty(batch, in_channels, image_size, image_size, device="meta", dtype=_dtype(model))
+    elements = 0
+
+    def count(module, inputs, output):
+        nonlocal elements
+        for t in output if isinstance(output, tuple | list) else (output,):
+            if isinstance(t, torch.Tensor):
+                elements += t.numel()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    was_training = model.training
+    model.train()
+    try:
+        outputs = torch.func.functional_call(model, meta, (x,), tie_weights=True, strict=False)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return outputs, elements // batch

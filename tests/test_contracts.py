@@ -58,3 +58,79 @@ def test_a_loss_that_stops_being_finite_fails_the_run_with_one_line(mnist_root, 
     run = json.loads((tmp_path / "runs" / "1" / "run.json").read_text())
     assert run["status"] == "FAILED"
     assert not (tmp_path / "runs" / "1" / "checkpoint.pt").exists()
+
+
+BROKEN_PLUGIN = """
+import study
+from torch import nn
+
+
+def _spec(name, factory):
+    return study.ModelSpec(name=name, factory=factory, description="broken on purpose",
+                           input_size={"paper": None, "fast": None}, min_input_size=4)
+
+
+def returns_none(options):
+    return None
+
+
+def too_many_logits(options):
+    inputs = options.in_channels * options.image_size**2
+    return nn.Sequential(nn.Flatten(), nn.Linear(inputs, options.num_classes + 3))
+
+
+def raises(options):
+    raise FileNotFoundError("weights.pt")
+
+
+@study.hookimpl
+def study_models():
+    return [_spec("returns_none", returns_none), _spec("too_many_logits", too_many_logits),
+            _spec("raises", raises)]
+"""
+
+PLUGIN_CASES = [
+    ("returns_none", "model returns_none (plugin brokenmodels:broken_models): its factory "
+     "returned NoneType, not a torch.nn.Module"),
+    ("too_many_logits", "model too_many_logits: its output for a batch of 2 images has shape "
+     "(2, 13), expected (2, 10): one logit per class of mnist"),
+    ("raises", "model raises (plugin brokenmodels:broken_models) failed to build: "
+     "FileNotFoundError: weights.pt"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def broken_site(tmp_path_factory):
+    """An installed distribution (module + dist-info with an entry point) of broken models."""
+    site = tmp_path_factory.mktemp("broken-site")
+    (site / "broken_models.py").write_text(BROKEN_PLUGIN)
+    info = site / "brokenmodels-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenmodels\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[study.plugins]\nbroken_models = broken_models\n")
+    return site
+
+
+@pytest.mark.parametrize(("model", "message"), PLUGIN_CASES, ids=[c[0] for c in PLUGIN_CASES])
+def test_a_broken_model_plugin_is_one_line_before_the_run(
+    broken_site, mnist_root, tmp_path, model, message
+):
+    proc = run_study(
+        "run", "with", f"model={model}", "dataset=mnist", f"data_root={mnist_root}",
+        "epochs=1", "-F", tmp_path / "runs", cwd=tmp_path, check=False,
+        env={"PYTHONPATH": str(broken_site)},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert f"study: error: {message}" in proc.stderr
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not [p for p in runs.iterdir() if p.name != "_sources"]
+
+
+def test_an_image_size_beyond_memory_is_one_line_before_the_run(mnist_root, tmp_path):
+    proc = _run(tmp_path, mnist_root, "image_size=100000")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("study: error: image_size=100000: one image through small_cnn needs")
+    assert "px or less would fit" in line
+    assert not (tmp_path / "runs" / "1").exists()
