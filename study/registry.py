@@ -6,7 +6,9 @@ Built-in and third-party plugins are found the same way. Every spec remembers th
 
 from __future__ import annotations
 
+import difflib
 import functools
+import os
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
@@ -39,6 +41,13 @@ class Registry:
                     f"plugin {impl.plugin_name} failed in {hook_name}(): "
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
+            if isinstance(specs, spec_type):  # one spec rather than a list of one
+                specs = [specs]
+            if not isinstance(specs, list | tuple):
+                raise PluginError(
+                    f"plugin {impl.plugin_name} returned {type(specs).__name__} from "
+                    f"{hook_name}(); expected a list of study.specs.{spec_type.__name__}"
+                )
             for spec in specs:
                 if not isinstance(spec, spec_type):
                     raise PluginError(
@@ -49,7 +58,8 @@ class Registry:
                     raise PluginError(
                         f"{kind} {spec.name!r} is registered by two plugins: "
                         f"{found[spec.name].plugin} and {impl.plugin_name}; "
-                        "uninstall one of them or rename the model"
+                        f"uninstall one of them, rename the {kind}, or switch one plugin off "
+                        f"with {DISABLE_VARIABLE}"
                     )
                 found[spec.name] = Provided(spec, impl.plugin_name)
         return dict(sorted(found.items()))
@@ -69,23 +79,48 @@ class Registry:
             raise UnknownName(f"unknown {kind} {name!r}; registered {kind}s: {known}") from None
 
 
+# Plugins to leave out, comma separated: "distribution:entry-point" as `study list` names them,
+# or a distribution's name for all of its plugins. A broken plugin need not be uninstalled.
+DISABLE_VARIABLE = "STUDY_DISABLE_PLUGINS"
+HOOK_NAMES = tuple(n for n in dir(hookspecs) if n.startswith("study_"))
+
+
+def disabled_plugins() -> set[str]:
+    return {p.strip() for p in os.environ.get(DISABLE_VARIABLE, "").split(",") if p.strip()}
+
+
 def plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     if load_entry_points:
+        disabled = disabled_plugins()
         for ep in entry_points(group=hookspecs.ENTRY_POINT_GROUP):
             dist = ep.dist.name if ep.dist is not None else "?"
             name = f"{dist}:{ep.name}"
-            if pm.has_plugin(name):  # the same distribution seen twice on sys.path
-                continue
+            if pm.has_plugin(name) or name in disabled or dist in disabled:
+                continue  # seen twice on sys.path, or switched off
             try:
                 plugin = ep.load()
             except Exception as exc:
                 raise PluginError(
-                    f"plugin {name} ({ep.value}) failed to import: {type(exc).__name__}: {exc}"
+                    f"plugin {name} ({ep.value}) failed to import: {type(exc).__name__}: {exc}; "
+                    f"switch it off with {DISABLE_VARIABLE}={name}"
                 ) from exc
+            _check_hook_names(plugin, name)
             pm.register(plugin, name=name)
     return pm
+
+
+def _check_hook_names(plugin, name: str) -> None:
+    """A function named like a hook but not one (`study_model`) would be silently ignored."""
+    for attr in dir(plugin):
+        if attr.startswith("study_") and attr not in HOOK_NAMES and callable(getattr(plugin, attr)):
+            close = difflib.get_close_matches(attr, HOOK_NAMES, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise PluginError(
+                f"plugin {name} defines {attr}(), which is no study hook{hint}; "
+                f"the hooks are {', '.join(HOOK_NAMES)}"
+            )
 
 
 @functools.cache

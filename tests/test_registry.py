@@ -58,7 +58,7 @@ def test_two_plugins_registering_one_name_are_both_named(tmp_path, monkeypatch):
     with pytest.raises(PluginError) as err:
         Registry(plugin_manager())
     message = str(err.value)
-    assert "'resnet18'" in message
+    assert "'resnet18'" in message and "rename the model" in message
     assert "study:study-models" in message and "dupmodels:dup_plugin" in message
 
 
@@ -113,3 +113,68 @@ def test_python_m_study_works_in_the_source_checkout():
     first: the installed package must still supply study.plugins and study.templates."""
     out = run_study("list", cwd=HERE.parent).stdout
     assert "resnet50" in out and "study:study-models" in out
+
+
+def test_a_misspelled_hook_is_named_with_the_hook_it_resembles(tmp_path, monkeypatch):
+    _fake_distribution(
+        tmp_path, "typoplugin", "typo_plugin",
+        """
+        import study
+
+        @study.hookimpl
+        def study_model():
+            return []
+        """,
+    )  # fmt: skip
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError) as err:
+        plugin_manager()
+    assert str(err.value) == (
+        "plugin typoplugin:typo_plugin defines study_model(), which is no study hook "
+        "(did you mean study_models?); the hooks are study_datasets, study_models"
+    )
+
+
+def test_one_spec_instead_of_a_list_is_accepted_and_other_returns_are_refused(
+    tmp_path, monkeypatch
+):
+    _fake_distribution(
+        tmp_path, "singleplugin", "single_plugin",
+        """
+        import study
+
+        @study.hookimpl
+        def study_models():
+            return study.ModelSpec(name="single", factory=None, description="one spec",
+                                   input_size={}, min_input_size=1)
+
+        @study.hookimpl
+        def study_datasets():
+            return {"name": "not a spec"}
+        """,
+    )  # fmt: skip
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError) as err:
+        Registry(plugin_manager())
+    assert str(err.value) == (
+        "plugin singleplugin:single_plugin returned dict from study_datasets(); "
+        "expected a list of study.specs.DatasetSpec"
+    )
+    # The data set hook switched off with the whole plugin, the model spec alone would load:
+    pm = plugin_manager()
+    pm.unregister(name="singleplugin:single_plugin")
+    assert "single" not in Registry(pm).models
+
+
+def test_a_broken_plugin_can_be_switched_off_without_uninstalling_it(tmp_path, monkeypatch):
+    _fake_distribution(tmp_path, "brokenplugin", "broken_plugin", "import not_a_module_anywhere\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError, match="switch it off with STUDY_DISABLE_PLUGINS="):
+        plugin_manager()
+    monkeypatch.setenv("STUDY_DISABLE_PLUGINS", "brokenplugin:broken_plugin")
+    assert "resnet18" in Registry(plugin_manager()).models
+    out = run_study(
+        "list", cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path), "STUDY_DISABLE_PLUGINS": "brokenplugin"},
+    ).stdout  # fmt: skip
+    assert "resnet18" in out and "broken" not in out
