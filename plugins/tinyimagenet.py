@@ -233,7 +233,7 @@ def decode_tiny(files: list[Path], workers: int = 0) -> Decoded:
             if "/" in fields[0] or "\\" in fields[0] or fields[0] in ("", ".", ".."):
                 raise CorruptData(
                     source.where(annotations),
-                    f"names image {printable(fields[0])!r}; expected a file name in val/images",
+                    f"names image '{printable(fields[0])}'; expected a file name in val/images",
                 )
             if len(val_names) == MAX_VAL:
                 raise CorruptData(
