@@ -13,6 +13,7 @@ import pickle
 import struct
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -261,3 +262,87 @@ def write_tiny_imagenet(
         for name, data in files.items():
             zf.writestr(zipfile.ZipInfo(f"tiny-imagenet-200/{name}", ZIP_DATE), data)
     return archive
+
+
+# ---------------------------------------------------------------------------------------------
+# Decompression bombs: small files that expand to gigabytes of zeros. The zeros are deflated one
+# MiB at a time once and the block repeated (each block is self-contained after a full flush), so
+# a 2 GiB member costs about 2 MB of disk and well under a second to write.
+
+MIB = 1 << 20
+
+
+def deflated(prefix: bytes, zeros: int, suffix: bytes = b"") -> tuple[bytes, int, int]:
+    """(raw deflate stream, crc32, length) of prefix + zeros x b'\\0' + suffix."""
+    head = zlib.compressobj(9, zlib.DEFLATED, -15)
+    parts = [head.compress(prefix), head.flush(zlib.Z_FULL_FLUSH)]
+    block = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = block.compress(bytes(MIB)) + block.flush(zlib.Z_FULL_FLUSH)
+    whole, rest = divmod(zeros, MIB)
+    parts.append(block * whole)
+    tail = zlib.compressobj(9, zlib.DEFLATED, -15)
+    parts += [tail.compress(bytes(rest) + suffix), tail.flush()]
+    crc, zero = zlib.crc32(prefix), bytes(MIB)
+    for _ in range(whole):
+        crc = zlib.crc32(zero, crc)
+    crc = zlib.crc32(bytes(rest) + suffix, crc)
+    return b"".join(parts), crc, len(prefix) + zeros + len(suffix)
+
+
+def gzip_bomb(prefix: bytes, zeros: int, suffix: bytes = b"") -> bytes:
+    """A gzip file of prefix + zeros + suffix."""
+    stream, crc, size = deflated(prefix, zeros, suffix)
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
+    return header + stream + struct.pack("<II", crc, size & 0xFFFFFFFF)
+
+
+def write_zip(path, members) -> Path:
+    """A zip of (name, bytes) or (name, (prefix, zeros, declared size or None)) members, all
+    deflated; a declared size other than the true one makes a member whose header lies."""
+    path = Path(path)
+    central, offset = [], 0
+    with open(path, "wb") as out:
+        for name, content in members:
+            if isinstance(content, bytes):
+                stream, crc, size = deflated(content, 0)
+            else:
+                prefix, zeros, declared = content
+                stream, crc, size = deflated(prefix, zeros)
+                size = size if declared is None else declared
+            name_bytes = name.encode()
+            common = struct.pack(
+                "<HHHHHIIIHH", 20, 0, 8, 0, 0x4A21, crc, len(stream), size, len(name_bytes), 0
+            )
+            out.write(b"PK\x03\x04" + common + name_bytes)
+            out.write(stream)
+            central.append(
+                b"PK\x01\x02"
+                + struct.pack("<H", 20)
+                + common
+                + struct.pack("<HHHII", 0, 0, 0, 0, offset)
+                + name_bytes
+            )
+            offset += 30 + len(name_bytes) + len(stream)
+        directory = b"".join(central)
+        out.write(directory)
+        out.write(
+            b"PK\x05\x06"
+            + struct.pack("<HHHHIIH", 0, 0, len(central), len(central), len(directory), offset, 0)
+        )
+    return path
+
+
+def png_bomb_bytes(width: int, height: int) -> bytes:
+    """A valid all-black RGB PNG of width x height: tiny on disk, width*height*3 bytes decoded."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    raw = (width * 3 + 1) * height  # a filter byte, then the row
+    stream, _, _ = deflated(b"", raw)
+    adler = ((raw % 65521) << 16) | 1  # the Adler-32 of raw zero bytes
+    idat = b"\x78\xda" + stream + struct.pack(">I", adler)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
