@@ -72,7 +72,8 @@ def mnist_spec() -> DatasetSpec:
         decode=lambda files, workers=0: decode_idx(files, names),
         downloads=idx_downloads("MNIST", MNIST_MIRRORS, MNIST_MD5),
         description="MNIST handwritten digits, 28x28 grey (LeCun et al. 1998)",
-        extra={"mirror_invariant": False},  # a mirrored digit is no digit: never flip MNIST
+        display_name="MNIST",
+        paper_epochs=6,  # a mirrored digit is no digit: mirror_invariant stays False
     )
 
 
@@ -89,6 +90,9 @@ def fashion_mnist_spec() -> DatasetSpec:
         decode=lambda files, workers=0: decode_idx(files, list(FASHION_CLASSES)),
         downloads=idx_downloads("FashionMNIST", FASHION_MIRRORS, FASHION_MD5),
         description="Fashion-MNIST Zalando article images, 28x28 grey (Xiao et al. 2017)",
+        display_name="Fashion-MNIST",
+        paper_epochs=6,  # not in the seed study: MNIST's epochs
+        mirror_invariant=True,
     )
 
 
@@ -126,6 +130,9 @@ def cifar10_spec() -> DatasetSpec:
             )
         ],
         description="CIFAR-10 tiny natural images, 32x32 RGB (Krizhevsky 2009)",
+        display_name="CIFAR-10",
+        paper_epochs=25,
+        mirror_invariant=True,
     )
 
 
@@ -153,6 +160,9 @@ def tiny_imagenet_spec() -> DatasetSpec:
             )
         ],
         description="Tiny-ImageNet-200, 200 ImageNet classes at 64x64 RGB; test split = val",
+        display_name="Tiny-ImageNet",
+        paper_epochs=30,
+        mirror_invariant=True,
         extra={"wnids": [wnid for wnid, _ in classes]},
     )
 

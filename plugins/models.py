@@ -261,6 +261,9 @@ def study_models() -> list[ModelSpec]:
     return [
         ModelSpec(
             name="vgg16",
+            display_name="VGG-16",
+            pretrained_weights=True,
+            imagenet_head=True,
             factory=_vgg16,
             description="VGG-16 (Simonyan & Zisserman 2014), torchvision, 138M parameters",
             input_size={"paper": 224, **FAST},
@@ -269,6 +272,9 @@ def study_models() -> list[ModelSpec]:
         ),
         ModelSpec(
             name="resnet50",
+            display_name="ResNet-50",
+            pretrained_weights=True,
+            imagenet_head=True,
             factory=_resnet("resnet50"),
             description="ResNet-50 (He et al. 2015), torchvision, 25.6M parameters",
             input_size={"paper": 224, **FAST},
@@ -277,6 +283,9 @@ def study_models() -> list[ModelSpec]:
         ),
         ModelSpec(
             name="inception_v3",
+            display_name="Inception-V3",
+            pretrained_weights=True,
+            imagenet_head=True,
             factory=_inception_v3,
             description="Inception-V3 (Szegedy et al. 2015), torchvision, with auxiliary head",
             input_size={"paper": 299, **FAST},
@@ -287,6 +296,9 @@ def study_models() -> list[ModelSpec]:
         ),
         ModelSpec(
             name="resnet18",
+            display_name="ResNet-18",
+            pretrained_weights=True,
+            imagenet_head=True,
             factory=_resnet("resnet18"),
             description="ResNet-18 (He et al. 2015), torchvision, 11.7M parameters",
             input_size={"paper": 224, **FAST},
@@ -295,6 +307,7 @@ def study_models() -> list[ModelSpec]:
         ),
         ModelSpec(
             name="small_cnn",
+            display_name="Small CNN",
             factory=_small_cnn,
             description="Small 5-conv CNN with BN and global average pooling, for quick CPU runs",
             input_size={"paper": None, **FAST},

@@ -68,7 +68,7 @@ def prepare(
     """Find (or download) a data set's files and return both splits from the cache."""
     root = Path(data_root).expanduser()
     files = locate(spec, root, download=download)
-    key = fingerprint(files)
+    key = fingerprint(files, decoder_fingerprint(spec))
     cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir(root)
     folder = cache_root / f"{spec.name}-{key}"
     if not (folder / "meta.json").is_file():
@@ -158,12 +158,34 @@ def download_file(d: Download, root: Path) -> Path:
 # The cache
 
 
-def fingerprint(files: Sequence[Path]) -> str:
-    """A key that changes when any source file is replaced, resized or touched.
+def decoder_fingerprint(spec: DatasetSpec) -> str:
+    """The code that decodes `spec`: the source of every module in the package (or the lone
+    module) that defines its `decode`, so a plugin author's change to the decoder rebuilds
+    the cache instead of reusing arrays the old code made."""
+    import inspect
+    import sys
+
+    module = sys.modules.get(getattr(spec.decode, "__module__", "") or "")
+    source = Path(inspect.getsourcefile(module)) if module is not None else None
+    if source is None or not source.exists():
+        return ""
+    is_package_member = bool(module.__package__) and module.__package__ != module.__name__
+    files = sorted(source.parent.glob("*.py")) if is_package_member else [source]
+    if source.name == "__init__.py":
+        files = sorted(source.parent.glob("*.py"))
+    h = hashlib.sha256()
+    for file in files:
+        h.update(file.name.encode() + b"\0" + file.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def fingerprint(files: Sequence[Path], code: str = "") -> str:
+    """A key that changes when any source file is replaced, resized or touched, or when the
+    decoding code (`code`, from decoder_fingerprint) changes.
 
     A folder among the sources stands for every file under it.
     """
-    h = hashlib.sha256(f"study-cache-v{CACHE_VERSION}".encode())
+    h = hashlib.sha256(f"study-cache-v{CACHE_VERSION}\n{code}".encode())
     for path in files:
         path = Path(path).resolve()
         entries = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]

@@ -31,8 +31,7 @@ MAX_SEED = 2**32 - 1  # what NumPy's and torch's seeding accept
 # draw different masks and rank 0 draws what a single process draws.
 RANK_SEED_STRIDE = 1_000_003
 
-# The seed study's epochs per data set; data sets it did not train on get DEFAULT_EPOCHS.
-PAPER_EPOCHS = {"mnist": 6, "fashion_mnist": 6, "cifar10": 25, "tiny_imagenet": 30}
+# Epochs of the fast protocol where `epochs` is not given (paper: the data set's own).
 DEFAULT_EPOCHS = 10
 
 # Keys that do not change what is trained: they may differ when a run is resumed.
@@ -229,7 +228,7 @@ def resolve_config(config: dict) -> dict:
 
     augment = config["augment"]
     if augment is None and protocol == "fast":  # flip only where a mirror image keeps its class
-        augment = "crop-flip" if data_spec.extra.get("mirror_invariant", True) else "crop"
+        augment = "crop-flip" if data_spec.mirror_invariant else "crop"
     elif augment is None:
         augment = "none"
     _choice({"augment": augment}, "augment", AUGMENTATIONS)
@@ -271,14 +270,27 @@ def resolve_config(config: dict) -> dict:
         )
 
     epochs = config["epochs"]
-    if epochs is None:
-        epochs = (
-            PAPER_EPOCHS.get(data_spec.name, DEFAULT_EPOCHS)
-            if protocol == "paper"
-            else DEFAULT_EPOCHS
-        )
+    if epochs is None and protocol == "paper":
+        epochs = data_spec.paper_epochs
+        if epochs is None:
+            raise ConfigError(
+                f"dataset {data_spec.name} declares no epochs for the paper protocol "
+                "(DatasetSpec.paper_epochs); set epochs=N"
+            )
+    elif epochs is None:
+        epochs = DEFAULT_EPOCHS
     else:
         epochs = _int(config, "epochs", 1)
+    if config["pretrained"] is True and not model_spec.pretrained_weights:
+        raise ConfigError(
+            f"pretrained=True is invalid: model {model_spec.name} declares no pretrained "
+            "weights; use pretrained=False or a path to a weights file"
+        )
+    if config["head"] == "append" and not model_spec.imagenet_head:
+        raise ConfigError(
+            f"head='append' is invalid: model {model_spec.name} has no 1000-way ImageNet head "
+            "to append to; use head=replace"
+        )
 
     aux = config["aux_logits"]
     if aux is None:

@@ -58,19 +58,6 @@ CURVE_METRICS = (
 # The seed's order; models and data sets it did not have follow, alphabetically.
 MODEL_ORDER = ("vgg16", "inception_v3", "resnet50")
 DATASET_ORDER = ("mnist", "fashion_mnist", "cifar10", "tiny_imagenet")
-DATASET_TITLES = {
-    "mnist": "MNIST",
-    "fashion_mnist": "Fashion-MNIST",
-    "cifar10": "CIFAR-10",
-    "tiny_imagenet": "Tiny-ImageNet",
-}
-MODEL_TITLES = {
-    "vgg16": "VGG-16",
-    "inception_v3": "Inception-V3",
-    "resnet50": "ResNet-50",
-    "resnet18": "ResNet-18",
-    "small_cnn": "Small CNN",
-}
 # The training protocol, as the Method section lists it: (config key, label).
 PROTOCOL_KEYS = (
     ("optimizer", "optimizer"),
@@ -393,14 +380,28 @@ def _ordered_models(arms) -> list[str]:
 
 
 def model_title(name: str) -> str:
-    """`resnet50` -> `ResNet-50`; an arm `resnet18 [fast]` -> `ResNet-18 (fast)`."""
+    """`resnet50` -> `ResNet-50` (the plugin's display name); an arm `resnet18 [fast]` ->
+    `ResNet-18 (fast)`."""
     base, _, label = name.partition(" [")
-    title = MODEL_TITLES.get(base, base)
+    title = _title("models", base)
     return f"{title} ({label[:-1]})" if label else title
 
 
 def dataset_title(name: str) -> str:
-    return DATASET_TITLES.get(name, name)
+    return _title("datasets", name)
+
+
+def _title(kind: str, name: str) -> str:
+    """A plugin's display name; the raw name where no installed plugin provides it (runs
+    read back long after, or from another machine)."""
+    from study.errors import StudyError
+    from study.registry import registry
+
+    try:
+        provided = getattr(registry(), kind).get(name)
+    except StudyError:
+        provided = None
+    return provided.spec.title if provided is not None else name
 
 
 def seed_table() -> dict[tuple[str, str], dict[str, float]]:

@@ -134,3 +134,90 @@ def test_an_image_size_beyond_memory_is_one_line_before_the_run(mnist_root, tmp_
     assert line.startswith("study: error: image_size=100000: one image through small_cnn needs")
     assert "px or less would fit" in line
     assert not (tmp_path / "runs" / "1").exists()
+
+
+PLAIN_DATASET_PLUGIN = """
+import numpy as np
+import study
+from study.specs import Decoded, Split
+
+
+def find(root):
+    return []
+
+
+def decode(files, workers=0):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 8, 8, 1), dtype=np.uint8)
+    labels = np.arange(40) % 2
+    return Decoded(Split(images[:30], labels[:30]), Split(images[30:], labels[30:]), ["a", "b"])
+
+
+@study.hookimpl
+def study_datasets():
+    return [study.DatasetSpec(name="letters", num_classes=2, class_names=["a", "b"],
+                              image_size=8, channels=1, train_size=30, test_size=10,
+                              find=find, decode=decode)]
+"""
+
+
+@pytest.fixture(scope="module")
+def letters_site(tmp_path_factory):
+    """A data set plugin that declares only what the README's minimum asks for."""
+    site = tmp_path_factory.mktemp("letters-site")
+    (site / "letters_plugin.py").write_text(PLAIN_DATASET_PLUGIN)
+    info = site / "letters-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: letters\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[study.plugins]\nletters = letters_plugin\n")
+    return site
+
+
+def test_a_plugin_data_set_is_never_flipped_unless_it_says_so_and_paper_asks_for_epochs(
+    letters_site, tmp_path
+):
+    env = {"PYTHONPATH": str(letters_site)}
+    fast = run_study(
+        "print_config", "with", "fast", "model=small_cnn", "dataset=letters", cwd=tmp_path,
+        env=env,
+    ).stdout  # fmt: skip
+    assert "augment = 'crop'" in fast  # not crop-flip: mirror invariance is the author's claim
+    paper = run_study(
+        "run", "with", "model=small_cnn", "dataset=letters", "head=replace", "-F", tmp_path,
+        cwd=tmp_path, env=env, check=False,
+    )  # fmt: skip
+    assert paper.returncode == 2 and "Traceback" not in paper.stderr
+    assert (
+        "study: error: dataset letters declares no epochs for the paper protocol "
+        "(DatasetSpec.paper_epochs); set epochs=N"
+    ) in paper.stderr
+
+
+@pytest.mark.parametrize(
+    ("update", "message"),
+    [
+        ("pretrained=True", "pretrained=True is invalid: model small_cnn declares no pretrained "
+         "weights; use pretrained=False or a path to a weights file"),
+        ("head=append", "head='append' is invalid: model small_cnn has no 1000-way ImageNet "
+         "head to append to; use head=replace"),
+    ],
+)  # fmt: skip
+def test_what_a_model_does_not_declare_is_refused(mnist_root, tmp_path, update, message):
+    proc = _run(tmp_path, mnist_root, update)
+    assert proc.returncode == 2 and f"study: error: {message}" in proc.stderr
+
+
+def test_the_cache_key_follows_the_decoding_code(tmp_path, monkeypatch):
+    import importlib
+
+    from study.data import decoder_fingerprint
+    from study.specs import DatasetSpec
+
+    module = tmp_path / "decoder_v.py"
+    module.write_text("def decode(files, workers=0):\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = DatasetSpec("d", 2, ["a", "b"], 8, 1, 1, 1, find=None,
+                       decode=importlib.import_module("decoder_v").decode)  # fmt: skip
+    before = decoder_fingerprint(spec)
+    module.write_text("def decode(files, workers=0):\n    return 2  # fixed\n")
+    assert decoder_fingerprint(spec) != before and len(before) == 16

@@ -1,5 +1,6 @@
 """Plugins are found through real entry points; conflicts and failures name the plugin."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -105,6 +106,12 @@ def test_a_pip_installed_third_party_plugin_trains_through_study_run(
     assert record.status == "COMPLETED"
     assert record.config["model"] == "tinynet"
     assert record.info["model"]["plugin"] == "study-tinynet:tinynet"
+    # The plugin's display name is what the report prints (read through the same registry).
+    title = subprocess.run(
+        [sys.executable, "-c", "import study.report as r; print(r.model_title('tinynet'))"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tinynet_site)},
+    ).stdout.strip()  # fmt: skip
+    assert title == "TinyNet"
     assert 0.0 <= record.result["top1"] <= 1.0
 
 

@@ -23,6 +23,7 @@ def study_models():
             name="tinynet",
             factory=build_tinynet,
             description="A one-conv network from a third-party plugin",
+            display_name="TinyNet",  # how the report names it
             input_size={"paper": None, "fast": None},
             min_input_size=4,
             in_channels=None,
