@@ -235,8 +235,14 @@ def build_cache(spec: DatasetSpec, files: list[Path], folder: Path, workers: int
     try:
         decoded = spec.decode(list(files), workers)
         train, test = checked(spec, decoded.train, "train"), checked(spec, decoded.test, "test")
+        names = list(decoded.class_names)
+        if not names or len(names) > spec.num_classes:
+            raise DataError(
+                f"{spec.name}: decode gave {len(names)} class names; expected 1 to the spec's "
+                f"num_classes={spec.num_classes} (files may hold a subset of the classes)"
+            )
         try:
-            write_cache(tmp, spec.name, train, test, list(decoded.class_names), files)
+            write_cache(tmp, spec.name, train, test, names, files)
             publish(tmp, folder)
         except OSError as exc:
             raise DataError(f"{folder}: cannot write the {spec.name} cache ({exc})") from exc
@@ -249,6 +255,11 @@ def write_cache(tmp: Path, name: str, train: Split, test: Split, class_names, fi
     for array_name, array in zip(ARRAYS, arrays, strict=True):
         np.save(tmp / f"{array_name}.npy", array)
     mean, std = channel_stats(train.images)
+    if len(train.labels) and min(std) == 0:
+        raise DataError(
+            f"{name} (train split): every image has the same value in channel "
+            f"{std.index(0)}, so it cannot be normalised (its standard deviation is 0)"
+        )
     meta = {
         "dataset": name,
         "cache_version": CACHE_VERSION,
@@ -276,10 +287,11 @@ def checked(spec: DatasetSpec, split: Split, which: str) -> Split:
     """A plugin's split, checked against its spec: uint8 (N, H, W, C) and int64 labels."""
     images, labels = np.asarray(split.images), np.asarray(split.labels)
     where = f"{spec.name} ({which} split)"
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != spec.channels:
+    size = spec.image_size
+    if images.dtype != np.uint8 or images.shape[1:] != (size, size, spec.channels):
         raise DataError(
-            f"{where}: decoded images are {images.dtype} {images.shape}; "
-            f"expected uint8 (N, H, W, {spec.channels})"
+            f"{where}: decoded images are {images.dtype} {images.shape}; the spec declares "
+            f"uint8 (N, {size}, {size}, {spec.channels})"
         )
     if labels.shape != (len(images),):
         raise DataError(f"{where}: {labels.size} labels for {len(images)} images; expected equal")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -26,7 +27,10 @@ HEADS = ("replace", "append")
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 GRAD_COMPRESSION = ("none", "bf16")
-MAX_SEED = 2**32 - 1  # what NumPy's and torch's seeding accept
+FAST_PRECISE_BN = 2000  # images
+MAX_SEED = 2**32 - 1
+# A one-cycle schedule shorter than this many steps gets a warning before the run.
+MIN_ONECYCLE_STEPS = 100  # what NumPy's and torch's seeding accept
 # Rank r of a torchrun run seeds its global generator (dropout) with seed + r * this, so ranks
 # draw different masks and rank 0 draws what a single process draws.
 RANK_SEED_STRIDE = 1_000_003
@@ -99,10 +103,10 @@ def config():
     seed = 0
     image_size = None  # None: the model's default input size for the protocol
     pretrained = False  # True: torchvision's ImageNet weights; or a path to a weights file
-    head = "replace"  # replace: swap the last layer; append: keep it and add a Linear (the seed)
+    head = None  # replace the last layer, or append a Linear to it; None: the protocol's
     aux_logits = None  # None: train the auxiliary classifier where the model has one
     augment = None  # none, flip, crop, crop-flip; None: the protocol's (fast: crop, and flip)
-    precise_bn = 2000  # training images that re-estimate BatchNorm statistics before each test
+    precise_bn = None  # training images that re-estimate BatchNorm statistics; None: protocol's
     schedule = "constant"  # learning rate: constant, onecycle (peak lr) or cosine, per step
     label_smoothing = 0.0
     amp = "auto"  # bf16 autocast: auto (on CUDA), true or false
@@ -126,15 +130,15 @@ def config():
 
 @ex.named_config
 def paper():
-    # The seed study's protocol: Adam, lr 0.0002, batch 100, no augmentation, 224 px (299 for
-    # Inception-V3), 6 / 25 / 30 epochs, the ImageNet head kept plus one extra layer.
+    # The seed study's protocol, which a run with no named config follows too: Adam, lr 0.0002,
+    # batch 100, no augmentation, 224 px (299 for Inception-V3), 6 / 25 / 30 epochs, the
+    # ImageNet head kept plus one extra layer (head and precise_bn are resolved per model and
+    # protocol by the config hook: append where the model has an ImageNet head; 0 images).
     protocol = "paper"
     optimizer = "adam"
     lr = 0.0002
     batch_size = 100
     weight_decay = 0.0
-    head = "append"
-    precise_bn = 0  # the seed evaluated with BatchNorm's running averages as trained
     schedule = "constant"
     label_smoothing = 0.0
 
@@ -215,7 +219,14 @@ def resolve_config(config: dict) -> dict:
         raise ConfigError(f"amp={config['amp']!r} is invalid; expected auto, true or false")
     if not isinstance(config["compile"], bool):
         raise ConfigError(f"compile={config['compile']!r} is invalid; expected true or false")
-    _choice(config, "head", HEADS)
+    head = config["head"]
+    if head is None:  # the seed's extra layer where the model has an ImageNet head to extend
+        head = "append" if protocol == "paper" and model_spec.imagenet_head else "replace"
+    _choice({"head": head}, "head", HEADS)
+    precise_bn = config["precise_bn"]
+    if precise_bn is None:  # the seed evaluated with BatchNorm's running averages as trained
+        precise_bn = 0 if protocol == "paper" else FAST_PRECISE_BN
+    _int({"precise_bn": precise_bn}, "precise_bn", 0)
     _choice(config, "compile_mode", COMPILE_MODES)
     _choice(config, "grad_compression", GRAD_COMPRESSION)
     if not isinstance(config["sync_bn"], bool):
@@ -253,7 +264,6 @@ def resolve_config(config: dict) -> dict:
             f"for decoding, so use 0..{cpus}"
         )
     _int(config, "gallery", 0)
-    _int(config, "precise_bn", 0)
     _int(config, "train_limit", 1, allow_none=True)
     _int(config, "test_limit", 1, allow_none=True)
     if config["time_budget"] is not None:
@@ -286,7 +296,7 @@ def resolve_config(config: dict) -> dict:
             f"pretrained=True is invalid: model {model_spec.name} declares no pretrained "
             "weights; use pretrained=False or a path to a weights file"
         )
-    if config["head"] == "append" and not model_spec.imagenet_head:
+    if head == "append" and not model_spec.imagenet_head:
         raise ConfigError(
             f"head='append' is invalid: model {model_spec.name} has no 1000-way ImageNet head "
             "to append to; use head=replace"
@@ -324,6 +334,8 @@ def resolve_config(config: dict) -> dict:
     # An absolute data_root, so the record says where the data came from.
     data_root = str(Path(config["data_root"]).expanduser().resolve())
     return {
+        "head": head,
+        "precise_bn": precise_bn,
         "epochs": epochs,
         "image_size": size,
         "aux_logits": aux,
@@ -381,8 +393,57 @@ def preflight(config: dict) -> None:
     if device.type == "cuda" and world.distributed:
         device = torch_device("cuda", world.local_rank)
     check_model(config, model_spec, prepared, device)
+    train_idx, _, _ = select_indices(config, prepared, world)
+    warning = schedule_warning(config, len(train_idx) * world.size)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     # The data fits where data_on_device says (or somewhere, for auto), or stop now.
     loader.data_on_device(config["data_on_device"], data_bytes(config, prepared, world), device)
+
+
+# Keys that say where or how a run executed, or which repeat it is, not what protocol it trained:
+# never departures.
+EXECUTION_KEYS = (
+    "data_root", "download", "device", "data_on_device", "num_workers", "checkpoint_dir",
+    "resume", "gallery", "seed", "compile", "compile_mode",
+)  # fmt: skip
+
+
+def protocol_departures(config: dict) -> dict:
+    """{key: {"value": this run's, "protocol": the named protocol's}} for every key in which
+    this run departs from the protocol its record names (the `paper` or `fast` named config,
+    resolved for the same model and data set)."""
+    reference = ex._create_run(
+        "print_config",
+        {"model": config["model"], "dataset": config["dataset"]},
+        [config["protocol"]],
+        {},
+        {},
+        {"--loglevel": "ERROR"},
+    ).config
+    return {
+        key: {"value": config.get(key), "protocol": reference[key]}
+        for key in sorted(reference)
+        if key not in EXECUTION_KEYS and config.get(key) != reference[key]
+    }
+
+
+def schedule_warning(config: dict, train_count: int, world_size: int = 1) -> str | None:
+    """One line when a one-cycle schedule is too short to warm up (it tends to end with every
+    prediction one class), with the numbers; None otherwise."""
+    if config["schedule"] != "onecycle":
+        return None
+    per_epoch = max(1, math.ceil(train_count / config["batch_size"]))
+    steps = config["epochs"] * per_epoch
+    warm_up = int(0.3 * steps)  # OneCycleLR's default pct_start
+    if steps >= MIN_ONECYCLE_STEPS:
+        return None
+    return (
+        f"warning: schedule=onecycle over {steps} steps ({config['epochs']} epochs of "
+        f"{per_epoch} batches) warms up to lr {config['lr']} in {warm_up} steps; schedules under "
+        f"{MIN_ONECYCLE_STEPS} steps often collapse to one class: give more epochs or images, "
+        "or a lower lr"
+    )
 
 
 def build_model(config: dict, model_spec, data):
@@ -652,6 +713,7 @@ def train_and_evaluate(run, config: dict) -> dict:
         plugin=reg.models[model_spec.name].plugin,
         world_size=world.size,
         data_on_device=isinstance(setup.train, loader.DeviceSplit),
+        departures=protocol_departures(config) if world.is_main else {},
     )
     state, evaluation = engine.fit(
         setup, state, on_epoch=lambda epoch, metrics: record.log_epoch(run, epoch, metrics)

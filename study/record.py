@@ -47,6 +47,7 @@ def describe_run(
     plugin,
     world_size=1,
     data_on_device=True,
+    departures=None,
 ):
     """Record, before training, what is being trained on what and where."""
     import torch
@@ -83,6 +84,9 @@ def describe_run(
         "batch_per_process": config["batch_size"] // world_size,
         "data_on_device": data_on_device,  # False: batches copied from pinned host memory
     }
+    # Where this run differs from the protocol it names (config["protocol"]): the report's
+    # departures paragraph reads it.
+    run.info["departures"] = departures or {}
     run.info["checkpoint"] = str(Path(checkpoint).resolve()) if checkpoint else None
 
 

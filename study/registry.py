@@ -54,6 +54,12 @@ class Registry:
                         f"plugin {impl.plugin_name} returned {type(spec).__name__} from "
                         f"{hook_name}(); expected study.specs.{spec_type.__name__}"
                     )
+                if isinstance(spec, DatasetSpec) and len(spec.class_names) != spec.num_classes:
+                    raise PluginError(
+                        f"plugin {impl.plugin_name}: dataset {spec.name!r} declares "
+                        f"num_classes={spec.num_classes} but {len(spec.class_names)} class names; "
+                        "they must agree"
+                    )
                 if spec.name in found:
                     raise PluginError(
                         f"{kind} {spec.name!r} is registered by two plugins: "

@@ -2,6 +2,7 @@
 whose loss stops being finite ends FAILED with one line naming the epoch and step."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -221,3 +222,98 @@ def test_the_cache_key_follows_the_decoding_code(tmp_path, monkeypatch):
     before = decoder_fingerprint(spec)
     module.write_text("def decode(files, workers=0):\n    return 2  # fixed\n")
     assert decoder_fingerprint(spec) != before and len(before) == 16
+
+
+def _resolved(tmp_path, *updates):
+    out = run_study("print_config", "with", *updates, "-u", cwd=tmp_path).stdout
+    out = re.sub(r"\x1b\[[0-9;]*m", "", out)  # Sacred colours the values a command line set
+    return {
+        line.split("=")[0].strip(): line.split("=", 1)[1].split("#")[0].strip()
+        for line in out.splitlines()
+        if "=" in line and not line.startswith(("INFO", "WARNING", "Configuration"))
+    }
+
+
+def test_a_run_with_no_named_config_is_exactly_the_paper_protocol(tmp_path):
+    for model in ("resnet18", "small_cnn"):  # with and without an ImageNet head to extend
+        plain = _resolved(tmp_path, f"model={model}", "dataset=cifar10")
+        paper = _resolved(tmp_path, "paper", f"model={model}", "dataset=cifar10")
+        assert plain == paper
+    assert plain["head"] == "'replace'" and plain["precise_bn"] == "0"
+    resnet = _resolved(tmp_path, "model=resnet18", "dataset=cifar10")
+    assert resnet["head"] == "'append'" and resnet["epochs"] == "25"
+
+
+def test_departures_from_the_named_protocol_are_recorded_and_short_schedules_warned(
+    mnist_root, tmp_path
+):
+    proc = run_study(
+        "run", "with", "fast", "model=small_cnn", "dataset=mnist", f"data_root={mnist_root}",
+        "epochs=1", "lr=0.05", "test_limit=50", "-F", tmp_path / "runs", cwd=tmp_path,
+    )  # fmt: skip
+    (warning,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning: schedule")]
+    assert warning.startswith(
+        "warning: schedule=onecycle over 5 steps (1 epochs of 5 batches) warms up to lr 0.05 in "
+        "1 steps; schedules under 100 steps often collapse to one class"
+    )
+    info = json.loads((tmp_path / "runs" / "1" / "info.json").read_text())
+    assert info["departures"] == {
+        "epochs": {"value": 1, "protocol": 10},
+        "lr": {"value": 0.05, "protocol": 0.1},
+        "test_limit": {"value": 50, "protocol": None},
+    }
+
+
+def _spec_with(decode, **fields):
+    from study.specs import DatasetSpec
+
+    base = dict(name="toy", num_classes=2, class_names=["a", "b"], image_size=8, channels=1,
+                train_size=4, test_size=2, find=lambda root: [], decode=decode)  # fmt: skip
+    return DatasetSpec(**{**base, **fields})
+
+
+def _decoded(images):
+    import numpy as np
+
+    from study.specs import Decoded, Split
+
+    labels = np.arange(len(images)) % 2
+    return Decoded(Split(images, labels), Split(images[:2], labels[:2]), ["a", "b"])
+
+
+def test_decoded_data_must_match_its_spec_and_be_normalisable(tmp_path):
+    import numpy as np
+
+    from study.data import prepare
+    from study.errors import DataError
+
+    constant = _spec_with(lambda files, workers=0: _decoded(np.full((4, 8, 8, 1), 7, np.uint8)))
+    with pytest.raises(DataError) as err:
+        prepare(constant, tmp_path, cache_dir=tmp_path / "cache")
+    assert str(err.value) == (
+        "toy (train split): every image has the same value in channel 0, so it cannot be "
+        "normalised (its standard deviation is 0)"
+    )
+    resized = _spec_with(lambda files, workers=0: _decoded(np.zeros((4, 16, 16, 1), np.uint8)))
+    with pytest.raises(DataError, match=r"decoded images are uint8 \(4, 16, 16, 1\); the spec"):
+        prepare(resized, tmp_path, cache_dir=tmp_path / "cache")
+    assert not [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
+
+
+def test_a_spec_whose_class_count_disagrees_with_its_names_is_refused(tmp_path, monkeypatch):
+    from study.errors import PluginError
+    from study.registry import Registry, plugin_manager
+
+    (tmp_path / "count_plugin.py").write_text(
+        "import study\n\n@study.hookimpl\ndef study_datasets():\n"
+        "    return [study.DatasetSpec(name='c', num_classes=3, class_names=['a', 'b'],\n"
+        "            image_size=8, channels=1, train_size=1, test_size=1, find=None,\n"
+        "            decode=None)]\n"
+    )
+    info = tmp_path / "countplugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: countplugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[study.plugins]\ncount = count_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError, match="declares num_classes=3 but 2 class names"):
+        Registry(plugin_manager())
