@@ -23,10 +23,8 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
 import statistics
-import tempfile
 import textwrap
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from study import stats
+from study.atomic import write_atomic
 from study.errors import StudyError
 from study.stores import RunRecord, read_runs
 from study.sweep import TAG_PREFIX  # a sweep tags its runs with this Sacred comment
@@ -224,22 +223,8 @@ def build_report(
     figures = FigureCache(Path(cache_dir) if cache_dir else out.parent / ".figures")
     context = report_context(records, figures, title=title, today=today)
     html = render_html(context)
-    tmp = tempfile.NamedTemporaryFile(
-        dir=out.parent, prefix=f".{out.name}.", suffix=".tmp", delete=False
-    )
-    tmp.close()
-    try:
-        if fmt == "html":
-            Path(tmp.name).write_text(html, encoding="utf-8")
-        else:
-            render_pdf(html, Path(tmp.name))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp.name, 0o666 & ~umask)  # as a plain open() would have made it
-        os.replace(tmp.name, out)
-    except BaseException:
-        Path(tmp.name).unlink(missing_ok=True)
-        raise
+    # Rendered in memory first, so a failed build leaves the earlier report as it was.
+    write_atomic(out, html if fmt == "html" else render_pdf(html))
     return out
 
 
@@ -262,14 +247,14 @@ def render_html(context: dict) -> str:
     return env.get_template("report.html.j2").render(css=load("report.css"), **context)
 
 
-def render_pdf(html: str, path: Path) -> None:
+def render_pdf(html: str) -> bytes:
     import logging
 
     from weasyprint import HTML
 
     logging.getLogger("weasyprint").setLevel(logging.ERROR)
     logging.getLogger("fontTools").setLevel(logging.ERROR)
-    HTML(string=html, base_url=".").write_pdf(path)
+    return HTML(string=html, base_url=".").write_pdf()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1043,9 +1028,7 @@ class FigureCache:
             svg = DRAW[kind](data)
             self.drawn += 1
             self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(svg)
-            os.replace(tmp, path)
+            write_atomic(path, svg)
         return "data:image/svg+xml;base64," + base64.b64encode(svg).decode()
 
 

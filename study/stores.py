@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 from sacred.observers import FileStorageObserver
 
+from study.atomic import remove_stale_temps, write_atomic
 from study.errors import StoreError
 
 DEFAULT_FILE_STORE = "runs"
@@ -25,21 +27,22 @@ DEFAULT_FILE_STORE = "runs"
 class FileStore(FileStorageObserver):
     """Sacred's file store, with atomic JSON writes and resumable runs."""
 
+    # Sacred's heartbeat thread and the main thread both save run.json: one at a time, so a
+    # snapshot is never flattened while the other thread changes it, nor written out of order.
+    _save_lock = threading.Lock()
+
     def save_json(self, obj, filename):
         # A run killed mid-write must not leave a truncated run.json or metrics.json.
         from sacred.serializer import flatten
 
-        path = os.path.join(self.dir, filename)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(flatten(obj), f, sort_keys=True, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with self._save_lock:
+            text = json.dumps(flatten(obj), sort_keys=True, indent=2)
+            write_atomic(os.path.join(self.dir, filename), text)
 
     resume_id: str | None = None
 
     def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
+        remove_stale_temps(self.basedir)  # what killed writers left in this store
         resume = config.get("resume") if isinstance(config, dict) else None
         if resume is None:
             return super().started_event(

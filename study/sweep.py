@@ -39,6 +39,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from study.atomic import write_atomic
 from study.errors import StudyError
 
 # Config keys that do not change what a cell trains: ignored when matching a cell to a run.
@@ -520,7 +521,5 @@ def write_summary(cells: list[Cell], sweep_id: str, store: Store, logs: Path) ->
     ]  # fmt: skip
     payload = {"sweep": sweep_id, "store": store.where, "cells": entries,
                "written": dt.datetime.now().isoformat(timespec="seconds")}  # fmt: skip
-    tmp = logs / f".summary.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, logs / "summary.json")
+    write_atomic(logs / "summary.json", json.dumps(payload, indent=2))
     return "\n".join(lines)
