@@ -20,7 +20,13 @@ from urllib.parse import urlsplit, urlunsplit
 from sacred.observers import MongoObserver, RunObserver  # noqa: E402
 
 from study.errors import StoreError  # noqa: E402
-from study.stores import FileStore, RunRecord, dedupe_metrics  # noqa: E402
+from study.stores import (  # noqa: E402
+    FileStore,
+    RunRecord,
+    Skipped,
+    dedupe_metrics,
+    print_skipped,
+)
 
 URL_ENV, DB_ENV, FALLBACK_ENV, TIMEOUT_ENV, SHADOW_ENV = (
     "STUDY_MONGO_URL",
@@ -311,8 +317,11 @@ def _run_id(run_id):
 # -- reading runs back -----------------------------------------------------------------------
 
 
-def read_mongo_runs(url, db: str | None = None, ids=None, client=None) -> list[RunRecord]:
-    """Every run (or the runs `ids`) in a MongoDB run store, in id order, as RunRecords."""
+def read_mongo_runs(
+    url, db: str | None = None, ids=None, client=None, skipped: Skipped | None = None
+) -> list[RunRecord]:
+    """Every run (or the runs `ids`) in a MongoDB run store, in id order, as RunRecords; a
+    malformed run is left out with a line in `skipped` (printed when no list is given)."""
     target = url if isinstance(url, Target) else parse_target(url, db)
     client = client or connect(target)
     database = client[target.db]
@@ -325,7 +334,16 @@ def read_mongo_runs(url, db: str | None = None, ids=None, client=None) -> list[R
     import gridfs
 
     fs = gridfs.GridFS(database)
-    return [_record(doc, metrics_by_run.get(doc["_id"], {}), fs, target) for doc in docs]
+    notes: Skipped = [] if skipped is None else skipped
+    records = []
+    for doc in docs:
+        try:
+            records.append(_record(doc, metrics_by_run.get(doc["_id"], {}), fs, target))
+        except (StoreError, ValueError, TypeError, AttributeError, KeyError) as exc:
+            notes.append(f"skipped a malformed run: run {doc['_id']} in {target.masked}: {exc}")
+    if skipped is None:
+        print_skipped(notes)
+    return records
 
 
 def read_mongo_run(url, run_id, db: str | None = None, client=None) -> RunRecord:

@@ -104,12 +104,18 @@ class Store:
     printable_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # for the cells' processes
 
+    noted: set[str] = field(default_factory=set)  # skipped runs already named
+
     def read(self):
-        from study.stores import read_runs
+        from study.stores import print_skipped, read_runs
 
         if self.folder is not None and not self.folder.exists():
             return []
-        return read_runs(str(self.folder) if self.folder else None, self.mongo)[1]
+        notes: list[str] = []  # the store is read before every cell: each note once
+        runs = read_runs(str(self.folder) if self.folder else None, self.mongo, skipped=notes)[1]
+        print_skipped([n for n in notes if n not in self.noted])
+        self.noted.update(notes)
+        return runs
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
+import pytest
 from conftest import run_study
 
 from study.atomic import _host, write_atomic
@@ -88,3 +91,79 @@ def test_a_killed_writers_temps_are_gone_after_the_next_run(mnist_root, tmp_path
     assert [p.name for p in stale if p.exists()] == []
     assert [p.name for p in kept if not p.exists()] == []
     assert [r.id for r in read_file_store(store) if r.status == "COMPLETED"] == ["4"]
+
+
+SAMPLE_RUNS = Path(__file__).resolve().parent.parent / "report" / "sample-runs"
+
+
+@pytest.fixture
+def broken_store(tmp_path) -> Path:
+    """The nine real sample runs, three of them damaged and one still being created."""
+    import numpy as np
+
+    store = tmp_path / "runs"
+    shutil.copytree(SAMPLE_RUNS, store)
+    (store / "2" / "run.json").write_text('{"status": "COMPLETED", "resu')  # bad JSON
+    metrics = json.loads((store / "5" / "metrics.json").read_text())
+    metrics["test_top1"]["values"][0] = "high"  # a wrong value type
+    (store / "5" / "metrics.json").write_text(json.dumps(metrics))
+    with np.load(store / "8" / "evaluation.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["topk"] = arrays["topk"][:-7]  # fewer rows than labels
+    np.savez_compressed(store / "8" / "evaluation.npz", **arrays)
+    (store / "10").mkdir()  # Sacred has written run.json, not yet config.json
+    run = json.loads((store / "1" / "run.json").read_text())
+    run.update(status="RUNNING", stop_time=None, result=None)
+    (store / "10" / "run.json").write_text(json.dumps(run))
+    return store
+
+
+def test_a_malformed_run_is_skipped_with_one_line_while_the_rest_report(broken_store, tmp_path):
+    listing = run_study("runs", "--runs", broken_store, cwd=tmp_path)
+    ids = [line.split()[0] for line in listing.stdout.splitlines()[2:]]
+    assert ids == ["1", "3", "4", "6", "7", "8", "9"]  # 8's evaluation is read by reports only
+    notes = listing.stderr.strip().splitlines()
+    assert len(notes) == 2 and "Traceback" not in listing.stderr, listing.stderr
+    assert f"{broken_store / '2' / 'run.json'}: unreadable run file" in notes[0]
+    assert f"{broken_store / '5' / 'metrics.json'}: metric 'test_top1'" in notes[1]
+    assert "'high' is not a number" in notes[1]
+
+    report = run_study("report", "--runs", broken_store, "--out", "r.html", cwd=tmp_path)
+    assert "study report: 6 runs -> r.html (3 skipped)" in report.stdout, report.stdout
+    notes = report.stderr.strip().splitlines()
+    assert len(notes) == 3, report.stderr
+    assert f"run 8 in {broken_store}: evaluation.npz is inconsistent: topk" in notes[2]
+    html = (tmp_path / "r.html").read_text()
+    assert "Skipped runs" in html and "evaluation.npz is inconsistent" in html
+    assert html.count('<div class="run">') == 6
+
+    # A run the filters leave out is not read beyond run.json and config.json.
+    only = run_study("report", "--runs", broken_store, "--datasets", "mnist", "--out", "m.html",
+                     cwd=tmp_path)  # fmt: skip
+    assert "metrics.json" not in only.stderr and "evaluation.npz" not in only.stderr
+    assert "study report: 2 runs -> m.html (1 skipped)" in only.stdout  # run 2's run.json
+
+
+def test_a_reader_looping_while_runs_start_never_fails(mnist_root, tmp_path):
+    store = tmp_path / "runs"
+    command = [sys.executable, "-m", "study", "run", "with", *FAST, f"data_root={mnist_root}",
+               "epochs=1", "train_limit=50", "test_limit=20", "gallery=0",
+               "-F", str(store)]  # fmt: skip
+    logs = [tmp_path / f"run{i}.log" for i in range(3)]
+    outs = [open(log, "w") for log in logs]
+    procs = [subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=out) for out in outs]
+    reads, seen, notes = 0, set(), []
+    while any(p.poll() is None for p in procs):
+        if store.is_dir():
+            runs = read_file_store(store, skipped=notes)  # never raises, never notes
+            seen.update((r.id, r.status) for r in runs)
+            reads += 1
+    for p in procs:
+        assert p.wait() == 0, "\n".join(log.read_text()[-2000:] for log in logs)
+    for out in outs:
+        out.close()
+    assert notes == []
+    assert reads > 50 and any(status == "RUNNING" for _, status in seen), (reads, seen)
+    final = read_file_store(store, skipped=notes)
+    assert sorted(r.id for r in final) == ["1", "2", "3"] and notes == []
+    assert all(r.status == "COMPLETED" and r.metrics and r.config for r in final)
