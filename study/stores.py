@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import numpy as np
 from sacred.observers import FileStorageObserver
 
 from study.atomic import remove_stale_temps, write_atomic
-from study.errors import StoreError
+from study.errors import ConfigError, StoreError
 
 DEFAULT_FILE_STORE = "runs"
 
@@ -80,6 +81,23 @@ def read_json(path: Path) -> dict:
         raise StoreError(f"{path}: no such run file") from None
     except (OSError, ValueError) as exc:
         raise StoreError(f"{path}: unreadable run file ({exc})") from None
+
+
+_RUN_ID = re.compile(r"^[0-9]{1,18}$")
+
+
+def check_run_id(value, where: str) -> str:
+    """A run id given on the command line (`resume=`), as the id of a run in `where`: digits
+    only (what Sacred names runs in both stores), so it never names a path out of the store."""
+    text = (
+        str(value).strip() if isinstance(value, int | str) and not isinstance(value, bool) else ""
+    )
+    if not _RUN_ID.match(text):
+        raise ConfigError(
+            f"resume={value!r} is invalid; expected the id of a run in {where} "
+            f"(a number, as `study runs` lists it)"
+        )
+    return text
 
 
 class RunBeingCreated(StoreError):

@@ -167,3 +167,19 @@ def test_a_reader_looping_while_runs_start_never_fails(mnist_root, tmp_path):
     final = read_file_store(store, skipped=notes)
     assert sorted(r.id for r in final) == ["1", "2", "3"] and notes == []
     assert all(r.status == "COMPLETED" and r.metrics and r.config for r in final)
+
+
+def test_resume_takes_a_run_id_of_the_chosen_store_only(tmp_path):
+    other = tmp_path / "other" / "7"  # an interrupted run of another store
+    other.mkdir(parents=True)
+    (other / "run.json").write_text(json.dumps({"status": "INTERRUPTED"}))
+    (other / "config.json").write_text(json.dumps({"model": "small_cnn", "dataset": "mnist"}))
+    before = {p.name: p.read_bytes() for p in other.iterdir()}
+    for value in ("../other/7", "7/../../other/7", "abc"):
+        proc = run_study("run", "with", f"resume={value}", "-F", tmp_path / "runs",
+                         cwd=tmp_path, check=False)  # fmt: skip
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        assert f"resume={value!r} is invalid; expected the id of a run in" in line, line
+    assert {p.name: p.read_bytes() for p in other.iterdir()} == before
+    assert not (tmp_path / "runs").exists()
