@@ -142,7 +142,7 @@ def run_experiment(argv: list[str]) -> int:
 
     from study import distributed, mongo
     from study.experiment import ex, preflight
-    from study.stores import DEFAULT_FILE_STORE, FileStore
+    from study.stores import DEFAULT_FILE_STORE, FileStore, check_run_id
 
     argv, file_store = take_option(argv, "-F", "--file_storage")
     argv, mongo_spec = take_option(argv, "-m", "--mongo_db")
@@ -168,6 +168,8 @@ def run_experiment(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         resume = updates.get("resume")
         if resume is not None:
+            # A run id of the chosen store only: `resume=../other/7` must not reach outside it.
+            check_run_id(resume, file_store or (target.masked if target else "the store"))
             if target is not None and file_store is None:
                 mongo_client = mongo.connect(target)  # no fallback: the run to resume is there
                 stored = mongo.resumable_config(target, mongo_client, resume)

@@ -22,11 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
+from study.atomic import TEMP_SUFFIX, remove_stale_temps, temp_prefix
 from study.errors import DataError, MissingData
 from study.specs import DatasetSpec, Download, Split
 
 CACHE_VERSION = 1  # bump when the cache layout or what decoding produces changes
 CACHE_FOLDER = ".study-cache"
+# A cache build can take long; another host's build folder is taken for dead after a day.
+CACHE_BUILD_MAX_S = 24 * 3600.0
 ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
 
 
@@ -226,7 +229,11 @@ def build_cache(spec: DatasetSpec, files: list[Path], folder: Path, workers: int
     """Decode once and write the cache folder atomically: a failed build leaves nothing."""
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+        # What a killed build left beside the cache (a decoded data set: tens of MB).
+        remove_stale_temps(folder.parent, depth=0, max_age=CACHE_BUILD_MAX_S)
+        tmp = Path(
+            tempfile.mkdtemp(prefix=temp_prefix(folder), suffix=TEMP_SUFFIX, dir=folder.parent)
+        )
     except OSError as exc:
         raise DataError(
             f"{folder.parent}: cannot write the {spec.name} cache there ({exc.strerror}); "

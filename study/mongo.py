@@ -15,12 +15,17 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from sacred.observers import MongoObserver, RunObserver  # noqa: E402
 
 from study.errors import StoreError  # noqa: E402
-from study.stores import FileStore, RunRecord, dedupe_metrics  # noqa: E402
+from study.stores import (  # noqa: E402
+    FileStore,
+    RunRecord,
+    Skipped,
+    dedupe_metrics,
+    print_skipped,
+)
 
 URL_ENV, DB_ENV, FALLBACK_ENV, TIMEOUT_ENV, SHADOW_ENV = (
     "STUDY_MONGO_URL",
@@ -53,32 +58,40 @@ class Target:
     @property
     def masked(self) -> str:
         """The URL, password masked, with the database as its path: safe to print and store."""
-        parts = urlsplit(mask_url(self.url))
-        return urlunsplit((parts.scheme, parts.netloc, "/" + self.db, parts.query, ""))
+        prefix, authority, _, options = _split_url(mask_url(self.url))
+        return f"{prefix}{authority}/{self.db}{options}"
 
     def __repr__(self) -> str:  # never the password, not even in a traceback or a debugger
         return f"Target({self.masked!r})"
 
 
+def _split_url(url: str) -> tuple[str, str, str, str]:
+    """(scheme, authority, database, options) of a mongodb:// URL, split where pymongo's
+    uri_parser splits it: at the first '?', then at the first '/' before it. The authority is
+    `[user[:password]@]hosts`; its userinfo ends at its last '@' (a password may hold '#')."""
+    scheme = _SCHEME.match(url)
+    prefix = url[: scheme.end()] if scheme else ""
+    head, question, options = url[len(prefix) :].partition("?")
+    authority, _, database = head.partition("/")
+    return prefix, authority, database, question + options
+
+
 def mask_url(url: str) -> str:
-    """`mongodb://user:secret@host/db` -> `mongodb://user:***@host/db` (anything else as is)."""
+    """`mongodb://user:secret@host/db` -> `mongodb://user:***@host/db` (anything else as is).
+
+    The password is what pymongo would send: the URL is split as pymongo's uri_parser splits
+    it, so a password holding '#', '/' after the '@', or '@' itself is masked whole."""
     if url is None:
         return url
-    scheme = _SCHEME.match(url)
-    prefix, rest = (url[: scheme.end()], url[scheme.end() :]) if scheme else ("", url)
-    # The userinfo ends at the last '@' of the authority (a password may hold a raw '@').
-    authority_end = len(rest)
-    for stop in "?#":
-        if stop in rest:
-            authority_end = min(authority_end, rest.index(stop))
-    at = rest.rfind("@", 0, authority_end)
-    if at < 0:
+    prefix, authority, _, _ = _split_url(url)
+    userinfo, at, hosts = authority.rpartition("@")
+    rest = url[len(prefix) :]
+    if not at and "@" in rest:  # an unescaped '/' or '?' in a password: pymongo refuses it
+        return f"{prefix}***@{rest.rpartition('@')[2]}"
+    if not at or ":" not in userinfo:
         return url
-    userinfo = rest[:at]
-    if ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return f"{prefix}{user}:***{rest[at:]}"
+    user = userinfo.split(":", 1)[0]  # pymongo's parse_userinfo splits at the first ':'
+    return f"{prefix}{user}:***@{hosts}{url[len(prefix) + len(authority) :]}"
 
 
 def parse_target(spec: str | None = None, db: str | None = None) -> Target:
@@ -97,13 +110,12 @@ def parse_target(spec: str | None = None, db: str | None = None) -> Target:
         head, _, tail = spec.rpartition(":")
         if _DB_NAME.match(tail) and _SCHEME.match(head) and "/" not in tail:
             # `mongodb://host:27017:db` or `mongodb://host:db` (a port is all digits)
-            if not head.endswith("//") and not tail.isdigit():
+            if not head.endswith("//") and not tail.isdigit() and "@" not in tail:
                 url, spec_db = head, tail
-        path = urlsplit(url).path.strip("/")
+        prefix, authority, path, options = _split_url(url)
         if path:
             spec_db = spec_db or path
-            parts = urlsplit(url)
-            url = urlunsplit((parts.scheme, parts.netloc, "/", parts.query, parts.fragment))
+            url = f"{prefix}{authority}/{options}"
         return Target(url=url, db=_check_db(spec_db or default_db))
     # Sacred's form: [host:port:]db_name[.collection[:id]][!priority]
     from sacred.observers.mongo import get_pattern, parse_mongo_db_arg
@@ -171,9 +183,12 @@ def connect(target: Target, timeout: float | None = None):
         raise StoreError(f"MongoDB URL {target.masked} is invalid ({_one_line(exc)})") from None
     try:
         client.admin.command("ping")
+        # A server that needs credentials answers ping without them, but not a command on
+        # the run's database: ask one now, not mid-run.
+        client[target.db].list_collection_names()
     except OperationFailure as exc:
         client.close()
-        raise StoreError(f"MongoDB at {target.masked} refused: {_one_line(exc)}") from None
+        raise StoreError(_refusal(target, exc)) from None
     except PyMongoError as exc:
         client.close()
         raise StoreError(
@@ -181,6 +196,25 @@ def connect(target: Target, timeout: float | None = None):
             f"{_one_line(exc)})"
         ) from None
     return client
+
+
+def _refusal(target: Target, exc) -> str:
+    """One line for a server that refused us: credentials wrong or missing, or another no."""
+    userinfo = _split_url(target.url)[1].rpartition("@")[0]
+    if exc.code == 18:  # AuthenticationFailed
+        return (
+            f"MongoDB at {target.masked} refused the credentials (authentication failed); "
+            f"check the user and password in the URL"
+        )
+    if exc.code == 13 and not userinfo:  # Unauthorized, and no user given
+        return (
+            f"MongoDB at {target.masked} requires authentication; give "
+            f"mongodb://USER:PASSWORD@host... (in ${URL_ENV} to keep it off command lines)"
+        )
+    if exc.code == 13:
+        user = userinfo.split(":", 1)[0]
+        return f"MongoDB at {target.masked}: user {user} may not use database {target.db}"
+    return f"MongoDB at {target.masked} refused: {_one_line(exc)}"
 
 
 def _one_line(exc: Exception) -> str:
@@ -311,8 +345,11 @@ def _run_id(run_id):
 # -- reading runs back -----------------------------------------------------------------------
 
 
-def read_mongo_runs(url, db: str | None = None, ids=None, client=None) -> list[RunRecord]:
-    """Every run (or the runs `ids`) in a MongoDB run store, in id order, as RunRecords."""
+def read_mongo_runs(
+    url, db: str | None = None, ids=None, client=None, skipped: Skipped | None = None
+) -> list[RunRecord]:
+    """Every run (or the runs `ids`) in a MongoDB run store, in id order, as RunRecords; a
+    malformed run is left out with a line in `skipped` (printed when no list is given)."""
     target = url if isinstance(url, Target) else parse_target(url, db)
     client = client or connect(target)
     database = client[target.db]
@@ -325,7 +362,16 @@ def read_mongo_runs(url, db: str | None = None, ids=None, client=None) -> list[R
     import gridfs
 
     fs = gridfs.GridFS(database)
-    return [_record(doc, metrics_by_run.get(doc["_id"], {}), fs, target) for doc in docs]
+    notes: Skipped = [] if skipped is None else skipped
+    records = []
+    for doc in docs:
+        try:
+            records.append(_record(doc, metrics_by_run.get(doc["_id"], {}), fs, target))
+        except (StoreError, ValueError, TypeError, AttributeError, KeyError) as exc:
+            notes.append(f"skipped a malformed run: run {doc['_id']} in {target.masked}: {exc}")
+    if skipped is None:
+        print_skipped(notes)
+    return records
 
 
 def read_mongo_run(url, run_id, db: str | None = None, client=None) -> RunRecord:

@@ -23,10 +23,8 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
 import statistics
-import tempfile
 import textwrap
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -35,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from study import stats
+from study.atomic import write_atomic
 from study.errors import StudyError
-from study.stores import RunRecord, read_runs
+from study.stores import RunRecord, print_skipped, read_runs
 from study.sweep import TAG_PREFIX  # a sweep tags its runs with this Sacred comment
 
 DEFAULT_OUT = "report/study.pdf"
@@ -131,10 +130,7 @@ def main(argv: list[str]) -> int:
     if fmt is None:
         fmt = "html" if args.out and args.out.lower().endswith((".html", ".htm")) else "pdf"
     out = Path(args.out or (DEFAULT_OUT if fmt == "pdf" else "report/study.html"))
-    where, stored = read_runs(args.runs, args.mongo, args.db)
-    records = select_runs(
-        stored,
-        where=where,
+    filters = dict(
         experiment=args.experiment,
         ids=_split(args.ids),
         models=_split(args.models),
@@ -142,8 +138,21 @@ def main(argv: list[str]) -> int:
         sweep=args.sweep,
         status=_split(args.status),
     )
-    written = build_report(records, out, fmt, title=args.title)
-    print(f"study report: {len(records)} runs -> {written}")
+    wanted, statuses, skipped = run_filter(**filters), [], []
+
+    def keep(r: RunRecord) -> bool:  # before a run's metrics and info are read
+        statuses.append(r.status)
+        return wanted(r)
+
+    where, stored = read_runs(args.runs, args.mongo, args.db, keep=keep, skipped=skipped)
+    records = select_runs(stored, where=where, holds=statuses or None, **filters)
+    records = usable_runs(records, skipped)
+    print_skipped(skipped)
+    written = build_report(records, out, fmt, title=args.title, skipped=skipped)
+    print(
+        f"study report: {len(records)} runs -> {written}"
+        + (f" ({len(skipped)} skipped)" if skipped else "")
+    )
     return 0
 
 
@@ -153,10 +162,36 @@ def _split(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def run_filter(
+    *,
+    experiment: str | None = None,
+    ids: list[str] | None = None,
+    models: list[str] | None = None,
+    datasets: list[str] | None = None,
+    sweep: str | None = None,
+    status: list[str] | None = ("COMPLETED",),
+):
+    """Whether a run passes every filter (it needs run.json and config.json only)."""
+    wanted_status = None if not status or "any" in [s.lower() for s in status] else set(status)
+
+    def keep(r: RunRecord) -> bool:
+        return (
+            (experiment is None or r.experiment == experiment)
+            and (ids is None or r.id in ids)
+            and (models is None or r.model in models)
+            and (datasets is None or r.dataset in datasets)
+            and (sweep is None or r.comment == f"{TAG_PREFIX}{sweep}")
+            and (wanted_status is None or r.status in wanted_status)
+        )
+
+    return keep
+
+
 def select_runs(
     records: list[RunRecord],
     *,
     where: str = "the store",
+    holds: list[str] | None = None,
     experiment: str | None = None,
     ids: list[str] | None = None,
     models: list[str] | None = None,
@@ -164,18 +199,13 @@ def select_runs(
     sweep: str | None = None,
     status: list[str] | None = ("COMPLETED",),
 ) -> list[RunRecord]:
-    """The runs that pass every filter; StudyError when none does."""
-    wanted_status = None if not status or "any" in [s.lower() for s in status] else set(status)
-    chosen = [
-        r
-        for r in records
-        if (experiment is None or r.experiment == experiment)
-        and (ids is None or r.id in ids)
-        and (models is None or r.model in models)
-        and (datasets is None or r.dataset in datasets)
-        and (sweep is None or r.comment == f"{TAG_PREFIX}{sweep}")
-        and (wanted_status is None or r.status in wanted_status)
-    ]
+    """The runs that pass every filter; StudyError when none does. `holds`: the statuses of
+    every run in the store, where `records` was already filtered while reading."""
+    keep = run_filter(
+        experiment=experiment, ids=ids, models=models, datasets=datasets, sweep=sweep,
+        status=status,
+    )  # fmt: skip
+    chosen = [r for r in records if keep(r)]
     if not chosen:
         filters = [
             f"{name}={','.join(v) if isinstance(v, list | tuple) else v}"
@@ -189,14 +219,30 @@ def select_runs(
             )
             if v
         ]
-        statuses = sorted({r.status for r in records})
+        holds = [r.status for r in records] if holds is None else holds
+        statuses = sorted(set(holds))
         raise StudyError(
             f"no runs found in {where} matching {' '.join(filters) or 'any run'}; "
-            f"the store holds {len(records)} runs"
+            f"the store holds {len(holds)} runs"
             + (f" (statuses: {', '.join(statuses)})" if statuses else "")
             + "; record some with `study run` or relax the filters"
         )
     return chosen
+
+
+def usable_runs(records: list[RunRecord], skipped: list[str]) -> list[RunRecord]:
+    """The runs whose evaluation (if any) reads back whole; the others get a line in
+    `skipped`. StudyError when none is left."""
+    usable = []
+    for r in records:
+        try:
+            r.evaluation()
+            usable.append(r)
+        except StudyError as exc:
+            skipped.append(f"skipped a malformed run: {exc}")
+    if not usable:
+        raise StudyError(f"no runs to report on: {'; '.join(skipped)}")
+    return usable
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,6 +257,7 @@ def build_report(
     title: str | None = None,
     cache_dir: str | Path | None = None,
     today: dt.date | None = None,
+    skipped: list[str] = (),
 ) -> Path:
     """Render `records` to `out` (pdf or html), atomically; return the path written."""
     if fmt not in FORMATS:
@@ -221,23 +268,10 @@ def build_report(
     out.parent.mkdir(parents=True, exist_ok=True)
     figures = FigureCache(Path(cache_dir) if cache_dir else out.parent / ".figures")
     context = report_context(records, figures, title=title, today=today)
+    context["skipped"] = list(skipped)  # named in the appendix: a reader sees what is missing
     html = render_html(context)
-    tmp = tempfile.NamedTemporaryFile(
-        dir=out.parent, prefix=f".{out.name}.", suffix=".tmp", delete=False
-    )
-    tmp.close()
-    try:
-        if fmt == "html":
-            Path(tmp.name).write_text(html, encoding="utf-8")
-        else:
-            render_pdf(html, Path(tmp.name))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp.name, 0o666 & ~umask)  # as a plain open() would have made it
-        os.replace(tmp.name, out)
-    except BaseException:
-        Path(tmp.name).unlink(missing_ok=True)
-        raise
+    # Rendered in memory first, so a failed build leaves the earlier report as it was.
+    write_atomic(out, html if fmt == "html" else render_pdf(html))
     return out
 
 
@@ -260,14 +294,14 @@ def render_html(context: dict) -> str:
     return env.get_template("report.html.j2").render(css=load("report.css"), **context)
 
 
-def render_pdf(html: str, path: Path) -> None:
+def render_pdf(html: str) -> bytes:
     import logging
 
     from weasyprint import HTML
 
     logging.getLogger("weasyprint").setLevel(logging.ERROR)
     logging.getLogger("fontTools").setLevel(logging.ERROR)
-    HTML(string=html, base_url=".").write_pdf(path)
+    return HTML(string=html, base_url=".").write_pdf()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1055,9 +1089,7 @@ class FigureCache:
             svg = DRAW[kind](data)
             self.drawn += 1
             self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(svg)
-            os.replace(tmp, path)
+            write_atomic(path, svg)
         return "data:image/svg+xml;base64," + base64.b64encode(svg).decode()
 
 

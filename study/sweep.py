@@ -39,6 +39,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from study.atomic import write_atomic
 from study.errors import StudyError
 
 # Config keys that do not change what a cell trains: ignored when matching a cell to a run.
@@ -111,12 +112,18 @@ class Store:
     printable_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # for the cells' processes
 
+    noted: set[str] = field(default_factory=set)  # skipped runs already named
+
     def read(self):
-        from study.stores import read_runs
+        from study.stores import print_skipped, read_runs
 
         if self.folder is not None and not self.folder.exists():
             return []
-        return read_runs(str(self.folder) if self.folder else None, self.mongo)[1]
+        notes: list[str] = []  # the store is read before every cell: each note once
+        runs = read_runs(str(self.folder) if self.folder else None, self.mongo, skipped=notes)[1]
+        print_skipped([n for n in notes if n not in self.noted])
+        self.noted.update(notes)
+        return runs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -528,7 +535,5 @@ def write_summary(cells: list[Cell], sweep_id: str, store: Store, logs: Path) ->
     ]  # fmt: skip
     payload = {"sweep": sweep_id, "store": store.where, "cells": entries,
                "written": dt.datetime.now().isoformat(timespec="seconds")}  # fmt: skip
-    tmp = logs / f".summary.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, logs / "summary.json")
+    write_atomic(logs / "summary.json", json.dumps(payload, indent=2))
     return "\n".join(lines)

@@ -121,7 +121,7 @@ def sync(target: mongo.Target, client, stores: list[Path]) -> Report:
         for path in sorted(folder.glob("*.pickle")):
             try:
                 kind, text = sync_leftover(db, path, in_mongo)
-            except (StoreError, OSError, ValueError, pickle.UnpicklingError) as exc:
+            except (StoreError, OSError, ValueError) as exc:
                 report.add(str(path), "error", str(exc))
                 continue
             report.add(str(path), kind, text)
@@ -334,12 +334,51 @@ def _artifacts(fs, doc: dict, run: dict, folder: Path) -> tuple[list[dict], int]
 # -- Sacred's leftovers ---------------------------------------------------------------------
 
 
+# The only classes in a run document that Sacred 0.8.7's MongoObserver pickles (final_save):
+# config, info and result went through Sacred's flatten (plain JSON types), the times are
+# datetimes, and sources and artifacts hold GridFS ObjectIds. A store is copied between
+# machines and people, so a pickle holding anything else is refused, never loaded.
+LEFTOVER_GLOBALS = frozenset(
+    {
+        ("datetime", "datetime"),
+        ("datetime", "date"),
+        ("datetime", "timedelta"),
+        ("datetime", "timezone"),
+        ("bson.objectid", "ObjectId"),
+    }
+)
+
+
+class _LeftoverUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) not in LEFTOVER_GLOBALS:
+            raise pickle.UnpicklingError(f"holds {module}.{name}")
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("holds a persistent reference")
+
+
+def read_leftover(path: Path) -> dict:
+    """A run document Sacred pickled, loaded without running anything from the file."""
+    try:
+        with open(path, "rb") as f:
+            entry = _LeftoverUnpickler(f).load()
+    except OSError:
+        raise
+    except Exception as exc:  # anything wrong in an untrusted pickle: refused, as it is
+        raise StoreError(
+            f"refused, not loaded ({exc}); Sacred's leftovers hold only plain data, "
+            f"datetimes and ObjectIds"
+        ) from None
+    if not isinstance(entry, dict) or "_id" not in entry:
+        raise StoreError("not a Sacred run document (expected a dict with an _id)")
+    return entry
+
+
 def sync_leftover(db, path: Path, in_mongo: set[str]) -> tuple[str, str]:
     """A run document Sacred pickled when its final save failed."""
-    with open(path, "rb") as f:
-        entry = pickle.load(f)  # written by Sacred on this machine
-    if not isinstance(entry, dict) or "_id" not in entry:
-        raise StoreError("not a Sacred run document")
+    entry = read_leftover(path)
     uid = (entry.get("meta") or {}).get(mongo.UID_KEY)
     if uid and uid in in_mongo:
         _put_away(path)

@@ -33,8 +33,9 @@ def free_port() -> int:
 class MongoServer:
     """One secantusd-py process; `url` stays the same across stop/kill and start."""
 
-    def __init__(self, storage: Path, port: int | None = None):
+    def __init__(self, storage: Path, port: int | None = None, args: tuple[str, ...] = ()):
         self.storage = Path(storage)
+        self.args = tuple(args)  # e.g. ("--auth",): clients must authenticate (SCRAM)
         self.port = port or free_port()
         self.url = f"mongodb://{HOST}:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -48,7 +49,7 @@ class MongoServer:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [*command, "--host", HOST, "--port", str(self.port),
-                 "--storage-path", str(self.storage), "--log-level", "WARNING"],
+                 "--storage-path", str(self.storage), "--log-level", "WARNING", *self.args],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         self.wait_ready(timeout)

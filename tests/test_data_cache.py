@@ -194,6 +194,27 @@ def test_interrupted_write_leaves_no_cache(tmp_path, monkeypatch):
     assert folders(tmp_path / ".study-cache") == []
 
 
+def test_a_killed_builds_folder_is_removed_at_the_next_build(tmp_path):
+    import subprocess
+    import sys
+
+    from study.atomic import _host
+
+    write_mnist(tmp_path / "data", n_train=20, n_test=5)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # its pid is a process that no longer exists
+    killed = cache / f".mnist-0123~{_host()}~{proc.pid}~x1y2.tmp"
+    live = cache / f".cifar10-4567~{_host()}~{os.getpid()}~z3w4.tmp"  # a build going on
+    for folder in (killed, live):
+        folder.mkdir()
+        (folder / "train_images.npy").write_bytes(b"\0" * 1000)
+        os.utime(folder, (time.time() - 30, time.time() - 30))
+    p = prepare(SPECS["mnist"], tmp_path / "data", cache_dir=cache)
+    assert folders(cache) == sorted([p.cache_path.name, live.name])
+
+
 # ---------------------------------------------------------------------------------------------
 # Missing files and downloads
 

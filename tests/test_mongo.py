@@ -4,6 +4,7 @@ RunRecords; choosing the store, masking credentials, failing fast, fallback, par
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 import threading
@@ -65,6 +66,14 @@ def test_passwords_are_masked():
     target = mongo.parse_target("mongodb://u:pw@h:1/?authSource=admin:runsdb")
     assert target.masked == "mongodb://u:***@h:1/runsdb?authSource=admin"
     assert "pw" not in repr(target)
+    # Split where pymongo splits: a '#' in a password is the password's, not a fragment.
+    assert mongo.mask_url("mongodb://dave:Zq#x@h/study") == "mongodb://dave:***@h/study"
+    target = mongo.parse_target("mongodb://dave:Zq#x@h:1/runsdb")
+    assert (target.url, target.db) == ("mongodb://dave:Zq#x@h:1/", "runsdb")
+    assert target.masked == "mongodb://dave:***@h:1/runsdb"
+    assert mongo.parse_target("mongodb://dave:Zq#x@h:1:exp").masked == "mongodb://dave:***@h:1/exp"
+    # Unescaped '/' or '?' in a password (pymongo refuses the URL): masked up to the '@'.
+    assert mongo.mask_url("mongodb://dave:Zq/x@h:1/db") == "mongodb://***@h:1/db"
 
 
 @pytest.mark.parametrize(
@@ -377,3 +386,64 @@ def test_a_killed_mongo_run_resumes_as_the_same_run(server, db_name, mnist_root,
     assert refused.returncode == 2 and "already COMPLETED" in refused.stderr
     missing = run_study("run", "with", "resume=7", cwd=tmp_path, env=env, check=False)
     assert missing.returncode == 2 and "no run 7" in missing.stderr
+
+
+# -- a server that requires authentication ---------------------------------------------------
+
+HASH_USER, HASH_PASSWORD = "dave", "Zq#Kx7p"  # an unescaped '#', which pymongo accepts
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory):
+    srv = MongoServer(tmp_path_factory.mktemp("mongo-auth") / "data").start()
+    with srv.client() as client:  # provisioned without auth, then restarted with --auth
+        client.admin.command("createUser", HASH_USER, pwd=HASH_PASSWORD, roles=["root"])
+    srv.stop()
+    srv.args = ("--auth",)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def _no_secret(text: str) -> bool:
+    return not any(s in text for s in ("Kx7p", "Zq#", "Zq%23", f"{HASH_USER}:Zq"))
+
+
+@needs_server
+def test_a_hash_password_never_shows_nor_is_stored(auth_server, db_name, mnist_root, tmp_path):
+    from pymongo import uri_parser
+
+    url = auth_server.url.replace("mongodb://", f"mongodb://{HASH_USER}:{HASH_PASSWORD}@")
+    assert uri_parser.parse_uri(url)["password"] == HASH_PASSWORD  # what pymongo sends
+    masked = f"mongodb://{HASH_USER}:***@127.0.0.1:{auth_server.port}/{db_name}"
+    run = _mongo_run(tmp_path, mnist_root, f"{url}:{db_name}", "epochs=1", "train_limit=100",
+                     "test_limit=50", "gallery=1")  # fmt: skip
+    assert _no_secret(run.stdout + run.stderr) and masked in run.stderr
+    env = {mongo.URL_ENV: url, mongo.DB_ENV: db_name}
+    listing = run_study("runs", cwd=tmp_path, env=env)
+    assert f"1 run(s) in {masked}" in listing.stdout and _no_secret(listing.stdout + listing.stderr)
+    sync = run_study("sync", cwd=tmp_path, env=env)
+    assert masked in sync.stdout and _no_secret(sync.stdout + sync.stderr)
+    with auth_server.client(username=HASH_USER, password=HASH_PASSWORD) as client:
+        db = client[db_name]
+        stored = b"".join(bson.encode(d) for c in ("runs", "metrics") for d in db[c].find())
+    assert stored and _no_secret(stored.decode("latin-1"))
+    copy = tmp_path / "mongo-shadow" / db_name / "1"
+    files = "".join(p.read_text(errors="replace") for p in copy.iterdir() if p.is_file())
+    assert '"status": "COMPLETED"' in files and _no_secret(files)
+    assert json.loads((copy / "run.json").read_text())["mongo"]["url"] == masked
+
+
+@needs_server
+def test_authentication_failures_are_one_line(auth_server, db_name, mnist_root, tmp_path):
+    plain = f"{auth_server.url}:{db_name}"  # no credentials: ping passes, the rest does not
+    wrong = plain.replace("mongodb://", f"mongodb://{HASH_USER}:Zq#wrong9@")
+    for url, expected in ((plain, "requires authentication"), (wrong, "refused the credentials")):
+        run = ("run", "with", *FAST, f"data_root={mnist_root}", "epochs=1", "-m", url)
+        for args in (("runs", "--mongo", url), run):
+            proc = run_study(*args, cwd=tmp_path, check=False)
+            assert proc.returncode == 2, proc.stderr
+            (line,) = proc.stderr.strip().splitlines()
+            assert line.startswith("study: error: MongoDB at mongodb://") and expected in line
+            assert "wrong9" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mongo-shadow").exists()

@@ -186,3 +186,71 @@ def test_sync_fails_fast_without_a_server(tmp_path):
         "sync", "--mongo", url, cwd=tmp_path, env={mongo.TIMEOUT_ENV: "1"}, check=False
     )
     assert proc.returncode == 2 and "unreachable" in proc.stderr and "Traceback" not in proc.stderr
+
+
+class _Payload:
+    """What an attacker pickles: unpickling it runs a shell command."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def test_a_malicious_leftover_is_refused_never_run(server, db_name, tmp_path):
+    import pickle
+
+    unsaved = tmp_path / "runs" / "mongo-unsaved"
+    unsaved.mkdir(parents=True)
+    marker = tmp_path / "pwned"
+    evil = unsaved / "sacred_mongo_fail_1_x.pickle"
+    # A run document with the payload inside, as a copied store could carry it.
+    evil.write_bytes(pickle.dumps({"_id": 1, "status": _Payload(f"touch {marker}")}))
+    probe = tmp_path / "probe"
+    pickle.loads(pickle.dumps(_Payload(f"touch {probe}")))
+    assert probe.exists()  # the payload is live: the full unpickler would run it
+
+    env = {mongo.URL_ENV: server.url, mongo.DB_ENV: db_name}
+    proc = run_study("sync", cwd=tmp_path, env=env, check=False)
+    assert not marker.exists()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    (line,) = [x for x in proc.stdout.splitlines() if f"mongo-unsaved/{evil.name}:" in x]
+    assert "refused" in line and "posix.system" in line, line
+    assert evil.exists()  # left where it was, for a person to look at
+    assert _counts(server, db_name)["runs"] == 0
+
+
+def test_a_genuine_sacred_leftover_syncs(server, db_name, tmp_path):
+    """Sacred's own final_save writes the pickle (the server gone at the end of a run); the
+    restricted reader loads it and completes the MongoDB run."""
+    import pymongo
+
+    target = mongo.Target(server.url, db_name)
+    client = mongo.connect(target)
+    observer = mongo.make_observer(target, client)
+    unsaved = tmp_path / "runs" / "mongo-unsaved"
+    observer.failure_dir = str(unsaved)
+    ex_info = {"name": "study", "base_dir": "/", "sources": [], "dependencies": []}
+    uid = uuid.uuid4().hex
+    start = datetime.now(UTC).replace(tzinfo=None)
+    observer.started_event(ex_info, "run", {"hostname": "h"}, start, {"seed": 1},
+                           {mongo.UID_KEY: uid}, None)  # fmt: skip
+    artifact = tmp_path / "evaluation.npz"
+    artifact.write_bytes(b"npz bytes")
+    observer.artifact_event(EVALUATION_ARTIFACT, str(artifact))
+    dead = pymongo.MongoClient(f"mongodb://127.0.0.1:{free_port()}", serverSelectionTimeoutMS=300)
+    observer.runs = dead[db_name].runs  # the server is lost from here on
+    observer.heartbeat_event({"note": "x"}, "out", datetime.now(UTC).replace(tzinfo=None), None)
+    observer.completed_event(datetime.now(UTC).replace(tzinfo=None), {"top1": 0.5})
+    dead.close()
+    client.close()
+    (leftover,) = unsaved.glob("*.pickle")  # written by Sacred itself
+
+    proc = run_study("sync", "--runs", tmp_path / "runs", "--mongo", f"{server.url}:{db_name}",
+                     cwd=tmp_path)  # fmt: skip
+    assert f"{leftover}: MongoDB run 1: set " in proc.stdout and "1 completed" in proc.stdout
+    (run,) = mongo.read_mongo_runs(server.url, db_name)
+    assert run.status == "COMPLETED" and run.result == {"top1": 0.5}
+    assert run.artifact_bytes(EVALUATION_ARTIFACT) == b"npz bytes"  # its ObjectId survived
+    assert not list(unsaved.glob("*.pickle"))

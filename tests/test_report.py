@@ -233,8 +233,7 @@ def test_a_failed_build_keeps_the_earlier_report(built, tmp_path, monkeypatch):
     out.write_bytes(built["pdf"].read_bytes())
     before = out.read_bytes()
 
-    def broken(html, path):
-        path.write_bytes(b"%PDF-half")
+    def broken(html):
         raise RuntimeError("renderer crashed")
 
     monkeypatch.setattr(study.report, "render_pdf", broken)
