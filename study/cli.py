@@ -7,8 +7,10 @@ print_named_configs, ...) go to the Sacred experiment; `study list` is study's o
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -50,10 +52,40 @@ def main(argv: list[str] | None = None) -> int:
             return _own_command(argv)
         if argv[0] in DELEGATED_COMMANDS:
             return importlib.import_module(DELEGATED_COMMANDS[argv[0]]).main(argv[1:])
+        _check_command(argv[0])
         return run_experiment(argv)
     except StudyError as exc:
         print(f"study: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _check_command(first: str) -> None:
+    """An unknown command is one line naming it (Sacred would print its own usage, named
+    `dummy`, and a warning)."""
+    from study.experiment import ex
+
+    if first == "with" or first.startswith("-"):
+        return  # Sacred's default command (run) or an option before the command
+    commands = sorted({"run", *ex.commands, *OWN_COMMANDS, *DELEGATED_COMMANDS})
+    if first not in commands:
+        close = difflib.get_close_matches(first, commands, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise StudyError(f"unknown command {first!r}{hint}; commands: {', '.join(commands)}")
+
+
+def _named_configs_over_files(updates: dict, named_configs: list[str]) -> tuple[dict, list]:
+    """Sacred reads `with NAME` as a config file whenever a path NAME exists, so a file named
+    `fast` in the working folder would replace the `fast` protocol. study's named configs set
+    constants only, so such a one is applied as updates instead, under the command line's own."""
+    from study.experiment import ex
+
+    kept, values = [], {}
+    for name in named_configs:
+        if name in ex.named_configs and os.path.exists(name):
+            values.update(dict(ex.named_configs[name]()))
+        else:
+            kept.append(name)
+    return {**values, **updates}, kept
 
 
 def _own_command(argv: list[str]) -> int:
@@ -159,6 +191,7 @@ def run_experiment(argv: list[str]) -> int:
     args = docopt(internal_usage, argv, default_help=False)
     command = args.get("COMMAND") or ex.default_command
     updates, named_configs = get_config_updates(args["UPDATE"])
+    updates, named_configs = _named_configs_over_files(updates, named_configs)
     err = ex._check_command(command)
     if not args["help"] and err:
         raise StudyError(f"{err.strip()}; commands: run, {', '.join(ex.commands)}, list")

@@ -24,6 +24,7 @@ from torch.optim.swa_utils import update_bn
 from tqdm import tqdm
 
 from study import distributed
+from study.atomic import TEMP_SUFFIX, temp_prefix, write_atomic
 from study.errors import StudyError, TrainingFailed
 from study.loader import BatchTransform, Split, batch_slices
 
@@ -503,7 +504,7 @@ def save_checkpoint(
     }
     digests = _digest_path(path)
     previous = _listed_digests(digests)[:1]
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=TEMP_SUFFIX)
     tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -513,9 +514,9 @@ def save_checkpoint(
         digest = _sha256(tmp)
         # The digest file lists the new digest and the one it replaces until the checkpoint
         # itself is replaced: a crash in between leaves a pair that still verifies.
-        _write_text_atomic(digests, "\n".join([digest, *previous]) + "\n")
+        write_atomic(digests, "\n".join([digest, *previous]) + "\n")
         os.replace(tmp, path)
-        _write_text_atomic(digests, digest + "\n")
+        write_atomic(digests, digest + "\n")
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -537,18 +538,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(name, path)
-    finally:
-        Path(name).unlink(missing_ok=True)
 
 
 def verify_checkpoint(path: Path) -> None:

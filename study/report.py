@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import re
 import statistics
 import textwrap
@@ -130,6 +131,7 @@ def main(argv: list[str]) -> int:
     if fmt is None:
         fmt = "html" if args.out and args.out.lower().endswith((".html", ".htm")) else "pdf"
     out = Path(args.out or (DEFAULT_OUT if fmt == "pdf" else "report/study.html"))
+    check_output_path(out)  # before reading any run
     filters = dict(
         experiment=args.experiment,
         ids=_split(args.ids),
@@ -265,14 +267,36 @@ def build_report(
     if not records:
         raise StudyError("no runs to report on; record some with `study run`")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_output_path(out)
     figures = FigureCache(Path(cache_dir) if cache_dir else out.parent / ".figures")
     context = report_context(records, figures, title=title, today=today)
     context["skipped"] = list(skipped)  # named in the appendix: a reader sees what is missing
     html = render_html(context)
     # Rendered in memory first, so a failed build leaves the earlier report as it was.
-    write_atomic(out, html if fmt == "html" else render_pdf(html))
+    document = html if fmt == "html" else render_pdf(html)
+    try:
+        write_atomic(out, document)
+    except OSError as exc:
+        raise StudyError(f"--out {out}: cannot write the report ({exc.strerror})") from None
     return out
+
+
+def check_output_path(out: Path) -> None:
+    """One line, before any work, where the report cannot be written to `out`."""
+    if out.is_dir():
+        raise StudyError(f"--out {out}: is a folder; give a file path, e.g. {out / 'study.pdf'}")
+    folder = out.parent
+    for ancestor in (folder, *folder.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise StudyError(f"--out {out}: {ancestor} is a file, not a folder")
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StudyError(f"--out {out}: cannot create {folder} ({exc.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise StudyError(f"--out {out}: {folder} is not writable")
 
 
 def render_html(context: dict) -> str:

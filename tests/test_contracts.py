@@ -317,3 +317,31 @@ def test_a_spec_whose_class_count_disagrees_with_its_names_is_refused(tmp_path, 
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(PluginError, match="declares num_classes=3 but 2 class names"):
         Registry(plugin_manager())
+
+
+def test_an_unknown_command_is_one_line_naming_it(tmp_path):
+    proc = run_study("reprodce", "1", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "dummy" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("study: error: unknown command 'reprodce'; commands: list, ")
+
+
+def test_a_file_named_like_a_protocol_does_not_replace_it(tmp_path):
+    (tmp_path / "fast").write_text("not a config\n")
+    config = _resolved(tmp_path, "fast", "model=small_cnn", "dataset=mnist", "lr=0.05")
+    assert config["protocol"] == "'fast'" and config["optimizer"] == "'sgd'"
+    assert config["lr"] == "0.05"  # the command line still wins over the protocol
+
+
+def test_a_report_output_that_cannot_be_written_is_one_line_before_any_work(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    for out, message in [
+        (tmp_path, f"--out {tmp_path}: is a folder; give a file path"),
+        (tmp_path / "a-file" / "r.pdf", f"--out {tmp_path / 'a-file' / 'r.pdf'}: "
+         f"{tmp_path / 'a-file'} is a file, not a folder"),
+    ]:  # fmt: skip
+        proc = run_study("report", "--runs", tmp_path / "none", "--out", out, cwd=tmp_path,
+                         check=False)  # fmt: skip
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith(f"study: error: {message}")
