@@ -19,6 +19,10 @@ from pathlib import Path
 from study.errors import StudyError
 
 OWN_COMMANDS = ("list", "runs", "sync")
+# Config keys that take true / false (some also take auto or a path): `false` means False.
+BOOLEAN_KEYS = (
+    "download", "pretrained", "aux_logits", "amp", "compile", "data_on_device", "sync_bn",
+)  # fmt: skip
 # Commands with their own argument parser, in their own module.
 DELEGATED_COMMANDS = {"report": "study.report", "sweep": "study.sweep"}
 # Sacred options that choose an observer: with any of these, no default file store is added.
@@ -192,6 +196,13 @@ def run_experiment(argv: list[str]) -> int:
     command = args.get("COMMAND") or ex.default_command
     updates, named_configs = get_config_updates(args["UPDATE"])
     updates, named_configs = _named_configs_over_files(updates, named_configs)
+    # Sacred parses Python literals: `compile=false` would arrive as the string 'false'.
+    updates = {
+        k: {"true": True, "false": False}.get(v.lower(), v)
+        if k in BOOLEAN_KEYS and isinstance(v, str)
+        else v
+        for k, v in updates.items()
+    }
     err = ex._check_command(command)
     if not args["help"] and err:
         raise StudyError(f"{err.strip()}; commands: run, {', '.join(ex.commands)}, list")

@@ -345,3 +345,11 @@ def test_a_report_output_that_cannot_be_written_is_one_line_before_any_work(tmp_
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         (line,) = proc.stderr.strip().splitlines()
         assert line.startswith(f"study: error: {message}")
+
+
+def test_lower_case_booleans_on_the_command_line_are_booleans(tmp_path):
+    config = _resolved(tmp_path, "model=small_cnn", "dataset=mnist", "compile=false",
+                       "sync_bn=TRUE", "data_on_device=false")  # fmt: skip
+    assert (config["compile"], config["sync_bn"], config["data_on_device"]) == (
+        "False", "True", "False",
+    )  # fmt: skip
