@@ -152,10 +152,15 @@ def main(argv: list[str]) -> int:
     print_skipped(skipped)
     written = build_report(records, out, fmt, title=args.title, skipped=skipped)
     print(
-        f"study report: {len(records)} runs -> {written}"
+        f"study report: {plural(len(records), 'run')} -> {written}"
         + (f" ({len(skipped)} skipped)" if skipped else "")
     )
     return 0
+
+
+def plural(n: int, noun: str) -> str:
+    """`1 run`, `2 runs`."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -225,7 +230,7 @@ def select_runs(
         statuses = sorted(set(holds))
         raise StudyError(
             f"no runs found in {where} matching {' '.join(filters) or 'any run'}; "
-            f"the store holds {len(holds)} runs"
+            f"the store holds {plural(len(holds), 'run')}"
             + (f" (statuses: {', '.join(statuses)})" if statuses else "")
             + "; record some with `study run` or relax the filters"
         )
@@ -511,7 +516,7 @@ def report_context(
         "title": title or "Deeper Networks for Image Classification: a reproduction",
         "date": (today or dt.date.today()).isoformat(),
         "run_span": (starts[0][:10], starts[-1][:10]) if starts else None,
-        "abstract": abstract(records, datasets, models, best, cells),
+        "abstract": abstract(records, datasets, models, best, cells, tests),
         "n_runs": len(records),
         "models": [{"name": m, "title": model_title(m)} for m in models],
         "datasets": [{"name": d, "title": dataset_title(d)} for d in datasets],
@@ -533,14 +538,7 @@ def report_context(
     }
 
 
-def abstract(records, datasets, models, best, cells) -> str:
-    parts = []
-    for d in datasets:
-        b = best.get(d)
-        if b:
-            stat_ = b["stat"]
-            how = f"top-1 {stat_.text()}" + (f", mean of {stat_.n} runs" if stat_.n > 1 else "")
-            parts.append(f"on {dataset_title(d)}, {model_title(b['model'])} ({how})")
+def abstract(records, datasets, models, best, cells, tests) -> str:
     architectures = _ordered({base_model(m) for m in models}, MODEL_ORDER)
     variants = (
         f", trained as {len(models)} variants ({', '.join(model_title(m) for m in models)}),"
@@ -548,19 +546,51 @@ def abstract(records, datasets, models, best, cells) -> str:
         else ""
     )
     text = (
-        f"We train and evaluate {len(architectures)} network architecture"
-        f"{'s' if len(architectures) != 1 else ''} "
-        f"({', '.join(model_title(m) for m in architectures)}){variants} on {len(datasets)} "
-        "image data set"
-        f"{'s' if len(datasets) != 1 else ''} "
-        f"({', '.join(dataset_title(d) for d in datasets)}), {len(records)} recorded run"
-        f"{'s' if len(records) != 1 else ''} in {len(cells)} model × data set cell"
-        f"{'s' if len(cells) != 1 else ''}, and report top-1 and top-5 test accuracy, training "
-        "behaviour, class confusion and cost."
+        f"We train and evaluate {plural(len(architectures), 'network architecture')} "
+        f"({', '.join(model_title(m) for m in architectures)}){variants} on "
+        f"{plural(len(datasets), 'image data set')} "
+        f"({', '.join(dataset_title(d) for d in datasets)}), {plural(len(records), 'recorded run')}"
+        f" in {plural(len(cells), 'model × data set cell')}, and report top-1 and top-5 test "
+        "accuracy, training behaviour, class confusion and cost."
     )
-    if parts:
-        text += " The best model by top-1 accuracy is " + "; ".join(parts) + "."
-    return text
+    by_dataset = {t["dataset"]: t for t in tests}
+    claims = [claim(by_dataset[d], best.get(d)) for d in datasets if d in by_dataset]
+    return " ".join([text, *(c for c in claims if c)])
+
+
+def verdict(t: dict) -> str | None:
+    """What the paired tests let the report say about a data set: `best` (the highest mean
+    top-1 differs significantly from every other model), `none` (it does not, or cannot be
+    tested), `single` (one model only), None (no results)."""
+    if not t["best"]:
+        return None
+    if not t["rows"]:
+        return "single"
+    if all(row["test"] is not None and row["test"].significant for row in t["rows"]):
+        return "best"
+    return "none"
+
+
+def claim(t: dict, best: dict | None) -> str | None:
+    """One sentence per data set: a best model only where McNemar's test backs it."""
+    kind = verdict(t)
+    if kind is None or best is None:
+        return None
+    s = best["stat"]
+    how = f"top-1 {s.text()}" + (f", mean of {s.n} runs" if s.n > 1 else "")
+    alpha = stats.SIGNIFICANCE
+    if kind == "single":
+        return f"On {t['title']} only {t['best']} was run ({how}): no comparison."
+    if kind == "best":
+        return (
+            f"On {t['title']}, {t['best']} has the highest top-1 accuracy ({how}) and differs "
+            f"significantly from every other model (McNemar, p < {alpha})."
+        )
+    return (
+        f"On {t['title']} the models do not differ significantly (McNemar, p ≥ {alpha} or "
+        f"untestable for at least one pair with the highest top-1, {t['best']}, {how}), so "
+        "no best model is named."
+    )
 
 
 def _value_text(value) -> str:
@@ -922,7 +952,13 @@ def conclusions(tests, cells) -> list[str]:
         if not t["rows"]:
             out.append(f"On {t['title']} only {t['best']} was run, so there is no comparison.")
             continue
-        sentences = []
+        sentences = [
+            f"{t['best']} is the best model on {t['title']}: it differs significantly from "
+            "every other model."
+            if verdict(t) == "best"
+            else f"No model is shown best on {t['title']}: the highest mean top-1 does not "
+            "differ significantly from every other model."
+        ]
         for row in t["rows"]:
             test = row["test"]
             if test is None:
@@ -942,7 +978,7 @@ def conclusions(tests, cells) -> list[str]:
                     f"({row['top1']}) show no significant difference (McNemar {test.method}, "
                     f"{row['p']} ≥ {alpha}); these runs do not establish which is better."
                 )
-        out.append(f"On {t['title']}: " + " ".join(sentences))
+        out.append(" ".join(sentences))
     return out
 
 
