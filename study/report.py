@@ -45,6 +45,11 @@ FIGURE_VERSION = "3"  # bump when the drawing code changes: old cache entries st
 CONFUSION_MAX_CLASSES = 20
 CONFUSED_PAIRS = 10
 GALLERY_PER_CELL = 8
+# Predictions collapse onto a few classes when the most predicted class takes this share of
+# them, or at most this share of the test set's classes is ever predicted: such a cell's
+# accuracy and calibration say nothing about the model's ranking of classes.
+COLLAPSE_TOP_SHARE = 0.9
+COLLAPSE_CLASS_SHARE = 0.3
 # Per-epoch metrics the training-curve figure draws.
 CURVE_METRICS = (
     "train_top1",
@@ -496,12 +501,15 @@ def report_context(
     seed = seed_table()
     notes: list[str] = []
 
-    table = results_table(cells, datasets, models, seed)
+    evaluate = _evaluation_cache()
+    flags = {key: cell_flags(rs, evaluate) for key, rs in cells.items()}
+    table = results_table(cells, datasets, models, seed, flags)
     best = {row["dataset"]: row["best"] for row in table["rows"] if row["metric"] == "top1"}
     starts = sorted(r.start_time for r in records if r.start_time)
-    evaluate = _evaluation_cache()
     sections = [
-        dataset_section(d, [m for m in models if (d, m) in cells], cells, figures, evaluate)
+        dataset_section(
+            d, [m for m in models if (d, m) in cells], cells, figures, evaluate, flags
+        )  # fmt: skip
         for d in datasets
     ]
     tests = [
@@ -516,7 +524,7 @@ def report_context(
         "title": title or "Deeper Networks for Image Classification: a reproduction",
         "date": (today or dt.date.today()).isoformat(),
         "run_span": (starts[0][:10], starts[-1][:10]) if starts else None,
-        "abstract": abstract(records, datasets, models, best, cells, tests),
+        "abstract": abstract(records, datasets, models, best, cells, tests, flags),
         "n_runs": len(records),
         "models": [{"name": m, "title": model_title(m)} for m in models],
         "datasets": [{"name": d, "title": dataset_title(d)} for d in datasets],
@@ -527,18 +535,22 @@ def report_context(
         "efficiency": efficiency,
         "efficiency_hardware": hardware.pop() if len(hardware) == 1 else None,
         "tests": tests,
-        "calibration": calibration_rows(cells, datasets, models, evaluate),
+        "calibration": calibration_rows(cells, datasets, models, evaluate, flags),
+        "calibration_best": lowest_ece(cells, datasets, models, evaluate, flags),
+        "flagged": flagged_text(flags, datasets, models),
         "conclusions": conclusions(tests, cells),
         "significance": stats.SIGNIFICANCE,
+        "collapse_top": f"{COLLAPSE_TOP_SHARE:.0%}",
+        "collapse_classes": f"{COLLAPSE_CLASS_SHARE:.0%}",
         "exact_below": stats.MCNEMAR_EXACT_BELOW,
         "ece_bins": stats.ECE_BINS,
-        "appendix": [appendix_entry(r, evaluate) for r in records],
+        "appendix": [appendix_entry(r, evaluate, run_flags(r, evaluate)) for r in records],
         "notes": notes,
         "figures_drawn": figures.drawn,
     }
 
 
-def abstract(records, datasets, models, best, cells, tests) -> str:
+def abstract(records, datasets, models, best, cells, tests, flags) -> str:
     architectures = _ordered({base_model(m) for m in models}, MODEL_ORDER)
     variants = (
         f", trained as {len(models)} variants ({', '.join(model_title(m) for m in models)}),"
@@ -555,7 +567,105 @@ def abstract(records, datasets, models, best, cells, tests) -> str:
     )
     by_dataset = {t["dataset"]: t for t in tests}
     claims = [claim(by_dataset[d], best.get(d)) for d in datasets if d in by_dataset]
+    flagged = flagged_text(flags, datasets, models)
+    if flagged:
+        claims.append(
+            f"{plural(len(flagged), 'cell')} "
+            f"{'is' if len(flagged) == 1 else 'are'} flagged as not a working classifier "
+            f"({'; '.join(f['short'] for f in flagged)}): "
+            "their accuracy is no evidence for or against the model, and their calibration is "
+            "not ranked."
+        )
     return " ".join([text, *(c for c in claims if c)])
+
+
+def cell_flags(rs: list[RunRecord], evaluate) -> dict:
+    """Whether a cell's pooled test predictions are at chance or collapsed (see
+    COLLAPSE_*), with the numbers that say so; {} where no run has an evaluation."""
+    import numpy as np
+
+    evs = [ev for ev in (evaluate(r) for r in rs) if ev is not None and "topk" in ev]
+    if not evs:
+        return {}
+    num_classes = next(
+        (c for r in rs if isinstance(c := (r.info.get("dataset") or {}).get("num_classes"), int)),
+        None,
+    )
+    labels = np.concatenate([ev["labels"] for ev in evs])
+    predicted = np.concatenate([ev["topk"][:, 0] for ev in evs])
+    n = int(predicted.size)
+    num_classes = num_classes or int(max(labels.max(), predicted.max())) + 1
+    counts = np.bincount(predicted, minlength=num_classes)
+    present = len(np.unique(labels))  # a test subset may hold fewer classes than the data set
+    correct = int((predicted == labels).sum())
+    chance = 1.0 / num_classes
+    ci = stats.wilson_interval(correct, n)
+    top = int(counts.argmax())
+    out = {
+        "chance": ci.low <= chance,  # not significantly better than guessing
+        "collapse": bool(
+            counts[top] >= COLLAPSE_TOP_SHARE * n
+            or (counts > 0).sum() <= COLLAPSE_CLASS_SHARE * present
+        ),
+        "top1": correct / n,
+        "chance_level": chance,
+        "ci_low": ci.low,
+        "top_class": top,
+        "top_share": counts[top] / n,
+        "predicted_classes": int((counts > 0).sum()),
+        "classes": present,
+        "n": n,
+    }
+    names = next(
+        (names for r in rs if (names := (r.info.get("dataset") or {}).get("class_names"))), []
+    )
+    out["top_name"] = str(names[top]) if top < len(names) else str(top)
+    out["flagged"] = out["chance"] or out["collapse"]
+    return out
+
+
+def run_flags(r: RunRecord, evaluate) -> dict:
+    return cell_flags([r], evaluate)
+
+
+FLAG_MARKS = {"chance": "†", "collapse": "‡"}
+
+
+def flag_reasons(f: dict) -> str:
+    """`at chance; collapsed` for a flagged cell."""
+    words = {"chance": "at chance", "collapse": "predictions collapsed"}
+    return "; ".join(words[k] for k in ("chance", "collapse") if f.get(k))
+
+
+def flagged_text(flags, datasets, models) -> list[dict]:
+    """Each flagged cell, with a sentence giving the numbers behind its flags."""
+    out = []
+    for d in datasets:
+        for m in models:
+            f = flags.get((d, m)) or {}
+            if not f.get("flagged"):
+                continue
+            parts = []
+            if f["chance"]:
+                parts.append(
+                    f"top-1 {fmt_num(f['top1'])} is not significantly above chance "
+                    f"({fmt_num(f['chance_level'])}: the 95% Wilson interval of top-1 starts at "
+                    f"{fmt_num(f['ci_low'])})"
+                )
+            if f["collapse"]:
+                parts.append(
+                    f"its predictions collapse: class {f['top_name']} takes "
+                    f"{f['top_share']:.0%} of {f['n']:,} predictions and "
+                    f"{f['predicted_classes']} of {f['classes']} classes are ever predicted"
+                )
+            who = f"{model_title(m)} on {dataset_title(d)}"
+            out.append(
+                {
+                    "short": f"{who}: {flag_reasons(f)}",
+                    "text": f"{who}: {'; '.join(parts)}. Its ECE is not meaningful.",
+                }
+            )
+    return out
 
 
 def verdict(t: dict) -> str | None:
@@ -686,7 +796,7 @@ def dataset_rows(cells, datasets) -> list[dict]:
     return rows
 
 
-def results_table(cells, datasets, models, seed) -> dict:
+def results_table(cells, datasets, models, seed, flags=None) -> dict:
     rows = []
     for d in datasets:
         for metric, label in (("top1", "Top-1 accuracy"), ("top5", "Top-5 accuracy")):
@@ -706,6 +816,11 @@ def results_table(cells, datasets, models, seed) -> dict:
                         "ran": bool(rs),
                         "seed": fmt_num(published) if published is not None and rs else None,
                         "best": False,
+                        "marks": "".join(
+                            mark
+                            for key, mark in FLAG_MARKS.items()
+                            if metric == "top1" and (flags or {}).get((d, m), {}).get(key)
+                        ),
                     }
                 )
             means = [v["stat"].mean for v in values if v["stat"].mean is not None]
@@ -722,7 +837,9 @@ def results_table(cells, datasets, models, seed) -> dict:
     any_seed = any(c["seed"] for row in rows for c in row["cells"])
     aggregated = any(c["n"] > 1 for row in rows for c in row["cells"])
     single = any(c["n"] == 1 and c["ci"] for row in rows for c in row["cells"])
-    return {"rows": rows, "any_seed": any_seed, "aggregated": aggregated, "single": single}
+    marks = {k for row in rows for c in row["cells"] for k in c["marks"]}
+    return {"rows": rows, "any_seed": any_seed, "aggregated": aggregated, "single": single,
+            "marks": marks}  # fmt: skip
 
 
 def _test_count(rs: list[RunRecord]) -> int | None:
@@ -742,7 +859,7 @@ def interval_text(interval: stats.Interval | None) -> str | None:
     return f"95% CI{how} [{fmt_num(interval.low)}, {fmt_num(interval.high)}]"
 
 
-def dataset_section(d, models, cells, figures: FigureCache, evaluate=None) -> dict:
+def dataset_section(d, models, cells, figures: FigureCache, evaluate=None, flags=None) -> dict:
     notes: list[str] = []
     title = dataset_title(d)
     runs = [(m, r) for m in models for r in cells[(d, m)]]
@@ -828,7 +945,11 @@ def dataset_section(d, models, cells, figures: FigureCache, evaluate=None) -> di
                 )
         items.sort(key=lambda i: -(i["confidence"] or 0))
         gallery.append({"model": model_title(m), "items": items[:GALLERY_PER_CELL]})
-    reliability = reliability_data(models, [cells[(d, m)] for m in models], evaluate)
+    flags = flags or {}
+    reliability = reliability_data(
+        models, [cells[(d, m)] for m in models], evaluate,
+        [bool(flags.get((d, m), {}).get("flagged")) for m in models],
+    )  # fmt: skip
     return {
         "name": d,
         "title": title,
@@ -840,6 +961,7 @@ def dataset_section(d, models, cells, figures: FigureCache, evaluate=None) -> di
         "num_classes": num_classes,
         "gallery": gallery,
         "notes": notes,
+        "flagged": [f["text"] for f in flagged_text(flags, [d], models)],
         "aggregated": any(len(cells[(d, m)]) > 1 for m in models),
     }
 
@@ -989,24 +1111,49 @@ def run_ece(r: RunRecord, evaluate) -> float | None:
     return stats.expected_calibration_error(stats.top1_confidence(ev), stats.correctness(ev))
 
 
-def calibration_rows(cells, datasets, models, evaluate) -> list[dict]:
+def calibration_rows(cells, datasets, models, evaluate, flags=None) -> list[dict]:
     rows = []
     for d in datasets:
         for m in models:
             rs = cells.get((d, m))
             if rs:
                 s = stat(rs, lambda r: run_ece(r, evaluate))
+                f = (flags or {}).get((d, m), {})
                 rows.append({"dataset": dataset_title(d), "model": model_title(m),
-                             "ece": s, "n": s.n})  # fmt: skip
+                             "ece": s, "n": s.n, "flagged": f.get("flagged", False),
+                             "why": flag_reasons(f)})  # fmt: skip
     return rows
 
 
-def reliability_data(models, runs_per_model, evaluate) -> dict | None:
+def lowest_ece(cells, datasets, models, evaluate, flags) -> list[str]:
+    """Per data set, the lowest mean ECE among cells that are not flagged: a constant
+    predictor's near-zero ECE is not calibration."""
+    out = []
+    for d in datasets:
+        ranked = []
+        for m in models:
+            rs = cells.get((d, m))
+            if rs and not flags.get((d, m), {}).get("flagged"):
+                s = stat(rs, lambda r: run_ece(r, evaluate))
+                if s.mean is not None:
+                    ranked.append((s.mean, model_title(m), s))
+        excluded = [model_title(m) for m in models if flags.get((d, m), {}).get("flagged")]
+        note = f" ({', '.join(excluded)} excluded: flagged)" if excluded else ""
+        if len(ranked) > 1:
+            mean, title, s = min(ranked, key=lambda x: x[0])
+            out.append(f"{dataset_title(d)}: {title} ({s.text(4)}){note}")
+        elif excluded:
+            out.append(f"{dataset_title(d)}: not ranked{note}")
+    return out
+
+
+def reliability_data(models, runs_per_model, evaluate, flagged=None) -> dict | None:
     """Per model: the reliability bins of its runs' test predictions, pooled."""
     import numpy as np
 
     panels = []
-    for m, rs in zip(models, runs_per_model, strict=True):
+    flagged = flagged or [False] * len(models)
+    for m, rs, flag in zip(models, runs_per_model, flagged, strict=True):
         evs = [ev for ev in (evaluate(r) for r in rs) if ev is not None and "topk_prob" in ev]
         if not evs:
             continue
@@ -1025,6 +1172,7 @@ def reliability_data(models, runs_per_model, evaluate) -> dict | None:
                 "accuracy": listed(rel.accuracy),
                 "confidence": listed(rel.confidence),
                 "ece": round(stats.expected_calibration_error(conf, right), 6),
+                "flagged": flag,
             }
         )
     return {"models": panels} if panels else None
@@ -1084,7 +1232,7 @@ def _version(value) -> str:
     return value if isinstance(value, str) else "not recorded"
 
 
-def appendix_entry(r: RunRecord, evaluate=None) -> dict:
+def appendix_entry(r: RunRecord, evaluate=None, flags=None) -> dict:
     host = r.host or {}
     libs = host.get("study") if isinstance(host.get("study"), dict) else {}
     versions = [("python", _version(host.get("python_version")))]
@@ -1116,6 +1264,7 @@ def appendix_entry(r: RunRecord, evaluate=None) -> dict:
         "config": [(k, json.dumps(v)) for k, v in sorted(r.config.items())],
         "result": r.result,
         "ece": run_ece(r, evaluate or _evaluation),
+        "flagged": flag_reasons(flags or {}),
         "missing": missing,
     }
 
@@ -1292,8 +1441,8 @@ def reliability_svg(data: dict) -> str:
 
         parts.append(f'<text x="{x(0.5):.1f}" y="10" text-anchor="middle">'
                      f"{escape(p['label'])}</text>")  # fmt: skip
-        parts.append(f'<text x="{x(0.5):.1f}" y="21" text-anchor="middle">'
-                     f"ECE {p['ece']:.4f}</text>")  # fmt: skip
+        ece = "ECE not meaningful" if p.get("flagged") else f"ECE {p['ece']:.4f}"
+        parts.append(f'<text x="{x(0.5):.1f}" y="21" text-anchor="middle">{ece}</text>')
         edges = p["edges"]
         for k, (acc, conf) in enumerate(zip(p["accuracy"], p["confidence"], strict=True)):
             if acc is None:

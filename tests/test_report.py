@@ -64,6 +64,29 @@ def store(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def odd_store(store, tmp_path_factory) -> Path:
+    """Two real runs that go wrong as real runs do: Small CNN on MNIST at lr=1.0, which
+    collapses to one class, and one stopped by a 0.05 s time budget after its first batch."""
+    base = tmp_path_factory.mktemp("odd")
+    data = store.parent / "data"
+    common = [f"data_root={data}", "batch_size=50", "precise_bn=0", "model=small_cnn",
+              "dataset=mnist"]  # fmt: skip
+    for updates in (["lr=1.0", "epochs=1"], ["lr=0.003", "epochs=25", "time_budget=0.05"]):
+        run_study("run", "with", *updates, *common, "-F", base / "runs", cwd=base)
+    return base / "runs"
+
+
+@pytest.fixture(scope="session")
+def odd(store, odd_store, tmp_path_factory) -> dict:
+    """A report of every run, the two odd ones included."""
+    out = tmp_path_factory.mktemp("odd-built")
+    records = select_runs(read_file_store(store)) + select_runs(read_file_store(odd_store))
+    pdf = build_report(records, out / "study.pdf", "pdf")
+    html = build_report(records, out / "study.html", "html")
+    return {"records": records, "pdf": pdf, "html": html.read_text()}
+
+
+@pytest.fixture(scope="session")
 def built(store, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("built")
     records = select_runs(read_file_store(store))
@@ -348,3 +371,49 @@ def test_claims_follow_the_paired_tests(built, tmp_path, capsys):
     text = pdf_text(out)
     assert "1 recorded run in 1 model × data set cell," in text
     assert "1 runs" not in text and "best model" not in section(text, "Abstract", "1. Method")
+
+
+def test_chance_and_collapsed_cells_are_flagged_everywhere(odd):
+    import base64
+
+    import numpy as np
+
+    html, text = odd["html"], pdf_text(odd["pdf"])
+    constant = next(r for r in odd["records"] if r.config["lr"] == 1.0)
+    ev = constant.evaluation()
+    predicted, labels = ev["topk"][:, 0], ev["labels"]
+    assert len(set(predicted.tolist())) == 1  # the run really is a constant predictor
+    top1 = float((predicted == labels).mean())
+    assert constant.result["top1"] == pytest.approx(top1)
+
+    arm = "small_cnn [lr=1.0, epochs=1]"
+    title = "Small CNN (lr=1.0, epochs=1)"
+    cell = re.search(rf'data-cell="mnist/{re.escape(arm)}/top1">(.*?)</td>', html, re.S).group(1)
+    assert '<span class="flag">†‡</span>' in cell  # at chance and collapsed
+    assert "† At chance" in text and "‡ Predictions collapsed" in text
+    share = f"{np.bincount(predicted).max() / predicted.size:.0%}"
+    sentence = f"{title} on MNIST: top-1 {top1:.4f} is not significantly above chance (0.1000"
+    assert sentence in text
+    assert f"takes {share} of {predicted.size:,} predictions and 1 of 10 classes" in text
+    assert f"Flagged: {title} on MNIST" in text  # in the data set's results section
+    abstract = section(text, "Abstract", "1. Method")
+    assert f"{title} on MNIST: at chance; predictions collapsed" in abstract
+
+    # Its ECE is "not meaningful" in Table 3, the reliability panel and the appendix, and it
+    # is left out of the calibration ranking.
+    row = re.search(rf'<tr data-ece="MNIST/{re.escape(title)}">(.*?)</tr>', html, re.S).group(1)
+    assert "not meaningful (at chance; predictions collapsed)" in row
+    ranking = re.search(r'<p class="caption">Lowest ECE per data set(.*?)</p>', html, re.S)
+    ranking = ranking.group(1)
+    assert f": {title} (" not in ranking  # never ranked ...
+    assert title in ranking and "excluded: flagged" in ranking  # ... and said to be left out
+    uris = re.findall(r'<img class="reliability" src="data:image/svg\+xml;base64,([^"]+)"', html)
+    assert "ECE not meaningful" in base64.b64decode(uris[0]).decode()
+    appendix = text[text.index("Appendix: runs") :]
+    assert "ECE not meaningful (at chance; predictions collapsed)" in appendix
+
+    # A cell that learned (the two seeds of Small CNN at lr 0.003, 2 epochs) is not flagged.
+    learned = re.search(
+        r'data-cell="mnist/small_cnn \[lr=0.003, epochs=2\]/top1">(.*?)</td>', html, re.S
+    ).group(1)
+    assert "flag" not in learned
