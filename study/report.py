@@ -520,11 +520,15 @@ def report_context(
         notes.extend(s["notes"])
     efficiency = efficiency_rows(cells, datasets, models)
     hardware = {e["hardware"] for e in efficiency}
+    departed = departures(records, datasets)
+    # "Reproduction" only where every run follows the seed's protocol on the full data sets.
+    what = "a re-run departing from the seed's protocol" if departed else "a reproduction"
     return {
-        "title": title or "Deeper Networks for Image Classification: a reproduction",
+        "title": title or f"Deeper Networks for Image Classification: {what}",
+        "departures": departed,
         "date": (today or dt.date.today()).isoformat(),
         "run_span": (starts[0][:10], starts[-1][:10]) if starts else None,
-        "abstract": abstract(records, datasets, models, best, cells, tests, flags),
+        "abstract": abstract(records, datasets, models, best, cells, tests, flags, departed),
         "n_runs": len(records),
         "models": [{"name": m, "title": model_title(m)} for m in models],
         "datasets": [{"name": d, "title": dataset_title(d)} for d in datasets],
@@ -550,7 +554,7 @@ def report_context(
     }
 
 
-def abstract(records, datasets, models, best, cells, tests, flags) -> str:
+def abstract(records, datasets, models, best, cells, tests, flags, departed=()) -> str:
     architectures = _ordered({base_model(m) for m in models}, MODEL_ORDER)
     variants = (
         f", trained as {len(models)} variants ({', '.join(model_title(m) for m in models)}),"
@@ -565,6 +569,12 @@ def abstract(records, datasets, models, best, cells, tests, flags) -> str:
         f" in {plural(len(cells), 'model × data set cell')}, and report top-1 and top-5 test "
         "accuracy, training behaviour, class confusion and cost."
     )
+    if departed:
+        text += (
+            " The runs depart from the seed's protocol (Section 1.3): "
+            + "; ".join(d["short"] for d in departed if d["short"])
+            + "."
+        )
     by_dataset = {t["dataset"]: t for t in tests}
     claims = [claim(by_dataset[d], best.get(d)) for d in datasets if d in by_dataset]
     flagged = flagged_text(flags, datasets, models)
@@ -701,6 +711,157 @@ def claim(t: dict, best: dict | None) -> str | None:
         f"untestable for at least one pair with the highest top-1, {t['best']}, {how}), so "
         "no best model is named."
     )
+
+
+def _spec(kind: str, name: str | None):
+    """The installed plugin's spec, or None (runs read back where the plugin is missing)."""
+    from study.registry import registry
+
+    try:
+        provided = getattr(registry(), kind).get(name)
+    except StudyError:
+        provided = None
+    return provided.spec if provided is not None else None
+
+
+def _span(values) -> str:
+    """`28`, `28–64`: the range of some numbers, with thousands separators."""
+    values = sorted(set(values))
+    low, high = values[0], values[-1]
+    return f"{low:,}" if low == high else f"{low:,}–{high:,}"
+
+
+def departures(records: list[RunRecord], datasets: list[str]) -> list[dict]:
+    """How far the runs are from the seed, one item per aspect where they differ: input size,
+    epochs, training and test images (against the official split sizes), the protocol's
+    settings (info.departures) and hardware. Each item: a sentence and a short form."""
+    out = []
+    by_dataset = defaultdict(list)
+    for r in records:
+        by_dataset[r.dataset].append(r)
+
+    sizes, seed_sizes = defaultdict(set), {}
+    for r in records:
+        spec, data = _spec("models", r.model), _spec("datasets", r.dataset)
+        used = r.config.get("image_size")
+        if spec is None or data is None or not isinstance(used, int):
+            continue
+        seed = spec.default_input_size("paper", data.image_size)
+        if used != seed:
+            sizes[model_title(r.model)].add(used)
+            seed_sizes[model_title(r.model)] = seed
+    if sizes:
+        used = "; ".join(f"{m} {_span(v)} px (seed {seed_sizes[m]} px)" for m, v in sizes.items())
+        out.append({
+            "aspect": "input size",
+            "text": f"Input size: {used}.",
+            "short": f"inputs of {_span(v for vs in sizes.values() for v in vs)} px instead of "
+                     f"{' / '.join(str(v) for v in sorted(set(seed_sizes.values())))} px",
+        })  # fmt: skip
+
+    epochs, seed_epochs = [], []
+    for d in datasets:
+        data = _spec("datasets", d)
+        if data is None or data.paper_epochs is None:
+            continue
+        trained = [e for r in by_dataset[d] if (e := trained_epochs(r)) is not None]
+        if trained and any(abs(e - data.paper_epochs) > 1e-9 for e in trained):
+            epochs.append(f"{dataset_title(d)} {epochs_text(trained)} (seed {data.paper_epochs})")
+            seed_epochs.append(data.paper_epochs)
+    if epochs:
+        all_trained = [e for r in records if (e := trained_epochs(r)) is not None]
+        out.append({
+            "aspect": "epochs",
+            "text": f"Epochs trained: {'; '.join(epochs)}.",
+            "short": f"{epochs_text(all_trained)} epochs instead of "
+                     f"{' / '.join(str(e) for e in sorted(set(seed_epochs)))}",
+        })  # fmt: skip
+
+    for split, official in (("train", "train_size"), ("test", "test_size")):
+        parts, used_all, official_all = [], [], []
+        for d in datasets:
+            data = _spec("datasets", d)
+            infos = [r.info.get("dataset") or {} for r in by_dataset[d]]
+            counts = [c for i in infos if isinstance(c := i.get(f"{split}_count"), int)]
+            if data is None or not counts or set(counts) == {getattr(data, official)}:
+                continue
+            size = getattr(data, official)
+            held = sorted({a for i in infos if isinstance(a := i.get(f"{split}_available"), int)})
+            local = f", the local copy holding {_span(held)}" if held and held != [size] else ""
+            parts.append(f"{dataset_title(d)} {_span(counts)} of the official {size:,}{local}")
+            used_all += counts
+            official_all.append(size)
+        if parts:
+            name = "training" if split == "train" else "test"
+            out.append({
+                "aspect": f"{name} images",
+                "text": f"{name.capitalize()} images used: {'; '.join(parts)}.",
+                "short": f"{_span(used_all)} {name} images instead of {_span(official_all)}",
+            })  # fmt: skip
+
+    protocols = defaultdict(int)
+    keys: dict[str, dict] = defaultdict(lambda: {"values": set(), "protocol": set()})
+    for r in records:
+        protocols[_value_text(r.config.get("protocol"))] += 1
+        for key, d in (r.info.get("departures") or {}).items():
+            keys[key]["values"].add(_value_text(d.get("value")))
+            keys[key]["protocol"].add(_value_text(d.get("protocol")))
+    named = ", ".join(f"{p} ({plural(n, 'run')})" for p, n in sorted(protocols.items()))
+    if keys or set(protocols) != {"paper"}:
+        changed = "; ".join(
+            f"{k} {', '.join(sorted(v['values']))} (protocol {', '.join(sorted(v['protocol']))})"
+            for k, v in sorted(keys.items())
+        )
+        out.append({
+            "aspect": "protocol",
+            "text": f"Protocol named: {named}."
+                    + (f" Settings that depart from the named protocol: {changed}." if keys
+                       else ""),
+            "short": "protocol settings changed ("
+                     + ", ".join(sorted(keys) or ["protocol " + ", ".join(sorted(protocols))])
+                     + ")",
+        })  # fmt: skip
+
+    hardware = defaultdict(int)
+    for r in records:
+        t = r.info.get("training") or {}
+        if t.get("device_name"):
+            hardware[f"{t['device_name']} ({t.get('device', '?')})"] += 1
+    if hardware:
+        # The seed's hardware is not part of its protocol: stated so timings can be read.
+        out.append({
+            "aspect": "hardware",
+            "text": "Hardware: "
+                    + "; ".join(f"{h}, {plural(n, 'run')}" for h, n in sorted(hardware.items()))
+                    + ".",
+            "short": None,
+        })  # fmt: skip
+    # Hardware alone is not a departure from the protocol.
+    return out if any(d["short"] for d in out) else []
+
+
+def trained_epochs(r: RunRecord) -> float | None:
+    """Epochs a run trained: the images it saw over the training split's size (a run stopped
+    by its time budget trained a fraction of its last epoch); else the epochs recorded."""
+    images = [v for _, v in r.metric("train_images")]
+    count = (r.info.get("dataset") or {}).get("train_count")
+    if images and isinstance(count, int) and count > 0:
+        return sum(images) / count
+    done = (r.info.get("training") or {}).get("epochs_completed", r.config.get("epochs"))
+    return float(done) if isinstance(done, int | float) else None
+
+
+def epochs_text(values) -> str:
+    """`2`, `1–25`, `0.083`: whole epochs as integers, a fraction to two figures."""
+
+    def one(e: float) -> str:
+        if abs(e - round(e)) < 1e-9:
+            return str(round(e))
+        return f"{e:.1f}" if e >= 1 else f"{e:.2g}"
+
+    values = sorted(set(values))
+    low, high = one(values[0]), one(values[-1])
+    return low if low == high else f"{low}–{high}"
 
 
 def _value_text(value) -> str:

@@ -417,3 +417,47 @@ def test_chance_and_collapsed_cells_are_flagged_everywhere(odd):
         r'data-cell="mnist/small_cnn \[lr=0.003, epochs=2\]/top1">(.*?)</td>', html, re.S
     ).group(1)
     assert "flag" not in learned
+
+
+def test_departures_from_the_seed_are_stated(odd):
+    from study.registry import registry
+
+    text = pdf_text(odd["pdf"])
+    records = odd["records"]
+    title = text[: text.index("Report built")]
+    assert "reproduction" not in title and "departing from the seed's protocol" in title
+    abstract = section(text, "Abstract", "1. Method")
+    assert (
+        "The runs depart from the seed's protocol (Section 1.3): inputs of 32 px instead of 224 px;"
+        in abstract
+    )
+    part = section(text, "1.3 Departures from the seed", "2. Data sets")
+
+    # Input size against the seed's (the model's paper input size).
+    resnet = next(r for r in records if r.model == "resnet18")
+    seed_size = registry().model("resnet18").input_size["paper"]
+    assert f"Input size: ResNet-18 {resnet.config['image_size']} px (seed {seed_size} px)." in part
+
+    # Epochs: what was trained, a budget-stopped run by the fraction it saw.
+    mnist = [r for r in records if r.dataset == "mnist"]
+    trained = sorted(
+        sum(v for _, v in r.metric("train_images")) / r.info["dataset"]["train_count"]
+        for r in mnist
+    )
+    assert trained[0] < 1  # the budget-stopped run
+    low = f"{trained[0]:.2g}"
+    high = f"{trained[-1]:g}"
+    assert f"Epochs trained: MNIST {low}–{high} (seed 6)" in part
+
+    # Training and test images against the official split sizes (DatasetSpec).
+    spec = registry().dataset("mnist")
+    counts = sorted({r.info["dataset"]["train_count"] for r in mnist})
+    assert f"MNIST {counts[0]}–{counts[-1]} of the official {spec.train_size:,}" in part
+    tests = {r.info["dataset"]["test_count"] for r in mnist}
+    assert f"MNIST {tests.pop()} of the official {spec.test_size:,}" in part
+
+    # The protocol's own record of where each run departs from it (info.departures).
+    assert f"Protocol named: paper ({len(records)} runs)." in part
+    assert "lr 0.003, 1.0 (protocol 0.0002)" in part
+    assert "time_budget 0.05 (protocol none)" in part
+    assert "Hardware: " in part
