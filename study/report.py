@@ -421,14 +421,45 @@ def arm_names(records: list[RunRecord]) -> list[str]:
                 chosen.append(key)
         for i in members if chosen else []:
             config = records[i].config
-            label = ", ".join(
-                _value_text(config.get(k))
-                if k == "protocol"
-                else f"{k}={_value_text(config.get(k))}"
-                for k in chosen
-            )
-            names[i] = f"{names[i]} [{label}]"
+            parts: list[str] = []
+            for k in chosen:
+                if k in ("epochs", "time_budget") and stopped_by_budget(records[i]):
+                    # Named by what it trained, not by the epochs it planned.
+                    same = [records[j] for j in members
+                            if all(configs[members.index(j)][c] == configs[members.index(i)][c]
+                                   for c in chosen)]  # fmt: skip
+                    text = budget_text([r for r in same if stopped_by_budget(r)])
+                elif k == "protocol":
+                    text = _value_text(config.get(k))
+                else:
+                    text = f"{k}={_value_text(config.get(k))}"
+                if text not in parts:
+                    parts.append(text)
+            names[i] = f"{names[i]} [{', '.join(parts)}]"
     return names
+
+
+def stopped_by_budget(r: RunRecord) -> bool:
+    return bool((r.info.get("training") or {}).get("stopped_by_budget"))
+
+
+def budget_text(rs: list[RunRecord]) -> str:
+    """`1.2 epochs, budget 600 s`: what budget-stopped runs trained (their mean)."""
+    trained = [e for r in rs if (e := trained_epochs(r)) is not None]
+    budgets = sorted({r.config.get("time_budget") for r in rs}, key=str)
+    epochs = epochs_text([statistics.fmean(trained)]) if trained else "?"
+    return f"{_epochs_label(epochs)}, budget {', '.join(f'{b:g}' for b in budgets)} s"
+
+
+def training_totals(r: RunRecord) -> tuple[float | None, float | None]:
+    """(training images seen, training seconds) over the whole run: images/s is their ratio,
+    not a mean of per-epoch rates (an epoch slowed by other load would weigh as one epoch)."""
+    images = [v for _, v in r.metric("train_images")]
+    seconds = (r.info.get("training") or {}).get("train_seconds")
+    if not isinstance(seconds, int | float):
+        per_epoch = [v for _, v in r.metric("train_seconds")]
+        seconds = sum(per_epoch) if per_epoch else None
+    return (sum(images) if images else None), seconds
 
 
 def base_model(arm: str) -> str:
@@ -1372,21 +1403,36 @@ def efficiency_rows(cells, datasets, models) -> list[dict]:
                     for r in rs
                 }
             )
+            stopped = [r for r in rs if stopped_by_budget(r)]
+            trained = [e for r in rs if (e := trained_epochs(r)) is not None]
             rows.append(
                 {
+                    "key": f"{d}/{m}",
                     "model": model_title(m),
                     "dataset": dataset_title(d),
                     "n": len(rs),
+                    "trained": budget_text(stopped)
+                    if stopped
+                    else (_epochs_label(epochs_text(trained)) if trained else "–"),
+                    "images": stat(rs, lambda r: training_totals(r)[0]),
                     "params": stat(rs, lambda r: r.info["model"]["params"]),
                     "weight_mb": stat(rs, lambda r: r.info["model"]["weight_mb"]),
                     "gmacs": stat(rs, lambda r: r.info["model"]["gmacs_per_image"]),
-                    "rate": stat(rs, lambda r: r.info["training"]["images_per_s"]),
-                    "seconds": stat(rs, lambda r: r.info["training"]["train_seconds"]),
+                    "rate": stat(rs, lambda r: _ratio(*training_totals(r))),
+                    "seconds": stat(rs, lambda r: training_totals(r)[1]),
                     "input": ", ".join(sorted({str(r.config.get("image_size")) for r in rs})),
                     "hardware": "; ".join(hardware),
                 }
             )
     return rows
+
+
+def _epochs_label(text: str) -> str:
+    return f"{text} epoch{'' if text == '1' else 's'}"
+
+
+def _ratio(images, seconds) -> float | None:
+    return images / seconds if images is not None and seconds else None
 
 
 def _version(value) -> str:

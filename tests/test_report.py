@@ -461,3 +461,46 @@ def test_departures_from_the_seed_are_stated(odd):
     assert "lr 0.003, 1.0 (protocol 0.0002)" in part
     assert "time_budget 0.05 (protocol none)" in part
     assert "Hardware: " in part
+
+
+def efficiency_rows(html: str) -> dict[str, list[str]]:
+    """The efficiency table as {dataset/model: [its cells' text]}."""
+    rows = re.findall(r'<tr data-eff="([^"]+)">(.*?)</tr>', html, re.S)
+    return {key: re.findall(r"<td[^>]*>(.*?)</td>", row, re.S) for key, row in rows}
+
+
+def test_efficiency_is_images_over_seconds_and_budget_runs_are_named_by_what_they_trained(odd):
+    rows = efficiency_rows(odd["html"])
+    text = pdf_text(odd["pdf"])
+    names = ["model", "dataset", "input", "params", "mb", "gmacs", "trained", "images",
+             "seconds", "rate", "n"]  # fmt: skip
+    by_arm = {key: dict(zip(names, cells_, strict=True)) for key, cells_ in rows.items()}
+    resnet = next(r for r in odd["records"] if r.model == "resnet18")
+    constant = next(r for r in odd["records"] if r.config["lr"] == 1.0)
+    for r, key in ((resnet, "mnist/resnet18"), (constant, "mnist/small_cnn [lr=1.0, epochs=1]")):
+        row = by_arm[key]
+        images = sum(v for _, v in r.metric("train_images"))
+        seconds = r.info["training"]["train_seconds"]
+        assert float(row["images"].replace(",", "")) == images
+        assert row["seconds"] == f"{seconds:.1f}"
+        assert row["rate"] == f"{images / seconds:.1f}"  # the ratio, whole run
+        assert row["trained"] == "1 epoch"
+    # Over several epochs the whole-run rate is not the mean of the epochs' rates.
+    two = next(r for r in odd["records"] if r.config.get("epochs") == 2 and r.model == "small_cnn"
+               and r.dataset == "tiny_imagenet")  # fmt: skip
+    rates = [v for _, v in two.metric("images_per_s")]
+    images = sum(v for _, v in two.metric("train_images"))
+    row = by_arm["tiny_imagenet/small_cnn"]
+    assert row["rate"] == f"{images / two.info['training']['train_seconds']:.1f}"
+    assert len(rates) == 2
+
+    # The budget-stopped run is named and tabled by what it trained, never by its 25 epochs.
+    budget = next(r for r in odd["records"] if r.config.get("time_budget"))
+    assert budget.info["training"]["stopped_by_budget"]
+    trained = (
+        sum(v for _, v in budget.metric("train_images")) / budget.info["dataset"]["train_count"]
+    )
+    label = f"{trained:.2g} epochs, budget 0.05 s"
+    assert f"Small CNN (lr=0.003, {label})" in text
+    assert by_arm[f"mnist/small_cnn [lr=0.003, {label}]"]["trained"] == label
+    assert "epochs=25" not in text[: text.index("Appendix: runs")]
