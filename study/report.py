@@ -325,6 +325,8 @@ def render_html(context: dict) -> str:
         lstrip_blocks=True,
     )
     env.filters["num"] = fmt_num
+    env.filters["count"] = count_text
+    env.filters["nb"] = no_break
     return env.get_template("report.html.j2").render(css=load("report.css"), **context)
 
 
@@ -345,7 +347,27 @@ def render_pdf(html: str) -> bytes:
 def fmt_num(value: Any, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
+    if digits == 0:  # counts (parameters, images): thousands separators
+        return f"{value:,.0f}"
     return f"{value:.{digits}f}"
+
+
+def count_text(value: Any) -> str:
+    """An integer count as printed: `138,367,554`; anything else as it is."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return "–" if value is None else str(value)
+
+
+def no_break(value: Any):
+    """A name whose hyphenated words never break at the hyphen ("Inception-V3",
+    "Tiny-ImageNet"); it may still wrap between words. Escaped like any run string."""
+    from markupsafe import Markup, escape
+
+    words = str(value).split(" ")
+    return Markup(" ").join(
+        Markup('<span class="nb">{}</span>').format(w) if "-" in w else escape(w) for w in words
+    )
 
 
 @dataclass
@@ -968,7 +990,7 @@ def dataset_rows(cells, datasets) -> list[dict]:
                 v = i.get(key)
                 if v is not None and v not in seen:
                     seen.append(v)
-            return ", ".join(str(v) for v in seen) if seen else "–"
+            return ", ".join(count_text(v) for v in seen) if seen else "–"
 
         sizes = sorted({r.config.get("image_size") for r in rs if r.config.get("image_size")})
         rows.append(
@@ -1044,11 +1066,10 @@ def _test_count(rs: list[RunRecord]) -> int | None:
 
 
 def interval_text(interval: stats.Interval | None) -> str | None:
-    """`95% CI [low, high]`, with `(Wilson)` when it comes from one run's test-set size."""
+    """`[low, high]`: which interval it is (Wilson or t) Table 1's caption says, once."""
     if interval is None:
         return None
-    how = " Wilson" if interval.method == "wilson" else ""
-    return f"95% CI{how} [{fmt_num(interval.low)}, {fmt_num(interval.high)}]"
+    return f"[{fmt_num(interval.low)}, {fmt_num(interval.high)}]"
 
 
 def dataset_section(d, models, cells, figures: FigureCache, evaluate=None, flags=None) -> dict:

@@ -504,3 +504,67 @@ def test_efficiency_is_images_over_seconds_and_budget_runs_are_named_by_what_the
     assert f"Small CNN (lr=0.003, {label})" in text
     assert by_arm[f"mnist/small_cnn [lr=0.003, {label}]"]["trained"] == label
     assert "epochs=25" not in text[: text.index("Appendix: runs")]
+
+
+def layout(html: str):
+    """WeasyPrint's layout of the report, as the PDF draws it: per page, the content box's
+    right edge and every box in document order."""
+    from weasyprint import HTML
+
+    def walk(box):
+        yield box
+        for child in getattr(box, "children", None) or []:
+            yield from walk(child)
+
+    for page in HTML(string=html, base_url=".").render().pages:
+        box = page._page_box
+        yield box.content_box_x() + box.width, list(walk(box))
+
+
+def test_tables_fit_the_page_and_keep_their_captions(odd):
+    html = odd["html"]
+    first_page: dict[int, int] = {}
+    order: list[tuple[str, int]] = []  # captions and tables in document order, by element
+    for n, (right, boxes) in enumerate(layout(html)):
+        for box in boxes:
+            kind = type(box).__name__
+            if kind == "TableBox":
+                assert box.position_x + box.margin_width() <= right + 0.5, box.element.get("class")
+            if kind == "TextBox":
+                assert box.position_x + box.width <= right + 0.5, box.text
+            element = getattr(box, "element", None)
+            tag = getattr(element, "tag", "")
+            is_caption = (
+                tag.endswith("p")
+                and element.get("class") == "caption"
+                and "".join(element.itertext()).startswith("Table")
+            )
+            if (kind == "TableBox" or is_caption) and id(element) not in first_page:
+                first_page[id(element)] = n
+                order.append(("table" if kind == "TableBox" else "caption", id(element)))
+    # A caption followed by its table starts on the same page as it.
+    pairs = [
+        (a, b)
+        for a, b in zip(order, order[1:], strict=False)
+        if a[0] == "caption" and b[0] == "table"
+    ]
+    assert len(pairs) >= 3  # Tables 1, 2 and 3
+    for (_, caption), (_, table) in pairs:
+        assert first_page[caption] == first_page[table]
+
+
+def test_counts_and_names_read_as_a_reader_expects(odd):
+    html, text = odd["html"], pdf_text(odd["pdf"])
+    resnet = next(r for r in odd["records"] if r.model == "resnet18")
+    params = resnet.info["model"]["params"]
+    assert params > 1000 and f">{params:,}<" in html and f"{params:,}" in text
+    assert f">{params}<" not in html
+    available = resnet.info["dataset"]["train_available"]
+    assert f"({available:,})" in html
+    # Hyphenated names never break at the hyphen; escaped like any run string.
+    assert '<span class="nb">ResNet-18</span>' in html
+    assert '<span class="nb">Tiny-ImageNet</span>' in html
+    assert "hyphens: manual" in html
+    # The interval's kind is named once, in Table 1's caption, not in every cell.
+    assert html.count("95% CI Wilson") == 1
+    assert "seed-to-seed variance is not included" in text
