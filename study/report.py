@@ -441,15 +441,15 @@ def arm_names(records: list[RunRecord]) -> list[str]:
                 values_by_label[tuple(c[k] for k in chosen)].add(c[key])
             if any(len(v) > 1 for v in values_by_label.values()):
                 chosen.append(key)
-        for i in members if chosen else []:
+        for pos, i in enumerate(members if chosen else []):
             config = records[i].config
             parts: list[str] = []
             for k in chosen:
                 if k in ("epochs", "time_budget") and stopped_by_budget(records[i]):
-                    # Named by what it trained, not by the epochs it planned.
-                    same = [records[j] for j in members
-                            if all(configs[members.index(j)][c] == configs[members.index(i)][c]
-                                   for c in chosen)]  # fmt: skip
+                    # Named by what it trained, not by the epochs it planned; the runs of
+                    # one arm share one name (their mean).
+                    same = [records[j] for q, j in enumerate(members)
+                            if all(configs[q][c] == configs[pos][c] for c in chosen)]  # fmt: skip
                     text = budget_text([r for r in same if stopped_by_budget(r)])
                 elif k == "protocol":
                     text = _value_text(config.get(k))
