@@ -50,6 +50,9 @@ GALLERY_PER_CELL = 8
 # accuracy and calibration say nothing about the model's ranking of classes.
 COLLAPSE_TOP_SHARE = 0.9
 COLLAPSE_CLASS_SHARE = 0.3
+# A run whose fastest full epoch trained this many times faster than its slowest was disturbed
+# (other load on the machine): its images/s is not the model's speed alone.
+TIMING_SPREAD = 1.5
 # Per-epoch metrics the training-curve figure draws.
 CURVE_METRICS = (
     "train_top1",
@@ -591,6 +594,8 @@ def report_context(
         "sections": sections,
         "efficiency": efficiency,
         "efficiency_hardware": hardware.pop() if len(hardware) == 1 else None,
+        "timing_noise": timing_noise(records),
+        "timing_spread": f"{TIMING_SPREAD:g}",
         "tests": tests,
         "calibration": calibration_rows(cells, datasets, models, evaluate, flags),
         "calibration_best": lowest_ece(cells, datasets, models, evaluate, flags),
@@ -1446,6 +1451,21 @@ def efficiency_rows(cells, datasets, models) -> list[dict]:
                 }
             )
     return rows
+
+
+def timing_noise(records: list[RunRecord]) -> list[str]:
+    """A sentence per run whose full epochs' training rates disagree beyond TIMING_SPREAD."""
+    out = []
+    for r in records:
+        rates = [v for _, v in r.metric("images_per_s") if v > 0]
+        if stopped_by_budget(r):
+            rates = rates[:-1]  # the last epoch was cut short
+        if len(rates) > 1 and max(rates) > TIMING_SPREAD * min(rates):
+            out.append(
+                f"run {r.id} ({model_title(r.model or '?')} on {dataset_title(r.dataset or '?')})"
+                f" trained at {min(rates):.1f} to {max(rates):.1f} images/s across its epochs"
+            )
+    return out
 
 
 def _epochs_label(text: str) -> str:

@@ -568,3 +568,30 @@ def test_counts_and_names_read_as_a_reader_expects(odd):
     # The interval's kind is named once, in Table 1's caption, not in every cell.
     assert html.count("95% CI Wilson") == 1
     assert "seed-to-seed variance is not included" in text
+
+
+def test_timing_noise_is_stated_where_a_runs_epochs_disagree(odd, tmp_path):
+    from study.report import TIMING_SPREAD, dataset_title, model_title
+
+    note = re.search(r"Timing noise:[^<]*", odd["html"])
+    note = note.group(0) if note else ""
+    for r in odd["records"]:
+        rates = [v for _, v in r.metric("images_per_s")]
+        if r.info["training"]["stopped_by_budget"]:
+            rates = rates[:-1]
+        if len(rates) > 1 and max(rates) > TIMING_SPREAD * min(rates):
+            assert f"run {r.id} ({model_title(r.model)} on {dataset_title(r.dataset)})" in note
+
+    # A real run's epochs, one of them as slow as a machine under load makes it.
+    run = next(r for r in odd["records"] if r.dataset == "tiny_imagenet")
+    rates = run.metrics["images_per_s"]
+    slowed = [(rates[0][0], rates[0][1] / 4), *rates[1:]]
+    loaded = dataclasses.replace(run, metrics={**run.metrics, "images_per_s": slowed})
+    html = build_report([loaded], tmp_path / "r.html", "html").read_text()
+    low, high = min(v for _, v in slowed), max(v for _, v in slowed)
+    who = f"run {run.id} (Small CNN on Tiny-ImageNet)"
+    assert f"Timing noise: {who} trained at {low:.1f} to {high:.1f} images/s" in html
+    html = build_report([run], tmp_path / "r.html", "html").read_text()
+    assert ("Timing noise" in html) == (
+        max(v for _, v in rates) > TIMING_SPREAD * min(v for _, v in rates)
+    )
