@@ -45,6 +45,14 @@ FIGURE_VERSION = "3"  # bump when the drawing code changes: old cache entries st
 CONFUSION_MAX_CLASSES = 20
 CONFUSED_PAIRS = 10
 GALLERY_PER_CELL = 8
+# Predictions collapse onto a few classes when the most predicted class takes this share of
+# them, or at most this share of the test set's classes is ever predicted: such a cell's
+# accuracy and calibration say nothing about the model's ranking of classes.
+COLLAPSE_TOP_SHARE = 0.9
+COLLAPSE_CLASS_SHARE = 0.3
+# A run whose fastest full epoch trained this many times faster than its slowest was disturbed
+# (other load on the machine): its images/s is not the model's speed alone.
+TIMING_SPREAD = 1.5
 # Per-epoch metrics the training-curve figure draws.
 CURVE_METRICS = (
     "train_top1",
@@ -152,10 +160,15 @@ def main(argv: list[str]) -> int:
     print_skipped(skipped)
     written = build_report(records, out, fmt, title=args.title, skipped=skipped)
     print(
-        f"study report: {len(records)} runs -> {written}"
+        f"study report: {plural(len(records), 'run')} -> {written}"
         + (f" ({len(skipped)} skipped)" if skipped else "")
     )
     return 0
+
+
+def plural(n: int, noun: str) -> str:
+    """`1 run`, `2 runs`."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -225,7 +238,7 @@ def select_runs(
         statuses = sorted(set(holds))
         raise StudyError(
             f"no runs found in {where} matching {' '.join(filters) or 'any run'}; "
-            f"the store holds {len(holds)} runs"
+            f"the store holds {plural(len(holds), 'run')}"
             + (f" (statuses: {', '.join(statuses)})" if statuses else "")
             + "; record some with `study run` or relax the filters"
         )
@@ -315,6 +328,8 @@ def render_html(context: dict) -> str:
         lstrip_blocks=True,
     )
     env.filters["num"] = fmt_num
+    env.filters["count"] = count_text
+    env.filters["nb"] = no_break
     return env.get_template("report.html.j2").render(css=load("report.css"), **context)
 
 
@@ -335,7 +350,27 @@ def render_pdf(html: str) -> bytes:
 def fmt_num(value: Any, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
+    if digits == 0:  # counts (parameters, images): thousands separators
+        return f"{value:,.0f}"
     return f"{value:.{digits}f}"
+
+
+def count_text(value: Any) -> str:
+    """An integer count as printed: `138,367,554`; anything else as it is."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return "–" if value is None else str(value)
+
+
+def no_break(value: Any):
+    """A name whose hyphenated words never break at the hyphen ("Inception-V3",
+    "Tiny-ImageNet"); it may still wrap between words. Escaped like any run string."""
+    from markupsafe import Markup, escape
+
+    words = str(value).split(" ")
+    return Markup(" ").join(
+        Markup('<span class="nb">{}</span>').format(w) if "-" in w else escape(w) for w in words
+    )
 
 
 @dataclass
@@ -409,16 +444,47 @@ def arm_names(records: list[RunRecord]) -> list[str]:
                 values_by_label[tuple(c[k] for k in chosen)].add(c[key])
             if any(len(v) > 1 for v in values_by_label.values()):
                 chosen.append(key)
-        for i in members if chosen else []:
+        for pos, i in enumerate(members if chosen else []):
             config = records[i].config
-            label = ", ".join(
-                _value_text(config.get(k))
-                if k == "protocol"
-                else f"{k}={_value_text(config.get(k))}"
-                for k in chosen
-            )
-            names[i] = f"{names[i]} [{label}]"
+            parts: list[str] = []
+            for k in chosen:
+                if k in ("epochs", "time_budget") and stopped_by_budget(records[i]):
+                    # Named by what it trained, not by the epochs it planned; the runs of
+                    # one arm share one name (their mean).
+                    same = [records[j] for q, j in enumerate(members)
+                            if all(configs[q][c] == configs[pos][c] for c in chosen)]  # fmt: skip
+                    text = budget_text([r for r in same if stopped_by_budget(r)])
+                elif k == "protocol":
+                    text = _value_text(config.get(k))
+                else:
+                    text = f"{k}={_value_text(config.get(k))}"
+                if text not in parts:
+                    parts.append(text)
+            names[i] = f"{names[i]} [{', '.join(parts)}]"
     return names
+
+
+def stopped_by_budget(r: RunRecord) -> bool:
+    return bool((r.info.get("training") or {}).get("stopped_by_budget"))
+
+
+def budget_text(rs: list[RunRecord]) -> str:
+    """`1.2 epochs, budget 600 s`: what budget-stopped runs trained (their mean)."""
+    trained = [e for r in rs if (e := trained_epochs(r)) is not None]
+    budgets = sorted({r.config.get("time_budget") for r in rs}, key=str)
+    epochs = epochs_text([statistics.fmean(trained)]) if trained else "?"
+    return f"{_epochs_label(epochs)}, budget {', '.join(f'{b:g}' for b in budgets)} s"
+
+
+def training_totals(r: RunRecord) -> tuple[float | None, float | None]:
+    """(training images seen, training seconds) over the whole run: images/s is their ratio,
+    not a mean of per-epoch rates (an epoch slowed by other load would weigh as one epoch)."""
+    images = [v for _, v in r.metric("train_images")]
+    seconds = (r.info.get("training") or {}).get("train_seconds")
+    if not isinstance(seconds, int | float):
+        per_epoch = [v for _, v in r.metric("train_seconds")]
+        seconds = sum(per_epoch) if per_epoch else None
+    return (sum(images) if images else None), seconds
 
 
 def base_model(arm: str) -> str:
@@ -491,12 +557,15 @@ def report_context(
     seed = seed_table()
     notes: list[str] = []
 
-    table = results_table(cells, datasets, models, seed)
+    evaluate = _evaluation_cache()
+    flags = {key: cell_flags(rs, evaluate) for key, rs in cells.items()}
+    table = results_table(cells, datasets, models, seed, flags)
     best = {row["dataset"]: row["best"] for row in table["rows"] if row["metric"] == "top1"}
     starts = sorted(r.start_time for r in records if r.start_time)
-    evaluate = _evaluation_cache()
     sections = [
-        dataset_section(d, [m for m in models if (d, m) in cells], cells, figures, evaluate)
+        dataset_section(
+            d, [m for m in models if (d, m) in cells], cells, figures, evaluate, flags
+        )  # fmt: skip
         for d in datasets
     ]
     tests = [
@@ -507,11 +576,15 @@ def report_context(
         notes.extend(s["notes"])
     efficiency = efficiency_rows(cells, datasets, models)
     hardware = {e["hardware"] for e in efficiency}
+    departed = departures(records, datasets)
+    # "Reproduction" only where every run follows the seed's protocol on the full data sets.
+    what = "a re-run departing from the seed's protocol" if departed else "a reproduction"
     return {
-        "title": title or "Deeper Networks for Image Classification: a reproduction",
+        "title": title or f"Deeper Networks for Image Classification: {what}",
+        "departures": departed,
         "date": (today or dt.date.today()).isoformat(),
         "run_span": (starts[0][:10], starts[-1][:10]) if starts else None,
-        "abstract": abstract(records, datasets, models, best, cells),
+        "abstract": abstract(records, datasets, models, best, cells, tests, flags, departed),
         "n_runs": len(records),
         "models": [{"name": m, "title": model_title(m)} for m in models],
         "datasets": [{"name": d, "title": dataset_title(d)} for d in datasets],
@@ -521,26 +594,25 @@ def report_context(
         "sections": sections,
         "efficiency": efficiency,
         "efficiency_hardware": hardware.pop() if len(hardware) == 1 else None,
+        "timing_noise": timing_noise(records),
+        "timing_spread": f"{TIMING_SPREAD:g}",
         "tests": tests,
-        "calibration": calibration_rows(cells, datasets, models, evaluate),
+        "calibration": calibration_rows(cells, datasets, models, evaluate, flags),
+        "calibration_best": lowest_ece(cells, datasets, models, evaluate, flags),
+        "flagged": flagged_text(flags, datasets, models),
         "conclusions": conclusions(tests, cells),
         "significance": stats.SIGNIFICANCE,
+        "collapse_top": f"{COLLAPSE_TOP_SHARE:.0%}",
+        "collapse_classes": f"{COLLAPSE_CLASS_SHARE:.0%}",
         "exact_below": stats.MCNEMAR_EXACT_BELOW,
         "ece_bins": stats.ECE_BINS,
-        "appendix": [appendix_entry(r, evaluate) for r in records],
+        "appendix": [appendix_entry(r, evaluate, run_flags(r, evaluate)) for r in records],
         "notes": notes,
         "figures_drawn": figures.drawn,
     }
 
 
-def abstract(records, datasets, models, best, cells) -> str:
-    parts = []
-    for d in datasets:
-        b = best.get(d)
-        if b:
-            stat_ = b["stat"]
-            how = f"top-1 {stat_.text()}" + (f", mean of {stat_.n} runs" if stat_.n > 1 else "")
-            parts.append(f"on {dataset_title(d)}, {model_title(b['model'])} ({how})")
+def abstract(records, datasets, models, best, cells, tests, flags, departed=()) -> str:
     architectures = _ordered({base_model(m) for m in models}, MODEL_ORDER)
     variants = (
         f", trained as {len(models)} variants ({', '.join(model_title(m) for m in models)}),"
@@ -548,19 +620,306 @@ def abstract(records, datasets, models, best, cells) -> str:
         else ""
     )
     text = (
-        f"We train and evaluate {len(architectures)} network architecture"
-        f"{'s' if len(architectures) != 1 else ''} "
-        f"({', '.join(model_title(m) for m in architectures)}){variants} on {len(datasets)} "
-        "image data set"
-        f"{'s' if len(datasets) != 1 else ''} "
-        f"({', '.join(dataset_title(d) for d in datasets)}), {len(records)} recorded run"
-        f"{'s' if len(records) != 1 else ''} in {len(cells)} model × data set cell"
-        f"{'s' if len(cells) != 1 else ''}, and report top-1 and top-5 test accuracy, training "
-        "behaviour, class confusion and cost."
+        f"We train and evaluate {plural(len(architectures), 'network architecture')} "
+        f"({', '.join(model_title(m) for m in architectures)}){variants} on "
+        f"{plural(len(datasets), 'image data set')} "
+        f"({', '.join(dataset_title(d) for d in datasets)}), {plural(len(records), 'recorded run')}"
+        f" in {plural(len(cells), 'model × data set cell')}, and report top-1 and top-5 test "
+        "accuracy, training behaviour, class confusion and cost."
     )
-    if parts:
-        text += " The best model by top-1 accuracy is " + "; ".join(parts) + "."
-    return text
+    if departed:
+        text += (
+            " The runs depart from the seed's protocol (Section 1.3): "
+            + "; ".join(d["short"] for d in departed if d["short"])
+            + "."
+        )
+    by_dataset = {t["dataset"]: t for t in tests}
+    claims = [claim(by_dataset[d], best.get(d)) for d in datasets if d in by_dataset]
+    flagged = flagged_text(flags, datasets, models)
+    if flagged:
+        claims.append(
+            f"{plural(len(flagged), 'cell')} "
+            f"{'is' if len(flagged) == 1 else 'are'} flagged as not a working classifier "
+            f"({'; '.join(f['short'] for f in flagged)}): "
+            "their accuracy is no evidence for or against the model, and their calibration is "
+            "not ranked."
+        )
+    return " ".join([text, *(c for c in claims if c)])
+
+
+def cell_flags(rs: list[RunRecord], evaluate) -> dict:
+    """Whether a cell's pooled test predictions are at chance or collapsed (see
+    COLLAPSE_*), with the numbers that say so; {} where no run has an evaluation."""
+    import numpy as np
+
+    evs = [ev for ev in (evaluate(r) for r in rs) if ev is not None and "topk" in ev]
+    if not evs:
+        return {}
+    num_classes = next(
+        (c for r in rs if isinstance(c := (r.info.get("dataset") or {}).get("num_classes"), int)),
+        None,
+    )
+    labels = np.concatenate([ev["labels"] for ev in evs])
+    predicted = np.concatenate([ev["topk"][:, 0] for ev in evs])
+    n = int(predicted.size)
+    num_classes = num_classes or int(max(labels.max(), predicted.max())) + 1
+    counts = np.bincount(predicted, minlength=num_classes)
+    present = len(np.unique(labels))  # a test subset may hold fewer classes than the data set
+    correct = int((predicted == labels).sum())
+    chance = 1.0 / num_classes
+    ci = stats.wilson_interval(correct, n)
+    top = int(counts.argmax())
+    out = {
+        "chance": ci.low <= chance,  # not significantly better than guessing
+        "collapse": bool(
+            counts[top] >= COLLAPSE_TOP_SHARE * n
+            or (counts > 0).sum() <= COLLAPSE_CLASS_SHARE * present
+        ),
+        "top1": correct / n,
+        "chance_level": chance,
+        "ci_low": ci.low,
+        "top_class": top,
+        "top_share": counts[top] / n,
+        "predicted_classes": int((counts > 0).sum()),
+        "classes": present,
+        "n": n,
+    }
+    names = next(
+        (names for r in rs if (names := (r.info.get("dataset") or {}).get("class_names"))), []
+    )
+    out["top_name"] = str(names[top]) if top < len(names) else str(top)
+    out["flagged"] = out["chance"] or out["collapse"]
+    return out
+
+
+def run_flags(r: RunRecord, evaluate) -> dict:
+    return cell_flags([r], evaluate)
+
+
+FLAG_MARKS = {"chance": "†", "collapse": "‡"}
+
+
+def flag_reasons(f: dict) -> str:
+    """`at chance; collapsed` for a flagged cell."""
+    words = {"chance": "at chance", "collapse": "predictions collapsed"}
+    return "; ".join(words[k] for k in ("chance", "collapse") if f.get(k))
+
+
+def flagged_text(flags, datasets, models) -> list[dict]:
+    """Each flagged cell, with a sentence giving the numbers behind its flags."""
+    out = []
+    for d in datasets:
+        for m in models:
+            f = flags.get((d, m)) or {}
+            if not f.get("flagged"):
+                continue
+            parts = []
+            if f["chance"]:
+                parts.append(
+                    f"top-1 {fmt_num(f['top1'])} is not significantly above chance "
+                    f"({fmt_num(f['chance_level'])}: the 95% Wilson interval of top-1 starts at "
+                    f"{fmt_num(f['ci_low'])})"
+                )
+            if f["collapse"]:
+                parts.append(
+                    f"its predictions collapse: class {f['top_name']} takes "
+                    f"{f['top_share']:.0%} of {f['n']:,} predictions and "
+                    f"{f['predicted_classes']} of {f['classes']} classes are ever predicted"
+                )
+            who = f"{model_title(m)} on {dataset_title(d)}"
+            out.append(
+                {
+                    "short": f"{who}: {flag_reasons(f)}",
+                    "text": f"{who}: {'; '.join(parts)}. Its ECE is not meaningful.",
+                }
+            )
+    return out
+
+
+def verdict(t: dict) -> str | None:
+    """What the paired tests let the report say about a data set: `best` (the highest mean
+    top-1 differs significantly from every other model), `none` (it does not, or cannot be
+    tested), `single` (one model only), None (no results)."""
+    if not t["best"]:
+        return None
+    if not t["rows"]:
+        return "single"
+    if all(row["test"] is not None and row["test"].significant for row in t["rows"]):
+        return "best"
+    return "none"
+
+
+def claim(t: dict, best: dict | None) -> str | None:
+    """One sentence per data set: a best model only where McNemar's test backs it."""
+    kind = verdict(t)
+    if kind is None or best is None:
+        return None
+    s = best["stat"]
+    how = f"top-1 {s.text()}" + (f", mean of {s.n} runs" if s.n > 1 else "")
+    alpha = stats.SIGNIFICANCE
+    if kind == "single":
+        return f"On {t['title']} only {t['best']} was run ({how}): no comparison."
+    if kind == "best":
+        return (
+            f"On {t['title']}, {t['best']} has the highest top-1 accuracy ({how}) and differs "
+            f"significantly from every other model (McNemar, p < {alpha})."
+        )
+    return (
+        f"On {t['title']} the models do not differ significantly (McNemar, p ≥ {alpha} or "
+        f"untestable for at least one pair with the highest top-1, {t['best']}, {how}), so "
+        "no best model is named."
+    )
+
+
+def _spec(kind: str, name: str | None):
+    """The installed plugin's spec, or None (runs read back where the plugin is missing)."""
+    from study.registry import registry
+
+    try:
+        provided = getattr(registry(), kind).get(name)
+    except StudyError:
+        provided = None
+    return provided.spec if provided is not None else None
+
+
+def _span(values) -> str:
+    """`28`, `28–64`: the range of some numbers, with thousands separators."""
+    values = sorted(set(values))
+    low, high = values[0], values[-1]
+    return f"{low:,}" if low == high else f"{low:,}–{high:,}"
+
+
+def departures(records: list[RunRecord], datasets: list[str]) -> list[dict]:
+    """How far the runs are from the seed, one item per aspect where they differ: input size,
+    epochs, training and test images (against the official split sizes), the protocol's
+    settings (info.departures) and hardware. Each item: a sentence and a short form."""
+    out = []
+    by_dataset = defaultdict(list)
+    for r in records:
+        by_dataset[r.dataset].append(r)
+
+    sizes, seed_sizes = defaultdict(set), {}
+    for r in records:
+        spec, data = _spec("models", r.model), _spec("datasets", r.dataset)
+        used = r.config.get("image_size")
+        if spec is None or data is None or not isinstance(used, int):
+            continue
+        seed = spec.default_input_size("paper", data.image_size)
+        if used != seed:
+            sizes[model_title(r.model)].add(used)
+            seed_sizes[model_title(r.model)] = seed
+    if sizes:
+        used = "; ".join(f"{m} {_span(v)} px (seed {seed_sizes[m]} px)" for m, v in sizes.items())
+        out.append({
+            "aspect": "input size",
+            "text": f"Input size: {used}.",
+            "short": f"inputs of {_span(v for vs in sizes.values() for v in vs)} px instead of "
+                     f"{' / '.join(str(v) for v in sorted(set(seed_sizes.values())))} px",
+        })  # fmt: skip
+
+    epochs, seed_epochs = [], []
+    for d in datasets:
+        data = _spec("datasets", d)
+        if data is None or data.paper_epochs is None:
+            continue
+        trained = [e for r in by_dataset[d] if (e := trained_epochs(r)) is not None]
+        if trained and any(abs(e - data.paper_epochs) > 1e-9 for e in trained):
+            epochs.append(f"{dataset_title(d)} {epochs_text(trained)} (seed {data.paper_epochs})")
+            seed_epochs.append(data.paper_epochs)
+    if epochs:
+        all_trained = [e for r in records if (e := trained_epochs(r)) is not None]
+        out.append({
+            "aspect": "epochs",
+            "text": f"Epochs trained: {'; '.join(epochs)}.",
+            "short": f"{epochs_text(all_trained)} epochs instead of "
+                     f"{' / '.join(str(e) for e in sorted(set(seed_epochs)))}",
+        })  # fmt: skip
+
+    for split, official in (("train", "train_size"), ("test", "test_size")):
+        parts, used_all, official_all = [], [], []
+        for d in datasets:
+            data = _spec("datasets", d)
+            infos = [r.info.get("dataset") or {} for r in by_dataset[d]]
+            counts = [c for i in infos if isinstance(c := i.get(f"{split}_count"), int)]
+            if data is None or not counts or set(counts) == {getattr(data, official)}:
+                continue
+            size = getattr(data, official)
+            held = sorted({a for i in infos if isinstance(a := i.get(f"{split}_available"), int)})
+            local = f", the local copy holding {_span(held)}" if held and held != [size] else ""
+            parts.append(f"{dataset_title(d)} {_span(counts)} of the official {size:,}{local}")
+            used_all += counts
+            official_all.append(size)
+        if parts:
+            name = "training" if split == "train" else "test"
+            out.append({
+                "aspect": f"{name} images",
+                "text": f"{name.capitalize()} images used: {'; '.join(parts)}.",
+                "short": f"{_span(used_all)} {name} images instead of {_span(official_all)}",
+            })  # fmt: skip
+
+    protocols = defaultdict(int)
+    keys: dict[str, dict] = defaultdict(lambda: {"values": set(), "protocol": set()})
+    for r in records:
+        protocols[_value_text(r.config.get("protocol"))] += 1
+        for key, d in (r.info.get("departures") or {}).items():
+            keys[key]["values"].add(_value_text(d.get("value")))
+            keys[key]["protocol"].add(_value_text(d.get("protocol")))
+    named = ", ".join(f"{p} ({plural(n, 'run')})" for p, n in sorted(protocols.items()))
+    if keys or set(protocols) != {"paper"}:
+        changed = "; ".join(
+            f"{k} {', '.join(sorted(v['values']))} (protocol {', '.join(sorted(v['protocol']))})"
+            for k, v in sorted(keys.items())
+        )
+        out.append({
+            "aspect": "protocol",
+            "text": f"Protocol named: {named}."
+                    + (f" Settings that depart from the named protocol: {changed}." if keys
+                       else ""),
+            "short": "protocol settings changed ("
+                     + ", ".join(sorted(keys) or ["protocol " + ", ".join(sorted(protocols))])
+                     + ")",
+        })  # fmt: skip
+
+    hardware = defaultdict(int)
+    for r in records:
+        t = r.info.get("training") or {}
+        if t.get("device_name"):
+            hardware[f"{t['device_name']} ({t.get('device', '?')})"] += 1
+    if hardware:
+        # The seed's hardware is not part of its protocol: stated so timings can be read.
+        out.append({
+            "aspect": "hardware",
+            "text": "Hardware: "
+                    + "; ".join(f"{h}, {plural(n, 'run')}" for h, n in sorted(hardware.items()))
+                    + ".",
+            "short": None,
+        })  # fmt: skip
+    # Hardware alone is not a departure from the protocol.
+    return out if any(d["short"] for d in out) else []
+
+
+def trained_epochs(r: RunRecord) -> float | None:
+    """Epochs a run trained: the images it saw over the training split's size (a run stopped
+    by its time budget trained a fraction of its last epoch); else the epochs recorded."""
+    images = [v for _, v in r.metric("train_images")]
+    count = (r.info.get("dataset") or {}).get("train_count")
+    if images and isinstance(count, int) and count > 0:
+        return sum(images) / count
+    done = (r.info.get("training") or {}).get("epochs_completed", r.config.get("epochs"))
+    return float(done) if isinstance(done, int | float) else None
+
+
+def epochs_text(values) -> str:
+    """`2`, `1–25`, `0.083`: whole epochs as integers, a fraction to two figures."""
+
+    def one(e: float) -> str:
+        if abs(e - round(e)) < 1e-9:
+            return str(round(e))
+        return f"{e:.1f}" if e >= 1 else f"{e:.2g}"
+
+    values = sorted(set(values))
+    low, high = one(values[0]), one(values[-1])
+    return low if low == high else f"{low}–{high}"
 
 
 def _value_text(value) -> str:
@@ -636,7 +995,7 @@ def dataset_rows(cells, datasets) -> list[dict]:
                 v = i.get(key)
                 if v is not None and v not in seen:
                     seen.append(v)
-            return ", ".join(str(v) for v in seen) if seen else "–"
+            return ", ".join(count_text(v) for v in seen) if seen else "–"
 
         sizes = sorted({r.config.get("image_size") for r in rs if r.config.get("image_size")})
         rows.append(
@@ -656,7 +1015,7 @@ def dataset_rows(cells, datasets) -> list[dict]:
     return rows
 
 
-def results_table(cells, datasets, models, seed) -> dict:
+def results_table(cells, datasets, models, seed, flags=None) -> dict:
     rows = []
     for d in datasets:
         for metric, label in (("top1", "Top-1 accuracy"), ("top5", "Top-5 accuracy")):
@@ -676,6 +1035,11 @@ def results_table(cells, datasets, models, seed) -> dict:
                         "ran": bool(rs),
                         "seed": fmt_num(published) if published is not None and rs else None,
                         "best": False,
+                        "marks": "".join(
+                            mark
+                            for key, mark in FLAG_MARKS.items()
+                            if metric == "top1" and (flags or {}).get((d, m), {}).get(key)
+                        ),
                     }
                 )
             means = [v["stat"].mean for v in values if v["stat"].mean is not None]
@@ -692,7 +1056,9 @@ def results_table(cells, datasets, models, seed) -> dict:
     any_seed = any(c["seed"] for row in rows for c in row["cells"])
     aggregated = any(c["n"] > 1 for row in rows for c in row["cells"])
     single = any(c["n"] == 1 and c["ci"] for row in rows for c in row["cells"])
-    return {"rows": rows, "any_seed": any_seed, "aggregated": aggregated, "single": single}
+    marks = {k for row in rows for c in row["cells"] for k in c["marks"]}
+    return {"rows": rows, "any_seed": any_seed, "aggregated": aggregated, "single": single,
+            "marks": marks}  # fmt: skip
 
 
 def _test_count(rs: list[RunRecord]) -> int | None:
@@ -705,14 +1071,13 @@ def _test_count(rs: list[RunRecord]) -> int | None:
 
 
 def interval_text(interval: stats.Interval | None) -> str | None:
-    """`95% CI [low, high]`, with `(Wilson)` when it comes from one run's test-set size."""
+    """`[low, high]`: which interval it is (Wilson or t) Table 1's caption says, once."""
     if interval is None:
         return None
-    how = " Wilson" if interval.method == "wilson" else ""
-    return f"95% CI{how} [{fmt_num(interval.low)}, {fmt_num(interval.high)}]"
+    return f"[{fmt_num(interval.low)}, {fmt_num(interval.high)}]"
 
 
-def dataset_section(d, models, cells, figures: FigureCache, evaluate=None) -> dict:
+def dataset_section(d, models, cells, figures: FigureCache, evaluate=None, flags=None) -> dict:
     notes: list[str] = []
     title = dataset_title(d)
     runs = [(m, r) for m in models for r in cells[(d, m)]]
@@ -798,7 +1163,11 @@ def dataset_section(d, models, cells, figures: FigureCache, evaluate=None) -> di
                 )
         items.sort(key=lambda i: -(i["confidence"] or 0))
         gallery.append({"model": model_title(m), "items": items[:GALLERY_PER_CELL]})
-    reliability = reliability_data(models, [cells[(d, m)] for m in models], evaluate)
+    flags = flags or {}
+    reliability = reliability_data(
+        models, [cells[(d, m)] for m in models], evaluate,
+        [bool(flags.get((d, m), {}).get("flagged")) for m in models],
+    )  # fmt: skip
     return {
         "name": d,
         "title": title,
@@ -810,6 +1179,7 @@ def dataset_section(d, models, cells, figures: FigureCache, evaluate=None) -> di
         "num_classes": num_classes,
         "gallery": gallery,
         "notes": notes,
+        "flagged": [f["text"] for f in flagged_text(flags, [d], models)],
         "aggregated": any(len(cells[(d, m)]) > 1 for m in models),
     }
 
@@ -922,7 +1292,13 @@ def conclusions(tests, cells) -> list[str]:
         if not t["rows"]:
             out.append(f"On {t['title']} only {t['best']} was run, so there is no comparison.")
             continue
-        sentences = []
+        sentences = [
+            f"{t['best']} is the best model on {t['title']}: it differs significantly from "
+            "every other model."
+            if verdict(t) == "best"
+            else f"No model is shown best on {t['title']}: the highest mean top-1 does not "
+            "differ significantly from every other model."
+        ]
         for row in t["rows"]:
             test = row["test"]
             if test is None:
@@ -942,7 +1318,7 @@ def conclusions(tests, cells) -> list[str]:
                     f"({row['top1']}) show no significant difference (McNemar {test.method}, "
                     f"{row['p']} ≥ {alpha}); these runs do not establish which is better."
                 )
-        out.append(f"On {t['title']}: " + " ".join(sentences))
+        out.append(" ".join(sentences))
     return out
 
 
@@ -953,24 +1329,49 @@ def run_ece(r: RunRecord, evaluate) -> float | None:
     return stats.expected_calibration_error(stats.top1_confidence(ev), stats.correctness(ev))
 
 
-def calibration_rows(cells, datasets, models, evaluate) -> list[dict]:
+def calibration_rows(cells, datasets, models, evaluate, flags=None) -> list[dict]:
     rows = []
     for d in datasets:
         for m in models:
             rs = cells.get((d, m))
             if rs:
                 s = stat(rs, lambda r: run_ece(r, evaluate))
+                f = (flags or {}).get((d, m), {})
                 rows.append({"dataset": dataset_title(d), "model": model_title(m),
-                             "ece": s, "n": s.n})  # fmt: skip
+                             "ece": s, "n": s.n, "flagged": f.get("flagged", False),
+                             "why": flag_reasons(f)})  # fmt: skip
     return rows
 
 
-def reliability_data(models, runs_per_model, evaluate) -> dict | None:
+def lowest_ece(cells, datasets, models, evaluate, flags) -> list[str]:
+    """Per data set, the lowest mean ECE among cells that are not flagged: a constant
+    predictor's near-zero ECE is not calibration."""
+    out = []
+    for d in datasets:
+        ranked = []
+        for m in models:
+            rs = cells.get((d, m))
+            if rs and not flags.get((d, m), {}).get("flagged"):
+                s = stat(rs, lambda r: run_ece(r, evaluate))
+                if s.mean is not None:
+                    ranked.append((s.mean, model_title(m), s))
+        excluded = [model_title(m) for m in models if flags.get((d, m), {}).get("flagged")]
+        note = f" ({', '.join(excluded)} excluded: flagged)" if excluded else ""
+        if len(ranked) > 1:
+            mean, title, s = min(ranked, key=lambda x: x[0])
+            out.append(f"{dataset_title(d)}: {title} ({s.text(4)}){note}")
+        elif excluded:
+            out.append(f"{dataset_title(d)}: not ranked{note}")
+    return out
+
+
+def reliability_data(models, runs_per_model, evaluate, flagged=None) -> dict | None:
     """Per model: the reliability bins of its runs' test predictions, pooled."""
     import numpy as np
 
     panels = []
-    for m, rs in zip(models, runs_per_model, strict=True):
+    flagged = flagged or [False] * len(models)
+    for m, rs, flag in zip(models, runs_per_model, flagged, strict=True):
         evs = [ev for ev in (evaluate(r) for r in rs) if ev is not None and "topk_prob" in ev]
         if not evs:
             continue
@@ -989,6 +1390,7 @@ def reliability_data(models, runs_per_model, evaluate) -> dict | None:
                 "accuracy": listed(rel.accuracy),
                 "confidence": listed(rel.confidence),
                 "ece": round(stats.expected_calibration_error(conf, right), 6),
+                "flagged": flag,
             }
         )
     return {"models": panels} if panels else None
@@ -1027,16 +1429,23 @@ def efficiency_rows(cells, datasets, models) -> list[dict]:
                     for r in rs
                 }
             )
+            stopped = [r for r in rs if stopped_by_budget(r)]
+            trained = [e for r in rs if (e := trained_epochs(r)) is not None]
             rows.append(
                 {
+                    "key": f"{d}/{m}",
                     "model": model_title(m),
                     "dataset": dataset_title(d),
                     "n": len(rs),
+                    "trained": budget_text(stopped)
+                    if stopped
+                    else (_epochs_label(epochs_text(trained)) if trained else "–"),
+                    "images": stat(rs, lambda r: training_totals(r)[0]),
                     "params": stat(rs, lambda r: r.info["model"]["params"]),
                     "weight_mb": stat(rs, lambda r: r.info["model"]["weight_mb"]),
                     "gmacs": stat(rs, lambda r: r.info["model"]["gmacs_per_image"]),
-                    "rate": stat(rs, lambda r: r.info["training"]["images_per_s"]),
-                    "seconds": stat(rs, lambda r: r.info["training"]["train_seconds"]),
+                    "rate": stat(rs, lambda r: _ratio(*training_totals(r))),
+                    "seconds": stat(rs, lambda r: training_totals(r)[1]),
                     "input": ", ".join(sorted({str(r.config.get("image_size")) for r in rs})),
                     "hardware": "; ".join(hardware),
                 }
@@ -1044,11 +1453,34 @@ def efficiency_rows(cells, datasets, models) -> list[dict]:
     return rows
 
 
+def timing_noise(records: list[RunRecord]) -> list[str]:
+    """A sentence per run whose full epochs' training rates disagree beyond TIMING_SPREAD."""
+    out = []
+    for r in records:
+        rates = [v for _, v in r.metric("images_per_s") if v > 0]
+        if stopped_by_budget(r):
+            rates = rates[:-1]  # the last epoch was cut short
+        if len(rates) > 1 and max(rates) > TIMING_SPREAD * min(rates):
+            out.append(
+                f"run {r.id} ({model_title(r.model or '?')} on {dataset_title(r.dataset or '?')})"
+                f" trained at {min(rates):.1f} to {max(rates):.1f} images/s across its epochs"
+            )
+    return out
+
+
+def _epochs_label(text: str) -> str:
+    return f"{text} epoch{'' if text == '1' else 's'}"
+
+
+def _ratio(images, seconds) -> float | None:
+    return images / seconds if images is not None and seconds else None
+
+
 def _version(value) -> str:
     return value if isinstance(value, str) else "not recorded"
 
 
-def appendix_entry(r: RunRecord, evaluate=None) -> dict:
+def appendix_entry(r: RunRecord, evaluate=None, flags=None) -> dict:
     host = r.host or {}
     libs = host.get("study") if isinstance(host.get("study"), dict) else {}
     versions = [("python", _version(host.get("python_version")))]
@@ -1080,6 +1512,7 @@ def appendix_entry(r: RunRecord, evaluate=None) -> dict:
         "config": [(k, json.dumps(v)) for k, v in sorted(r.config.items())],
         "result": r.result,
         "ece": run_ece(r, evaluate or _evaluation),
+        "flagged": flag_reasons(flags or {}),
         "missing": missing,
     }
 
@@ -1256,8 +1689,8 @@ def reliability_svg(data: dict) -> str:
 
         parts.append(f'<text x="{x(0.5):.1f}" y="10" text-anchor="middle">'
                      f"{escape(p['label'])}</text>")  # fmt: skip
-        parts.append(f'<text x="{x(0.5):.1f}" y="21" text-anchor="middle">'
-                     f"ECE {p['ece']:.4f}</text>")  # fmt: skip
+        ece = "ECE not meaningful" if p.get("flagged") else f"ECE {p['ece']:.4f}"
+        parts.append(f'<text x="{x(0.5):.1f}" y="21" text-anchor="middle">{ece}</text>')
         edges = p["edges"]
         for k, (acc, conf) in enumerate(zip(p["accuracy"], p["confidence"], strict=True)):
             if acc is None:

@@ -215,9 +215,10 @@ def test_report_calls_a_clear_difference_a_difference(tmp_path):
     assert "ResNet-18 (top-1 0.9500) differs significantly from Small CNN (0.5000)" in text
     assert "chi-square with continuity correction, p < 0.0001" in text  # b + c = 45
     assert "no significant difference" not in text
-    assert html.count("95% CI Wilson [") == 4  # one run per cell: Wilson from 100 images
+    assert html.count('<span class="ci wilson">[') == 4  # one run per cell: Wilson, 100 images
+    assert html.count("95% CI Wilson") == 1  # named once, in the caption
     ci = stats.wilson_interval(95, 100)
-    assert f"95% CI Wilson [{ci.low:.4f}, {ci.high:.4f}]" in html
+    assert f'<span class="ci wilson">[{ci.low:.4f}, {ci.high:.4f}]' in html
     # ECE of a constant 0.9 confidence (stored as float16): |accuracy - 0.9|
     ece = abs(0.95 - float(np.float16(0.9)))
     assert f"ECE {ece:.4f}" in html
@@ -259,7 +260,7 @@ def test_seed_matched_pair_and_different_test_images(tmp_path):
     row = html[html.index('<tr data-test="mnist/VGG-16">') :].split("</tr>")[0]
     assert "evaluated on different test images" in row
     assert "cannot be compared by a paired test" in conclusions(html)
-    assert html.count("95% CI [") == 2  # ResNet-18's two runs: a t interval, top-1 and top-5
+    assert html.count('<span class="ci t">[') == 2  # ResNet-18's two runs: t, top-1 and top-5
 
 
 def test_runs_trained_differently_are_separate_arms_never_pooled(tmp_path):
