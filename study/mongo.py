@@ -416,6 +416,7 @@ def _record(doc: dict, metrics: dict, fs, target: Target) -> RunRecord:
         start_time=_iso(doc.get("start_time")),
         stop_time=_iso(doc.get("stop_time")),
         artifacts=list(artifacts),
+        heartbeat=_iso(doc.get("heartbeat")),
         meta=dict(doc.get("meta") or {}),
         fetch=fetch,
     )

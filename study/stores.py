@@ -125,6 +125,7 @@ class RunRecord:
     start_time: str | None
     stop_time: str | None
     artifacts: list[str] = field(default_factory=list)
+    heartbeat: str | None = None  # Sacred's last heartbeat (ISO, UTC): see identity.run_alive
     meta: dict = field(default_factory=dict)  # Sacred's meta: comment (`-c`), study_uid, ...
     location: Path | None = None  # the run's folder, for a file store
     # Reads an artifact by name, for stores without a folder (MongoDB: GridFS).
@@ -285,6 +286,7 @@ def read_file_run(folder: Path, deep: bool = True) -> RunRecord:
         start_time=_typed(run, "start_time", str, None, path),
         stop_time=_typed(run, "stop_time", str, None, path),
         artifacts=list(artifacts),
+        heartbeat=_typed(run, "heartbeat", str, None, path),
         meta=dict(_typed(run, "meta", dict, {}, path)),
         location=folder,
     )
