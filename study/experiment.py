@@ -17,6 +17,7 @@ from sacred.utils import apply_backspaces_and_linefeeds
 
 import study
 from study.errors import ConfigError
+from study.identity import PLACE_KEYS
 from study.specs import PROTOCOLS, ModelOptions
 
 OPTIMIZERS = ("adam", "sgd")
@@ -28,16 +29,8 @@ DEVICES = ("auto", "cpu", "cuda")
 PAPER_EPOCHS = {"mnist": 6, "fashion_mnist": 6, "cifar10": 25, "tiny_imagenet": 30}
 DEFAULT_EPOCHS = 10
 
-# Keys that do not change what is trained: they may differ when a run is resumed.
-RESUMABLE_KEYS = (
-    "epochs",
-    "time_budget",
-    "device",
-    "num_workers",
-    "download",
-    "data_root",
-    "resume",
-)
+# Keys a resumed run may change: how long it trains, and where it runs (identity.PLACE_KEYS).
+RESUMABLE_KEYS = ("epochs", "time_budget", *PLACE_KEYS)
 
 
 def default_data_root() -> str:
@@ -527,13 +520,14 @@ def make_scheduler(config: dict, optimizer, steps_per_epoch: int):
 
 def training_config(config: dict) -> dict:
     """The part of the config that decides what is trained (kept in each checkpoint)."""
-    return {k: v for k, v in config.items() if k not in RESUMABLE_KEYS and k != "checkpoint_dir"}
+    return {k: v for k, v in config.items() if k not in RESUMABLE_KEYS}
 
 
 def check_resumable(state, config: dict) -> None:
     saved = getattr(state, "config", None) or {}
     now = training_config(config)
-    changed = sorted(k for k in saved if saved[k] != now.get(k))
+    # A checkpoint written before a key became resumable still holds it: not compared.
+    changed = sorted(k for k in saved if k not in RESUMABLE_KEYS and saved[k] != now.get(k))
     if changed:
         diffs = ", ".join(f"{k}: {saved[k]!r} -> {now.get(k)!r}" for k in changed)
         raise ConfigError(

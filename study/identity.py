@@ -8,6 +8,31 @@ import os
 import socket
 from datetime import UTC, datetime
 
+# Config keys that say where or how a run ran and what it kept, not what it trained: runs that
+# differ only in these trained the same thing. A sweep cell matches such runs, the report pools
+# them as repeats, and a resumed run may change them.
+PLACE_KEYS = (
+    "data_root",
+    "download",
+    "num_workers",
+    "checkpoint_dir",
+    "device",
+    "resume",
+    "gallery",
+)
+
+
+def trained(config: dict) -> dict:
+    """The part of a config that says what a run trained."""
+    return {k: v for k, v in config.items() if k not in PLACE_KEYS}
+
+
+def run_order(run_id: str) -> tuple:
+    """Sort key of run ids: numbers in numeric order, then other names."""
+    run_id = str(run_id)
+    return (not run_id.isdigit(), int(run_id) if run_id.isdigit() else 0, run_id)
+
+
 # Sacred beats every 10 s (a claim holder touches its claim every CLAIM_TOUCH_S): two minutes
 # without a sign of life and the process is taken for gone.
 STALE_S = 120.0

@@ -22,6 +22,7 @@ from sacred.observers import FileStorageObserver
 
 from study.atomic import remove_stale_temps, write_atomic
 from study.errors import ConfigError, StoreError
+from study.identity import run_order
 
 DEFAULT_FILE_STORE = "runs"
 
@@ -314,9 +315,7 @@ def read_file_store(root: Path, keep=None, skipped: Skipped | None = None) -> li
     if not root.is_dir():
         raise StoreError(f"{root}: no such run store (a folder written by `study run`)")
     folders = [p for p in root.iterdir() if p.is_dir() and (p / "run.json").exists()]
-    folders.sort(
-        key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name)
-    )
+    folders.sort(key=lambda p: run_order(p.name))
     notes: Skipped = [] if skipped is None else skipped
     records = []
     for folder in folders:

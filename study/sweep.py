@@ -12,14 +12,17 @@ own process (a crash in one cell stops only that cell), its output appended to a
   same sweep. The tag is for people and tools; it does not decide what runs.
 - Matching: a cell is *done* when the store holds a COMPLETED run whose config equals the
   cell's resolved config (Sacred's config with study's config hook applied, as `study run` would
-  record it) except for the keys in IGNORED_KEYS, which say where or on what a run ran, not what
-  was trained. Any such run counts, tagged or not: a cell trained by hand is not trained again.
+  record it) except for the keys in identity.PLACE_KEYS, which say where or on what a run ran,
+  not what was trained. Any such run counts, tagged or not: a cell trained by hand is not
+  trained again.
 - Otherwise, the latest FAILED / INTERRUPTED / dead RUNNING run of the cell with a checkpoint
   is resumed (`resume=<id>`, the same run continues); without one the cell runs afresh. A
   RUNNING file-store run whose heartbeat is recent (another process is training it) is left
   alone.
 - The store is read again before each cell, so several sweeps (or a Slurm array of
-  `--print-commands` lines) can share a store.
+  `--print-commands` lines) can share a store; a cell is claimed (study.claims) before it runs
+  and the store read again under the claim, so sweeps of one grid started together run each
+  cell once between them, and each waits for the cells the others run.
 - SIGTERM / Ctrl-C: the running cell is stopped as `study run` stops (recorded INTERRUPTED),
   no further cell starts, and the summary is printed; rerunning the sweep resumes it.
 """
@@ -41,10 +44,8 @@ from pathlib import Path
 
 from study.atomic import write_atomic
 from study.errors import StudyError
-from study.identity import CLAIM_TOUCH_S, STALE_S, run_alive
+from study.identity import CLAIM_TOUCH_S, STALE_S, run_alive, run_order, trained
 
-# Config keys that do not change what a cell trains: ignored when matching a cell to a run.
-IGNORED_KEYS = ("resume", "device", "num_workers", "data_root", "download", "checkpoint_dir")
 # Keys the grid sets itself.
 GRID_KEYS = ("model", "dataset", "seed")
 # While the cells of other processes run, the store is looked at again this often.
@@ -351,14 +352,13 @@ def make_cells(grid: Grid) -> list[Cell]:
 
 
 def identity(config: dict) -> str:
-    """What a run trained, as comparable text: the config without IGNORED_KEYS, through JSON
-    (as a store holds it)."""
-    kept = {k: v for k, v in config.items() if k not in IGNORED_KEYS}
-    return json.dumps(json.loads(json.dumps(kept, default=str)), sort_keys=True)
+    """What a run trained, as comparable text: the config without identity.PLACE_KEYS,
+    through JSON (as a store holds it)."""
+    return json.dumps(json.loads(json.dumps(trained(config), default=str)), sort_keys=True)
 
 
 def _run_order(record) -> tuple:
-    return (record.id.isdigit(), int(record.id) if record.id.isdigit() else 0, record.id)
+    return run_order(record.id)
 
 
 def checkpoint_exists(record) -> bool:

@@ -133,10 +133,7 @@ def sync(target: mongo.Target, client, stores: list[Path]) -> Report:
 
 def _run_folders(store: Path) -> list[Path]:
     folders = [p for p in store.iterdir() if p.is_dir() and (p / "run.json").exists()]
-    return sorted(
-        folders,
-        key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name),
-    )
+    return sorted(folders, key=lambda p: identity.run_order(p.name))
 
 
 # -- one file-store run ---------------------------------------------------------------------
