@@ -16,6 +16,7 @@ from sacred.host_info import host_info_gatherer
 from sacred.utils import apply_backspaces_and_linefeeds
 
 import study
+from study import sacred_api
 from study.errors import ConfigError
 from study.identity import PLACE_KEYS
 from study.specs import PROTOCOLS, ModelOptions
@@ -333,12 +334,13 @@ def checkpoint_path(run) -> Path | None:
     from sacred.observers import FileStorageObserver
 
     if run.config["checkpoint_dir"]:
-        return Path(run.config["checkpoint_dir"]) / str(run._id or "unobserved") / "checkpoint.pt"
+        run_id = sacred_api.run_id(run)
+        return Path(run.config["checkpoint_dir"]) / str(run_id or "unobserved") / "checkpoint.pt"
     for observer in run.observers:
         if isinstance(observer, FileStorageObserver) and observer.dir:
             return Path(observer.dir) / "checkpoint.pt"
-    if run._id is not None:
-        return Path("checkpoints") / str(run._id) / "checkpoint.pt"
+    if sacred_api.run_id(run) is not None:
+        return Path("checkpoints") / str(sacred_api.run_id(run)) / "checkpoint.pt"
     return None
 
 
@@ -421,7 +423,10 @@ def train_and_evaluate(run, config: dict) -> dict:
         state = engine.load_checkpoint(ckpt, model, optimizer, scheduler)
         check_resumable(state, config)
         if world.is_main:
-            print(f"resuming run {run._id} after epoch {state.epoch} from {ckpt}", flush=True)
+            print(
+                f"resuming run {sacred_api.run_id(run)} after epoch {state.epoch} from {ckpt}",
+                flush=True,
+            )
         # Metrics reach the store at Sacred's heartbeat, so a killed run may lack its last
         # epochs there; the checkpoint has them all. Readers keep one value per epoch.
         for metrics in state.history:

@@ -323,14 +323,14 @@ def log_folder(store: Store, sweep_id: str) -> Path:
 def resolve(updates_tokens: tuple[str, ...], model: str, dataset: str, seed: int) -> dict:
     """The config `study run with TOKENS model=.. dataset=.. seed=..` would record."""
     from sacred.arg_parser import get_config_updates
-    from sacred.initialize import create_run
 
+    from study import sacred_api
     from study.experiment import ex
 
     updates, named = get_config_updates(list(updates_tokens))
     updates = {**updates, "model": model, "dataset": dataset, "seed": seed}
     try:
-        run = create_run(ex, ex.default_command, updates, named_configs=named)
+        run = sacred_api.resolve_run(ex, updates, named)
     except StudyError:
         raise
     except Exception as exc:  # Sacred's: an unknown named config, a misspelt key, ...
