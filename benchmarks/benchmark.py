@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from study import engine
+from study import engine, sacred_api
 from study.data import Prepared, prepare
 from study.distributed import World
 from study.experiment import build_setup, make_optimizer
@@ -76,12 +76,11 @@ def config_for(model: str, dataset: str, protocol: str, **updates) -> dict:
     """The resolved config of `python -m study run with <protocol> model=... dataset=...`."""
     from study.experiment import ex
 
-    run = ex._create_run(
+    run = sacred_api.create_run(
+        ex,
         "print_config",
         {"model": model, "dataset": dataset, **updates},
         [protocol],
-        {},
-        {},
         {"--loglevel": "ERROR"},
     )
     return dict(run.config)  # resolved by the experiment's config hook

@@ -176,7 +176,7 @@ def run_experiment(argv: list[str]) -> int:
     from docopt import docopt
     from sacred.arg_parser import get_config_updates
 
-    from study import distributed, mongo
+    from study import distributed, mongo, sacred_api
     from study.experiment import ex, preflight
     from study.stores import DEFAULT_FILE_STORE, FileStore, check_run_id
 
@@ -203,10 +203,10 @@ def run_experiment(argv: list[str]) -> int:
         else v
         for k, v in updates.items()
     }
-    err = ex._check_command(command)
+    err = sacred_api.command_error(ex, command)
     if not args["help"] and err:
         raise StudyError(f"{err.strip()}; commands: run, {', '.join(ex.commands)}, list")
-    if ex._handle_help(args, usage):
+    if sacred_api.handle_help(ex, args, usage):
         return 0
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -225,9 +225,9 @@ def run_experiment(argv: list[str]) -> int:
             saved = Path(tmp) / "config.json"
             saved.write_text(json.dumps(stored))
             named_configs = [str(saved), *named_configs]
-        # Sacred's private _create_run is what Experiment.run does before calling the run;
-        # study needs the gap in between to add its store and check inputs before recording.
-        run = ex._create_run(command, updates, named_configs, {}, {}, args)
+        # What Experiment.run does before calling the run; study needs the gap in between to
+        # add its store and check inputs before recording.
+        run = sacred_api.create_run(ex, command, updates, named_configs, args)
     main_rank = distributed.from_environment().is_main
     if not main_rank:  # torchrun: rank 0 alone records the run and talks; the others are quiet
         run.unobserved = True

@@ -18,7 +18,9 @@ from sacred.host_info import host_info_gatherer
 from sacred.utils import apply_backspaces_and_linefeeds
 
 import study
+from study import sacred_api
 from study.errors import ConfigError
+from study.identity import PLACE_KEYS
 from study.specs import PROTOCOLS, ModelOptions
 
 OPTIMIZERS = ("adam", "sgd")
@@ -38,17 +40,8 @@ RANK_SEED_STRIDE = 1_000_003
 # Epochs of the fast protocol where `epochs` is not given (paper: the data set's own).
 DEFAULT_EPOCHS = 10
 
-# Keys that do not change what is trained: they may differ when a run is resumed.
-RESUMABLE_KEYS = (
-    "epochs",
-    "time_budget",
-    "device",
-    "data_on_device",
-    "num_workers",
-    "download",
-    "data_root",
-    "resume",
-)
+# Keys a resumed run may change: how long it trains, and where it runs (identity.PLACE_KEYS).
+RESUMABLE_KEYS = ("epochs", "time_budget", *PLACE_KEYS)
 
 
 def default_data_root() -> str:
@@ -401,30 +394,26 @@ def preflight(config: dict) -> None:
     loader.data_on_device(config["data_on_device"], data_bytes(config, prepared, world), device)
 
 
-# Keys that say where or how a run executed, or which repeat it is, not what protocol it trained:
-# never departures.
-EXECUTION_KEYS = (
-    "data_root", "download", "device", "data_on_device", "num_workers", "checkpoint_dir",
-    "resume", "gallery", "seed", "compile", "compile_mode",
-)  # fmt: skip
+# Keys that are no departure from a protocol: where a run ran (PLACE_KEYS), which repeat it is,
+# and whether the same model was compiled.
+NOT_DEPARTURES = (*PLACE_KEYS, "seed", "compile", "compile_mode")
 
 
 def protocol_departures(config: dict) -> dict:
     """{key: {"value": this run's, "protocol": the named protocol's}} for every key in which
     this run departs from the protocol its record names (the `paper` or `fast` named config,
     resolved for the same model and data set)."""
-    reference = ex._create_run(
+    reference = sacred_api.create_run(
+        ex,
         "print_config",
         {"model": config["model"], "dataset": config["dataset"]},
         [config["protocol"]],
-        {},
-        {},
         {"--loglevel": "ERROR"},
     ).config
     return {
         key: {"value": config.get(key), "protocol": reference[key]}
         for key in sorted(reference)
-        if key not in EXECUTION_KEYS and config.get(key) != reference[key]
+        if key not in NOT_DEPARTURES and config.get(key) != reference[key]
     }
 
 
@@ -523,12 +512,13 @@ def checkpoint_path(run) -> Path | None:
     from sacred.observers import FileStorageObserver
 
     if run.config["checkpoint_dir"]:
-        return Path(run.config["checkpoint_dir"]) / str(run._id or "unobserved") / "checkpoint.pt"
+        run_id = sacred_api.run_id(run)
+        return Path(run.config["checkpoint_dir"]) / str(run_id or "unobserved") / "checkpoint.pt"
     for observer in run.observers:
         if isinstance(observer, FileStorageObserver) and observer.dir:
             return Path(observer.dir) / "checkpoint.pt"
-    if run._id is not None:
-        return Path("checkpoints") / str(run._id) / "checkpoint.pt"
+    if sacred_api.run_id(run) is not None:
+        return Path("checkpoints") / str(sacred_api.run_id(run)) / "checkpoint.pt"
     return None
 
 
@@ -691,7 +681,10 @@ def train_and_evaluate(run, config: dict) -> dict:
         state = engine.load_checkpoint(ckpt, setup.model, setup.optimizer, setup.scheduler)
         check_resumable(state, config)
         if world.is_main:
-            print(f"resuming run {run._id} after epoch {state.epoch} from {ckpt}", flush=True)
+            print(
+                f"resuming run {sacred_api.run_id(run)} after epoch {state.epoch} from {ckpt}",
+                flush=True,
+            )
         # Metrics reach the store at Sacred's heartbeat, so a killed run may lack its last
         # epochs there; the checkpoint has them all. Readers keep one value per epoch.
         for metrics in state.history:
@@ -767,13 +760,14 @@ def make_scheduler(config: dict, optimizer, steps_per_epoch: int):
 
 def training_config(config: dict) -> dict:
     """The part of the config that decides what is trained (kept in each checkpoint)."""
-    return {k: v for k, v in config.items() if k not in RESUMABLE_KEYS and k != "checkpoint_dir"}
+    return {k: v for k, v in config.items() if k not in RESUMABLE_KEYS}
 
 
 def check_resumable(state, config: dict) -> None:
     saved = getattr(state, "config", None) or {}
     now = training_config(config)
-    changed = sorted(k for k in saved if saved[k] != now.get(k))
+    # A checkpoint written before a key became resumable still holds it: not compared.
+    changed = sorted(k for k in saved if k not in RESUMABLE_KEYS and saved[k] != now.get(k))
     if changed:
         diffs = ", ".join(f"{k}: {saved[k]!r} -> {now.get(k)!r}" for k in changed)
         raise ConfigError(

@@ -118,14 +118,14 @@ def parse_target(spec: str | None = None, db: str | None = None) -> Target:
             url = f"{prefix}{authority}/{options}"
         return Target(url=url, db=_check_db(spec_db or default_db))
     # Sacred's form: [host:port:]db_name[.collection[:id]][!priority]
-    from sacred.observers.mongo import get_pattern, parse_mongo_db_arg
+    from study import sacred_api
 
-    if not re.match(get_pattern(), spec):
+    kwargs = sacred_api.parse_mongo_spec(spec)
+    if kwargs is None:
         raise StoreError(
             f"-m {mask_url(spec)!r} is not a MongoDB target; expected mongodb://host:port[:DB], "
             f"host:port[:DB] or DB"
         )
-    kwargs = parse_mongo_db_arg(spec)
     if kwargs.get("collection") or kwargs.get("overwrite") or kwargs.get("priority"):
         raise StoreError(
             f"-m {spec}: study records in the standard collections (runs, metrics, fs); "
@@ -416,6 +416,7 @@ def _record(doc: dict, metrics: dict, fs, target: Target) -> RunRecord:
         start_time=_iso(doc.get("start_time")),
         stop_time=_iso(doc.get("stop_time")),
         artifacts=list(artifacts),
+        heartbeat=_iso(doc.get("heartbeat")),
         meta=dict(doc.get("meta") or {}),
         fetch=fetch,
     )

@@ -36,6 +36,7 @@ from typing import Any
 from study import stats
 from study.atomic import write_atomic
 from study.errors import StudyError
+from study.identity import PLACE_KEYS, run_order
 from study.stores import RunRecord, print_skipped, read_runs
 from study.sweep import TAG_PREFIX  # a sweep tags its runs with this Sacred comment
 
@@ -94,18 +95,9 @@ PROTOCOL_KEYS = (
     ("seed", "seed"),
     ("device", "device"),
 )
-# Keys that say where things are, not what was trained: not compared between runs.
-PLACE_KEYS = (
-    "data_root",
-    "checkpoint_dir",
-    "resume",
-    "num_workers",
-    "download",
-    "gallery",
-    "data_on_device",
-)
-# Keys in which runs of one arm may differ: repeats of the same training, pooled as mean ± std.
-REPEAT_KEYS = ("seed", "device", *PLACE_KEYS)
+# Keys in which runs of one arm may differ: repeats of the same training, pooled as mean ± std
+# (PLACE_KEYS say where a run ran, not what it trained).
+REPEAT_KEYS = ("seed", *PLACE_KEYS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1245,7 +1237,7 @@ def paired_runs(best_runs, other_runs, evaluate):
 
 
 def _id_key(r: RunRecord):
-    return (not r.id.isdigit(), int(r.id) if r.id.isdigit() else 0, r.id)
+    return run_order(r.id)
 
 
 def comparisons(d, models, cells, best, evaluate) -> dict:

@@ -22,6 +22,7 @@ from sacred.observers import FileStorageObserver
 
 from study.atomic import remove_stale_temps, write_atomic
 from study.errors import ConfigError, StoreError
+from study.identity import run_order
 
 DEFAULT_FILE_STORE = "runs"
 
@@ -125,6 +126,7 @@ class RunRecord:
     start_time: str | None
     stop_time: str | None
     artifacts: list[str] = field(default_factory=list)
+    heartbeat: str | None = None  # Sacred's last heartbeat (ISO, UTC): see identity.run_alive
     meta: dict = field(default_factory=dict)  # Sacred's meta: comment (`-c`), study_uid, ...
     location: Path | None = None  # the run's folder, for a file store
     # Reads an artifact by name, for stores without a folder (MongoDB: GridFS).
@@ -285,6 +287,7 @@ def read_file_run(folder: Path, deep: bool = True) -> RunRecord:
         start_time=_typed(run, "start_time", str, None, path),
         stop_time=_typed(run, "stop_time", str, None, path),
         artifacts=list(artifacts),
+        heartbeat=_typed(run, "heartbeat", str, None, path),
         meta=dict(_typed(run, "meta", dict, {}, path)),
         location=folder,
     )
@@ -312,9 +315,7 @@ def read_file_store(root: Path, keep=None, skipped: Skipped | None = None) -> li
     if not root.is_dir():
         raise StoreError(f"{root}: no such run store (a folder written by `study run`)")
     folders = [p for p in root.iterdir() if p.is_dir() and (p / "run.json").exists()]
-    folders.sort(
-        key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name)
-    )
+    folders.sort(key=lambda p: run_order(p.name))
     notes: Skipped = [] if skipped is None else skipped
     records = []
     for folder in folders:

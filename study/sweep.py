@@ -12,14 +12,17 @@ own process (a crash in one cell stops only that cell), its output appended to a
   same sweep. The tag is for people and tools; it does not decide what runs.
 - Matching: a cell is *done* when the store holds a COMPLETED run whose config equals the
   cell's resolved config (Sacred's config with study's config hook applied, as `study run` would
-  record it) except for the keys in IGNORED_KEYS, which say where or on what a run ran, not what
-  was trained. Any such run counts, tagged or not: a cell trained by hand is not trained again.
+  record it) except for the keys in identity.PLACE_KEYS, which say where or on what a run ran,
+  not what was trained. Any such run counts, tagged or not: a cell trained by hand is not
+  trained again.
 - Otherwise, the latest FAILED / INTERRUPTED / dead RUNNING run of the cell with a checkpoint
   is resumed (`resume=<id>`, the same run continues); without one the cell runs afresh. A
   RUNNING file-store run whose heartbeat is recent (another process is training it) is left
   alone.
 - The store is read again before each cell, so several sweeps (or a Slurm array of
-  `--print-commands` lines) can share a store.
+  `--print-commands` lines) can share a store; a cell is claimed (study.claims) before it runs
+  and the store read again under the claim, so sweeps of one grid started together run each
+  cell once between them, and each waits for the cells the others run.
 - SIGTERM / Ctrl-C: the running cell is stopped as `study run` stops (recorded INTERRUPTED),
   no further cell starts, and the summary is printed; rerunning the sweep resumes it.
 """
@@ -41,21 +44,12 @@ from pathlib import Path
 
 from study.atomic import write_atomic
 from study.errors import StudyError
+from study.identity import CLAIM_TOUCH_S, STALE_S, run_alive, run_order, trained
 
-# Config keys that do not change what a cell trains: ignored when matching a cell to a run.
-IGNORED_KEYS = (
-    "resume",
-    "device",
-    "data_on_device",
-    "num_workers",
-    "data_root",
-    "download",
-    "checkpoint_dir",
-)
 # Keys the grid sets itself.
 GRID_KEYS = ("model", "dataset", "seed")
-# A RUNNING file-store run whose last heartbeat is older than this is taken for dead.
-STALE_SECONDS = 120
+# While the cells of other processes run, the store is looked at again this often.
+POLL_S = 5.0
 TAG_PREFIX = "sweep:"
 
 
@@ -86,8 +80,10 @@ class Cell:
     dataset: str
     seed: int
     config: dict  # resolved, as `study run` records it
-    action: str = "run"  # done | running | resume | run
+    action: str = "run"  # done | running | claimed | resume | run
     run_id: str | None = None  # the run that made it done / is running / will be resumed
+    holder: str | None = None  # who holds its claim (claimed: another sweep runs it)
+    said: str | None = None  # what was last printed about it
     status: str = "not run"  # after the sweep: COMPLETED, FAILED, INTERRUPTED, ...
     log: Path | None = None
     returncode: int | None = None
@@ -113,6 +109,22 @@ class Store:
     env: dict[str, str] = field(default_factory=dict)  # for the cells' processes
 
     noted: set[str] = field(default_factory=set)  # skipped runs already named
+    _claims: object = None
+
+    def claims(self):
+        """Where cells are claimed: `<store>/.claims` for a file store, the `claims`
+        collection of the MongoDB database."""
+        from study.claims import FileClaims, MongoClaims
+
+        if self._claims is None:
+            if self.folder is not None:
+                self._claims = FileClaims(self.folder / ".claims")
+            else:
+                from study import mongo
+
+                target = mongo.parse_target(self.mongo)
+                self._claims = MongoClaims(mongo.connect(target)[target.db].claims)
+        return self._claims
 
     def read(self):
         from study.stores import print_skipped, read_runs
@@ -311,14 +323,14 @@ def log_folder(store: Store, sweep_id: str) -> Path:
 def resolve(updates_tokens: tuple[str, ...], model: str, dataset: str, seed: int) -> dict:
     """The config `study run with TOKENS model=.. dataset=.. seed=..` would record."""
     from sacred.arg_parser import get_config_updates
-    from sacred.initialize import create_run
 
+    from study import sacred_api
     from study.experiment import ex
 
     updates, named = get_config_updates(list(updates_tokens))
     updates = {**updates, "model": model, "dataset": dataset, "seed": seed}
     try:
-        run = create_run(ex, ex.default_command, updates, named_configs=named)
+        run = sacred_api.resolve_run(ex, updates, named)
     except StudyError:
         raise
     except Exception as exc:  # Sacred's: an unknown named config, a misspelt key, ...
@@ -340,28 +352,13 @@ def make_cells(grid: Grid) -> list[Cell]:
 
 
 def identity(config: dict) -> str:
-    """What a run trained, as comparable text: the config without IGNORED_KEYS, through JSON
-    (as a store holds it)."""
-    kept = {k: v for k, v in config.items() if k not in IGNORED_KEYS}
-    return json.dumps(json.loads(json.dumps(kept, default=str)), sort_keys=True)
+    """What a run trained, as comparable text: the config without identity.PLACE_KEYS,
+    through JSON (as a store holds it)."""
+    return json.dumps(json.loads(json.dumps(trained(config), default=str)), sort_keys=True)
 
 
 def _run_order(record) -> tuple:
-    return (record.id.isdigit(), int(record.id) if record.id.isdigit() else 0, record.id)
-
-
-def heartbeat_age(record) -> float | None:
-    """Seconds since a file-store run's last heartbeat (None when unknown)."""
-    if record.location is None:
-        return None
-    try:
-        beat = json.loads((Path(record.location) / "run.json").read_text()).get("heartbeat")
-        when = dt.datetime.fromisoformat(beat)
-    except (OSError, ValueError, TypeError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)  # Sacred writes naive UTC times
-    return (dt.datetime.now(dt.UTC) - when).total_seconds()
+    return run_order(record.id)
 
 
 def checkpoint_exists(record) -> bool:
@@ -379,8 +376,7 @@ def plan(cell: Cell, records) -> None:
     if done:
         cell.action, cell.run_id, cell.status = "done", done[0].id, "COMPLETED"
         return
-    live = [r for r in matching if r.status in ("RUNNING", "QUEUED")
-            and (age := heartbeat_age(r)) is not None and age < STALE_SECONDS]  # fmt: skip
+    live = [r for r in matching if run_alive(r.status, r.heartbeat, r.start_time)]
     if live:
         cell.action, cell.run_id, cell.status = "running", live[-1].id, "RUNNING elsewhere"
         return
@@ -394,10 +390,16 @@ def plan(cell: Cell, records) -> None:
 def describe(cell: Cell) -> str:
     return {
         "done": f"skip: COMPLETED as run {cell.run_id}",
-        "running": f"skip: run {cell.run_id} is RUNNING (heartbeat within {STALE_SECONDS} s)",
+        "running": f"skip: run {cell.run_id} is RUNNING (heartbeat within {STALE_S:.0f} s)",
+        "claimed": f"skip: another sweep ({cell.holder or 'elsewhere'}) is running it",
         "resume": f"resume run {cell.run_id} from its checkpoint",
         "run": "run",
     }[cell.action]
+
+
+def cell_key(cell: Cell) -> str:
+    """The name of a cell's claim: what the cell trains, hashed."""
+    return "cell-" + hashlib.sha256(identity(cell.config).encode()).hexdigest()[:40]
 
 
 def cell_command(cell: Cell, grid: Grid, sweep_id: str, store: Store, printable=False):
@@ -448,17 +450,18 @@ class _Stop:
 
 def run_cells(cells: list[Cell], grid: Grid, sweep_id: str, store: Store, logs: Path) -> int:
     logs.mkdir(parents=True, exist_ok=True)
+    claims = store.claims()
     with _Stop() as stop:
-        for cell in cells:
-            if stop.requested:
-                break
-            plan(cell, store.read())  # again: another process may have done it meanwhile
-            if cell.action in ("done", "running"):
-                print(f"[{cell.index}] {cell.name}: {describe(cell)}", flush=True)
-                earlier = logs / f"{cell.slug}.log"
-                cell.log = earlier if earlier.exists() else None
-                continue
-            run_cell(cell, grid, sweep_id, store, logs, stop)
+        pending = list(cells)
+        while pending and not stop.requested:
+            for cell in pending:
+                if stop.requested:
+                    break
+                attempt(cell, grid, sweep_id, store, logs, stop, claims)
+            # Cells other processes are running: wait for them, so the summary is the sweep's.
+            pending = [c for c in pending if c.action in ("running", "claimed")]
+            if pending and not stop.requested:
+                time.sleep(POLL_S)
     summary = write_summary(cells, sweep_id, store, logs)
     print(summary, flush=True)
     if stop.requested:
@@ -468,11 +471,40 @@ def run_cells(cells: list[Cell], grid: Grid, sweep_id: str, store: Store, logs: 
     return 0 if all(c.status == "COMPLETED" for c in cells) else 1
 
 
-def run_cell(cell: Cell, grid: Grid, sweep_id: str, store: Store, logs: Path, stop) -> None:
+def attempt(cell: Cell, grid, sweep_id: str, store: Store, logs: Path, stop, claims) -> None:
+    """Run the cell unless it is done or someone else runs it. The cell is claimed first,
+    and the store read again under the claim: of several sweeps of one grid started at once
+    (or a cell done meanwhile), exactly one process runs it."""
+    plan(cell, store.read())
+    if cell.action in ("run", "resume"):
+        claim = claims.acquire(cell_key(cell))
+        if claim is None:
+            holder = claims.holder(cell_key(cell))
+            cell.action, cell.holder = "claimed", str(holder) if holder else None
+        else:
+            with claim:
+                plan(cell, store.read())  # again: another process may have done it meanwhile
+                if cell.action in ("run", "resume"):
+                    run_cell(cell, grid, sweep_id, store, logs, stop, claim)
+                    return
+    if cell.action in ("running", "claimed"):
+        cell.status = "RUNNING elsewhere"
+    _say(cell, describe(cell))
+    earlier = logs / f"{cell.slug}.log"  # another sweep of this grid writes the same log
+    cell.log = earlier if earlier.exists() else None
+
+
+def _say(cell: Cell, what: str) -> None:
+    if what != cell.said:  # a cell waited for is not announced again every poll
+        cell.said = what
+        print(f"[{cell.index}] {cell.name}: {what}", flush=True)
+
+
+def run_cell(cell: Cell, grid, sweep_id: str, store: Store, logs: Path, stop, claim) -> None:
     command = [sys.executable, "-m", "study", *cell_command(cell, grid, sweep_id, store)]
     cell.log = logs / f"{cell.slug}.log"
     what = describe(cell)
-    print(f"[{cell.index}] {cell.name}: {what} (log {cell.log})", flush=True)
+    _say(cell, f"{what} (log {cell.log})")
     started = time.monotonic()
     with open(cell.log, "a") as log:
         shown = shown_command(cell, grid, sweep_id, store)
@@ -482,16 +514,15 @@ def run_cell(cell: Cell, grid: Grid, sweep_id: str, store: Store, logs: Path, st
         stop.child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         while True:
             try:
-                cell.returncode = stop.child.wait()
+                cell.returncode = stop.child.wait(timeout=CLAIM_TOUCH_S)
                 break
-            except InterruptedError:  # pragma: no cover - wait() retries on EINTR itself
-                continue
+            except subprocess.TimeoutExpired:
+                claim.touch()  # alive: no other sweep takes the cell over
         stop.child = None
     outcome = outcome_of(cell, store)
     cell.status = outcome
     seconds = time.monotonic() - started
-    print(f"[{cell.index}] {cell.name}: {outcome} (exit {cell.returncode}, {seconds:.0f} s)",
-          flush=True)  # fmt: skip
+    _say(cell, f"{outcome} (exit {cell.returncode}, {seconds:.0f} s)")
 
 
 def outcome_of(cell: Cell, store: Store) -> str:

@@ -13,7 +13,9 @@ types, sources in GridFS); a partial one (the server died mid-run) is completed 
 series replaced by the copy's, missing artifacts uploaded, status, result, info and times set.
 Nothing is written when MongoDB already holds the same run, so a second sync changes nothing;
 a copy older than its MongoDB run (resumed elsewhere since) is left alone, with a note; a run
-still running (heartbeat within STILL_RUNNING_S) is skipped, with a note.
+still running (heartbeat within identity.STALE_S) is skipped, with a note. Each run is
+claimed (study.claims, in the database's `claims` collection) while it is uploaded, so two
+syncs at once insert it once: the second skips it, or finds it already there.
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from study import mongo
+from study import identity, mongo
+from study.claims import MongoClaims
 from study.errors import StoreError
 from study.stores import DEFAULT_FILE_STORE, read_json
 
-STILL_RUNNING_S = 60.0  # a RUNNING copy with a newer heartbeat is a live run: not synced
 SYNCED_LEFTOVERS = "synced"  # leftovers move here once their run is in MongoDB
 _UID_NAMESPACE = uuid.UUID("3f8c1f0e-5d2a-4c3b-9a57-6b1d2e0c7a11")
 _FIELDS = ("status", "result", "stop_time", "heartbeat", "captured_out", "fail_trace", "resumed")
@@ -96,6 +98,7 @@ def sync(target: mongo.Target, client, stores: list[Path]) -> Report:
 
     db = client[target.db]
     fs = gridfs.GridFS(db)
+    claims = MongoClaims(db.claims)
     report = Report()
     in_mongo: set[str] = set()  # uids whose MongoDB run matches a file copy now
     seen: set[Path] = set()
@@ -105,7 +108,7 @@ def sync(target: mongo.Target, client, stores: list[Path]) -> Report:
         seen.add(store.resolve())
         for folder in _run_folders(store):
             try:
-                kind, text, uid = sync_run(db, fs, folder, target)
+                kind, text, uid = sync_run(db, fs, folder, target, claims)
             except (StoreError, OSError, ValueError) as exc:
                 report.add(str(folder), "error", str(exc))
                 continue
@@ -120,7 +123,7 @@ def sync(target: mongo.Target, client, stores: list[Path]) -> Report:
         done.add(folder.resolve())
         for path in sorted(folder.glob("*.pickle")):
             try:
-                kind, text = sync_leftover(db, path, in_mongo)
+                kind, text = sync_leftover(db, path, in_mongo, claims)
             except (StoreError, OSError, ValueError) as exc:
                 report.add(str(path), "error", str(exc))
                 continue
@@ -130,10 +133,7 @@ def sync(target: mongo.Target, client, stores: list[Path]) -> Report:
 
 def _run_folders(store: Path) -> list[Path]:
     folders = [p for p in store.iterdir() if p.is_dir() and (p / "run.json").exists()]
-    return sorted(
-        folders,
-        key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name),
-    )
+    return sorted(folders, key=lambda p: identity.run_order(p.name))
 
 
 # -- one file-store run ---------------------------------------------------------------------
@@ -156,15 +156,29 @@ def run_uid(run: dict) -> str:
     return uuid.uuid5(_UID_NAMESPACE, key).hex
 
 
-def sync_run(db, fs, folder: Path, target: mongo.Target) -> tuple[str, str, str]:
+def _claim_key(uid: str) -> str:
+    return "sync-" + hashlib.sha256(uid.encode()).hexdigest()[:40]
+
+
+BUSY = "another `study sync` is uploading it now; sync again later"
+
+
+def sync_run(db, fs, folder: Path, target: mongo.Target, claims) -> tuple[str, str, str]:
     """(kind, what was done, uid) for one file-store run folder."""
     run = read_json(folder / "run.json")
     uid = run_uid(run)
-    if run.get("status") == "RUNNING":
-        beat = _time(run.get("heartbeat")) or _time(run.get("start_time"))
-        age = (_utcnow() - beat).total_seconds() if beat else math.inf
-        if age < STILL_RUNNING_S:
-            return "skipped", f"still running (heartbeat {age:.0f} s ago); sync it later", uid
+    beat = run.get("heartbeat") or run.get("start_time")
+    if identity.run_alive(run.get("status"), run.get("heartbeat"), run.get("start_time")):
+        age = identity.age_s(beat)
+        return "skipped", f"still running (heartbeat {age:.0f} s ago); sync it later", uid
+    claim = claims.acquire(_claim_key(uid))
+    if claim is None:
+        return "skipped", BUSY, uid
+    with claim:
+        return _sync_run(db, fs, folder, target, run, uid)
+
+
+def _sync_run(db, fs, folder: Path, target, run: dict, uid: str) -> tuple[str, str, str]:
     local = _local_run(folder, run)
     doc = db.runs.find_one({f"meta.{mongo.UID_KEY}": uid})
     if doc is None:
@@ -376,10 +390,24 @@ def read_leftover(path: Path) -> dict:
     return entry
 
 
-def sync_leftover(db, path: Path, in_mongo: set[str]) -> tuple[str, str]:
+def sync_leftover(db, path: Path, in_mongo: set[str], claims) -> tuple[str, str]:
     """A run document Sacred pickled when its final save failed."""
-    entry = read_leftover(path)
+    try:
+        entry = read_leftover(path)
+    except FileNotFoundError:  # another sync put it away since this one listed the folder
+        return "up to date", "put away by another `study sync`"
     uid = (entry.get("meta") or {}).get(mongo.UID_KEY)
+    key = uid or f"{entry['_id']}|{entry.get('start_time')}"
+    claim = claims.acquire(_claim_key(str(key)))
+    if claim is None:
+        return "skipped", BUSY
+    with claim:
+        if not path.exists():  # another sync put it away meanwhile
+            return "up to date", "put away by another `study sync`"
+        return _sync_leftover(db, path, entry, uid, in_mongo)
+
+
+def _sync_leftover(db, path: Path, entry: dict, uid, in_mongo: set[str]) -> tuple[str, str]:
     if uid and uid in in_mongo:
         _put_away(path)
         return "up to date", "its run is in MongoDB (from its file copy)"
@@ -400,18 +428,27 @@ def sync_leftover(db, path: Path, in_mongo: set[str]) -> tuple[str, str]:
         _put_away(path)
         kind = "completed" if differ else "up to date"
         return kind, f"MongoDB run {doc['_id']}: set {', '.join(sorted(differ)) or 'nothing'}"
-    free = db.runs.find_one({"_id": entry["_id"]}, {"_id": 1}) is None
-    if free:
-        new_id = entry["_id"]
-    else:
-        last = db.runs.find_one({}, {"_id": 1}, sort=[("_id", -1)])
-        new_id = last["_id"] + 1
-    db.runs.insert_one({"_id": new_id, **fields})
+    new_id = _insert_with_id(db, fields, entry["_id"])
     _put_away(path)
     return "inserted", (
         f"inserted as MongoDB run {new_id} (metrics and artifacts logged after the server was "
         f"lost are only in a file copy)"
     )
+
+
+def _insert_with_id(db, fields: dict, wanted) -> int:
+    """Insert a run under id `wanted` when free, else the next free id; the id."""
+    import pymongo.errors
+
+    while True:
+        if wanted is None or db.runs.find_one({"_id": wanted}, {"_id": 1}) is not None:
+            last = db.runs.find_one({}, {"_id": 1}, sort=[("_id", -1)])
+            wanted = last["_id"] + 1 if last and isinstance(last["_id"], int) else 1
+        try:
+            db.runs.insert_one({"_id": wanted, **fields})
+            return wanted
+        except pymongo.errors.DuplicateKeyError:  # a run started meanwhile took the id
+            wanted = None
 
 
 def _put_away(path: Path) -> None:
@@ -423,18 +460,9 @@ def _put_away(path: Path) -> None:
 # -- comparing ------------------------------------------------------------------------------
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
 def _time(value):
-    """An ISO time of the file store (UTC) as MongoDB keeps it: naive UTC, milliseconds."""
-    if value is None or isinstance(value, datetime):
-        return _ms(value)
-    try:
-        return _ms(datetime.fromisoformat(str(value)))
-    except ValueError:
-        return None
+    """A recorded time as MongoDB keeps it: naive UTC, milliseconds."""
+    return _ms(identity.parse_time(value))
 
 
 def _ms(value: datetime | None) -> datetime | None:

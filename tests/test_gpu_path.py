@@ -18,7 +18,7 @@ import torch
 from conftest import run_study
 from torch import nn
 
-from study import distributed, engine, loader
+from study import distributed, engine, loader, sacred_api
 from study.data import prepare
 from study.errors import ConfigError, DataError
 from study.experiment import RANK_SEED_STRIDE, build_setup, ex
@@ -84,12 +84,11 @@ def _engine_setup(split_type=DeviceSplit, compile_backend=None, epochs=2):
 def _config(data_root, **updates) -> dict:
     """The resolved config of `study run with model=small_cnn dataset=mnist ...` (as
     benchmarks/benchmark.py's config_for gets it)."""
-    run = ex._create_run(
+    run = sacred_api.create_run(
+        ex,
         "print_config",
         {"model": "small_cnn", "dataset": "mnist", "data_root": str(data_root), **updates},
         [],
-        {},
-        {},
         {"--loglevel": "ERROR"},
     )
     return dict(run.config)
@@ -229,16 +228,16 @@ import json, os, sys
 
 import torch
 
-from study import distributed
+from study import distributed, sacred_api
 from study.data import prepare
 from study.experiment import build_setup, ex
 from study.registry import registry
 
 root, out = sys.argv[1], sys.argv[2]
-config = dict(ex._create_run(
-    "print_config",
+config = dict(sacred_api.create_run(
+    ex, "print_config",
     {"model": "small_cnn", "dataset": "mnist", "data_root": root, "seed": 3, "device": "cpu"},
-    [], {}, {}, {"--loglevel": "ERROR"},
+    [], {"--loglevel": "ERROR"},
 ).config)
 world = distributed.from_environment()
 device = distributed.start(world, torch.device("cpu"))

@@ -254,3 +254,29 @@ def test_a_genuine_sacred_leftover_syncs(server, db_name, tmp_path):
     assert run.status == "COMPLETED" and run.result == {"top1": 0.5}
     assert run.artifact_bytes(EVALUATION_ARTIFACT) == b"npz bytes"  # its ObjectId survived
     assert not list(unsaved.glob("*.pickle"))
+
+
+def test_two_syncs_at_once_insert_each_run_once(server, db_name, tmp_path):
+    """Nine real runs (the sample report's), two `study sync` processes at the same moment."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    store = tmp_path / "runs"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "report" / "sample-runs", store)
+    url = f"{server.url}:{db_name}"
+    logs = [tmp_path / f"sync{i}.log" for i in range(2)]
+    procs = [_study(tmp_path, {}, "sync", "--runs", store, "--mongo", url, out=log) for log in logs]
+    for proc in procs:
+        proc.wait(600)
+    outs = [log.read_text() for log in logs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    with server.client() as client:
+        db = client[db_name]
+        uids = [d["meta"][mongo.UID_KEY] for d in db.runs.find()]
+        series = [(m["run_id"], m["name"]) for m in db.metrics.find()]
+    assert len(uids) == 9 and len(set(uids)) == 9, uids
+    expected = sum(len(json.loads(p.read_text())) for p in store.glob("*/metrics.json"))
+    assert len(series) == len(set(series)) == expected  # no series twice either
+    assert sum(out.count(": inserted as MongoDB run") for out in outs) == 9, outs
+    print("\n" + "".join(outs))

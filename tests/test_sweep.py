@@ -258,3 +258,27 @@ def test_report_over_the_sweep_shows_intervals_and_tests(swept, tmp_path):
     assert html.count('<img class="reliability"') == 2
     assert html.count("ECE ") >= 8  # every run in the appendix
     assert "5. Conclusions" in html
+
+
+def test_two_sweeps_of_one_grid_started_together_run_each_cell_once(data, tmp_path):
+    store = tmp_path / "runs"
+    args = ["sweep", "--models", "small_cnn", "--datasets", "mnist", "--seeds", "3", "with",
+            f"data_root={data}", *TINY, "-F", str(store)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "study", *args],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    runs = read_file_store(store)
+    assert sorted(r.config["seed"] for r in runs) == [0, 1, 2]  # one run per cell, no more
+    assert all(r.status == "COMPLETED" for r in runs)
+    started = [len(re.findall(r"^\[\d\] [^:]+: run \(log", out, re.M)) for out in outs]
+    assert sum(started) == 3, outs
+    assert all("3 of 3 cells COMPLETED" in out for out in outs), outs
