@@ -251,7 +251,8 @@ def test_a_mongo_password_is_never_printed():
 def test_report_over_the_sweep_shows_intervals_and_tests(swept, tmp_path):
     records = select_runs(read_file_store(swept["store"]))
     html = build_report(records, tmp_path / "sweep.html", "html").read_text()
-    assert html.count("95% CI [") == 8  # 2 models x 2 data sets x top-1/top-5, n = 2 each
+    # 2 models x 2 data sets x top-1/top-5, n = 2 each: t intervals for the mean
+    assert html.count('<span class="ci t">[') == 8
     assert "t distribution with n − 1 degrees of freedom" in html
     assert html.count("<tr data-test=") == 2  # per data set: the best model vs the other
     assert "McNemar" in html and "Expected calibration error" in html
