@@ -707,6 +707,8 @@ def train_and_evaluate(run, config: dict) -> dict:
         world_size=world.size,
         data_on_device=isinstance(setup.train, loader.DeviceSplit),
         departures=protocol_departures(config) if world.is_main else {},
+        data_plugin=reg.datasets[data_spec.name].plugin,
+        autocast=str(setup.autocast_dtype).removeprefix("torch.") if setup.autocast_dtype else None,
     )
     state, evaluation = engine.fit(
         setup, state, on_epoch=lambda epoch, metrics: record.log_epoch(run, epoch, metrics)

@@ -48,6 +48,8 @@ def describe_run(
     world_size=1,
     data_on_device=True,
     departures=None,
+    data_plugin=None,
+    autocast=None,
 ):
     """Record, before training, what is being trained on what and where."""
     import torch
@@ -88,6 +90,89 @@ def describe_run(
     # departures paragraph reads it.
     run.info["departures"] = departures or {}
     run.info["checkpoint"] = str(Path(checkpoint).resolve()) if checkpoint else None
+    run.info["provenance"] = provenance(
+        plugins={plugin, data_plugin} - {None}, autocast=autocast, device=device
+    )
+
+
+def provenance(*, plugins, autocast, device) -> dict:
+    """What a rerun years later needs to know about the code and settings that ran: study's
+    version and, from a git checkout, its commit; each plugin distribution that provided the
+    model or data set, with its version; library versions; the determinism settings in force;
+    the command line."""
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    import numpy
+    import torch
+
+    import study
+
+    def dist_version(plugin: str) -> str | None:
+        try:
+            return version(plugin.split(":")[0])
+        except PackageNotFoundError:
+            return None
+
+    cudnn = torch.backends.cudnn
+    return {
+        "study": study.__version__,
+        "git": _git_state(Path(study.__file__).resolve().parent.parent),
+        "plugins": {p: dist_version(p) for p in sorted(plugins)},
+        "versions": {
+            "python": sys.version.split()[0],
+            "torch": str(torch.__version__),
+            "numpy": numpy.__version__,
+            "cuda": torch.version.cuda,
+            "cudnn": cudnn.version() if torch.device(device).type == "cuda" else None,
+        },
+        "determinism": {
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "cudnn_benchmark": bool(cudnn.benchmark),
+            "cudnn_deterministic": bool(cudnn.deterministic),
+            "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+            "tf32_cudnn": bool(cudnn.allow_tf32),
+            "autocast": autocast,
+        },
+        "command": _masked(sys.argv),
+    }
+
+
+def _masked(argv: list[str]) -> list[str]:
+    """The command line with any URL's password masked (`-m mongodb://user:***@host`)."""
+    from study.mongo import mask_url
+
+    out = []
+    for arg in argv:
+        key, eq, value = arg.partition("=") if arg.startswith("-") else ("", "", arg)
+        out.append(f"{key}{eq}{mask_url(value)}" if "://" in value else arg)
+    return out
+
+
+def _git_state(folder: Path) -> dict | None:
+    """{commit, branch, dirty, diff_sha256} of the git checkout study runs from; None when it
+    runs from an installed copy (or git is missing)."""
+    import hashlib
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10,
+            check=True,
+        ).stdout  # fmt: skip
+
+    try:
+        if git("rev-parse", "--show-toplevel").strip() != str(folder):
+            return None  # inside some other repository (e.g. a virtual environment in one)
+        diff = git("diff", "HEAD")
+        return {
+            "commit": git("rev-parse", "HEAD").strip(),
+            "branch": git("rev-parse", "--abbrev-ref", "HEAD").strip(),
+            "dirty": bool(diff),
+            "diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
+        }
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _cpu_name() -> str:

@@ -1472,6 +1472,25 @@ def _version(value) -> str:
     return value if isinstance(value, str) else "not recorded"
 
 
+def code_text(prov) -> str:
+    """The code that ran, from a run's provenance: the commit (and whether the tree was dirty)
+    or the installed version, and each plugin distribution with its version."""
+    if not isinstance(prov, dict):
+        return "not recorded (the run predates provenance records)"
+    git = prov.get("git")
+    if isinstance(git, dict) and git.get("commit"):
+        dirty = f", with uncommitted changes (diff sha256 {str(git.get('diff_sha256'))[:12]})"
+        commit, branch = str(git["commit"])[:12], git.get("branch")
+        code = f"study {prov.get('study')} at commit {commit} on {branch}"
+        code += dirty if git.get("dirty") else ""
+    else:
+        code = f"study {prov.get('study')} (installed)"
+    plugins = prov.get("plugins") if isinstance(prov.get("plugins"), dict) else {}
+    if plugins:
+        code += "; plugins: " + ", ".join(f"{p} {v or '?'}" for p, v in sorted(plugins.items()))
+    return code
+
+
 def appendix_entry(r: RunRecord, evaluate=None, flags=None) -> dict:
     host = r.host or {}
     libs = host.get("study") if isinstance(host.get("study"), dict) else {}
@@ -1501,6 +1520,7 @@ def appendix_entry(r: RunRecord, evaluate=None, flags=None) -> dict:
         "gpus": ", ".join(map(str, libs.get("gpus") or [])) or "none",
         "os": " ".join(map(str, host.get("os") or [])) or "–",
         "versions": versions,
+        "code": code_text(r.info.get("provenance") if isinstance(r.info, dict) else None),
         "config": [(k, json.dumps(v)) for k, v in sorted(r.config.items())],
         "result": r.result,
         "ece": run_ece(r, evaluate or _evaluation),
