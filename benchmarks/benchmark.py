@@ -113,7 +113,7 @@ def study_rate(setup: engine.TrainingSetup, steps: int, warmup: int, sync_steps:
             setup.batch_size, setup.train_transform, train=True, generator=g
         )
     )
-    compile_s = engine._warm_up_compiled(setup) if setup.compiled else 0.0
+    compile_s = engine.warm_up_compiled(setup) if setup.compiled else 0.0
     setup.model.train()
     for _ in range(warmup):
         engine.train_step(setup, *next(batches))

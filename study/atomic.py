@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from study.identity import pid_alive
+
 # A write takes milliseconds: a temporary file this old has no writer any more, whoever
 # wrote it (another host's process on a shared file system included).
 STALE_TEMP_S = 600.0
@@ -73,16 +75,6 @@ def _writer(name: str) -> tuple[str | None, int | None]:
     return (None, int(old.group(1))) if old else (None, None)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: it exists
-        return True
-    return True
-
-
 def is_stale(path: Path, max_age: float = STALE_TEMP_S) -> bool:
     """Whether a temporary file's writer is gone: it is older than max_age, or its name
     says it was written by a process of this host that has exited. (A pid-only name may be
@@ -96,7 +88,7 @@ def is_stale(path: Path, max_age: float = STALE_TEMP_S) -> bool:
     host, pid = _writer(path.name)
     if pid is None or host != _host():
         return False
-    return age > DEAD_WRITER_GRACE_S and pid != os.getpid() and not _alive(pid)
+    return age > DEAD_WRITER_GRACE_S and pid != os.getpid() and not pid_alive(pid)
 
 
 def remove_stale_temps(

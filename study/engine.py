@@ -322,7 +322,7 @@ def epoch_generator(seed: int, epoch: int, device: torch.device | str = "cpu") -
 
 
 @torch.no_grad()
-def _warm_up_compiled(setup: TrainingSetup) -> float:
+def warm_up_compiled(setup: TrainingSetup) -> float:
     """Compile (and autotune) before training, so training time is training: one forward and
     backward per batch shape the epoch will see (three under CUDA graphs), then every buffer,
     gradient and random state is put back as it was. Returns the seconds it took."""
@@ -388,7 +388,7 @@ def fit(
     evaluation = None
     epochs, budget = setup.epochs, setup.time_budget
     if setup.compiled and state.epoch < epochs and not state.stopped_by_budget:
-        state.compile_seconds += _warm_up_compiled(setup)
+        state.compile_seconds += warm_up_compiled(setup)
     for epoch in range(state.epoch + 1, epochs + 1):
         if budget is not None and state.train_seconds >= budget:
             state.stopped_by_budget = True

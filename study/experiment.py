@@ -384,7 +384,7 @@ def preflight(config: dict) -> None:
     world = distributed.from_environment()
     device = pick_device(config["device"])
     if device.type == "cuda" and world.distributed:
-        device = torch_device("cuda", world.local_rank)
+        device = pick_device(f"cuda:{world.local_rank}")
     check_model(config, model_spec, prepared, device)
     train_idx, _, _ = select_indices(config, prepared, world)
     warning = schedule_warning(config, len(train_idx) * world.size)
@@ -545,12 +545,6 @@ def select_indices(config: dict, data, world):
     test_shards = [test_idx[r :: world.size] for r in range(world.size)]
     # Evaluation gathers the shards in rank order.
     return train_idx[world.rank :: world.size], test_shards[world.rank], np.concatenate(test_shards)
-
-
-def torch_device(kind: str, index: int):
-    import torch
-
-    return torch.device(kind, index)
 
 
 def data_bytes(config: dict, data, world) -> int:

@@ -104,19 +104,26 @@ def _order(n: int, train: bool, generator: torch.Generator | None, device) -> to
     return torch.arange(n, device=device)
 
 
-class DeviceSplit:
-    """One split (train or test) held on the device, served as transformed batches."""
+class _Split:
+    """What both kinds of split share: their length and how they cut it into batches."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, device: torch.device):
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
-        self.device = torch.device(device)
+    labels: torch.Tensor
+    device: torch.device
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def num_batches(self, batch_size: int, train: bool) -> int:
         return len(batch_slices(len(self), batch_size, train))
+
+
+class DeviceSplit(_Split):
+    """One split (train or test) held on the device, served as transformed batches."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, device: torch.device):
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
+        self.device = torch.device(device)
 
     def batches(
         self,
@@ -133,7 +140,7 @@ class DeviceSplit:
             yield transform(self.images[idx], train, generator), self.labels[idx]
 
 
-class HostSplit:
+class HostSplit(_Split):
     """One split held in host memory (pinned where the device is a GPU), for data sets larger
     than the device's memory. Batches come in exactly DeviceSplit's order and augmentation.
 
@@ -149,12 +156,6 @@ class HostSplit:
         labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         self.images = images.pin_memory() if self._cuda else images
         self.labels = labels.pin_memory() if self._cuda else labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def num_batches(self, batch_size: int, train: bool) -> int:
-        return len(batch_slices(len(self), batch_size, train))
 
     def batches(
         self,

@@ -39,6 +39,19 @@ def real_data() -> Path:
     return Path(path)
 
 
+def fake_distribution(root: Path, dist: str, module: str, source: str) -> Path:
+    """An installed distribution in folder `root` (put it on sys.path or PYTHONPATH): a module
+    plus a .dist-info with its entry point in study's group, as pip would leave it."""
+    import textwrap
+
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    info = root / f"{dist}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[study.plugins]\n{module} = {module}\n")
+    return root
+
+
 def run_study(*args, cwd, env=None, check=True, timeout=600) -> subprocess.CompletedProcess:
     """`python -m study ARGS` in a fresh process, as a user would run it."""
     full_env = {**os.environ, **(env or {})}

@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from conftest import run_study
+from conftest import fake_distribution, run_study
 
 BASE = ["model=small_cnn", "dataset=mnist", "epochs=1", "batch_size=50"]
 
@@ -104,12 +104,7 @@ PLUGIN_CASES = [
 def broken_site(tmp_path_factory):
     """An installed distribution (module + dist-info with an entry point) of broken models."""
     site = tmp_path_factory.mktemp("broken-site")
-    (site / "broken_models.py").write_text(BROKEN_PLUGIN)
-    info = site / "brokenmodels-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenmodels\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[study.plugins]\nbroken_models = broken_models\n")
-    return site
+    return fake_distribution(site, "brokenmodels", "broken_models", BROKEN_PLUGIN)
 
 
 @pytest.mark.parametrize(("model", "message"), PLUGIN_CASES, ids=[c[0] for c in PLUGIN_CASES])
@@ -166,12 +161,7 @@ def study_datasets():
 def letters_site(tmp_path_factory):
     """A data set plugin that declares only what the README's minimum asks for."""
     site = tmp_path_factory.mktemp("letters-site")
-    (site / "letters_plugin.py").write_text(PLAIN_DATASET_PLUGIN)
-    info = site / "letters-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: letters\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[study.plugins]\nletters = letters_plugin\n")
-    return site
+    return fake_distribution(site, "letters", "letters_plugin", PLAIN_DATASET_PLUGIN)
 
 
 def test_a_plugin_data_set_is_never_flipped_unless_it_says_so_and_paper_asks_for_epochs(
@@ -304,16 +294,15 @@ def test_a_spec_whose_class_count_disagrees_with_its_names_is_refused(tmp_path, 
     from study.errors import PluginError
     from study.registry import Registry, plugin_manager
 
-    (tmp_path / "count_plugin.py").write_text(
+    fake_distribution(
+        tmp_path,
+        "countplugin",
+        "count_plugin",
         "import study\n\n@study.hookimpl\ndef study_datasets():\n"
         "    return [study.DatasetSpec(name='c', num_classes=3, class_names=['a', 'b'],\n"
         "            image_size=8, channels=1, train_size=1, test_size=1, find=None,\n"
-        "            decode=None)]\n"
+        "            decode=None)]\n",
     )
-    info = tmp_path / "countplugin-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: countplugin\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[study.plugins]\ncount = count_plugin\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(PluginError, match="declares num_classes=3 but 2 class names"):
         Registry(plugin_manager())

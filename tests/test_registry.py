@@ -4,25 +4,15 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import run_study
+from conftest import fake_distribution, run_study
 
 from study.errors import PluginError, UnknownName
 from study.registry import Registry, plugin_manager
 
 HERE = Path(__file__).parent
-
-
-def _fake_distribution(root: Path, dist: str, module: str, source: str) -> None:
-    """An installed distribution on sys.path: a module plus .dist-info with an entry point."""
-    (root / f"{module}.py").write_text(textwrap.dedent(source))
-    info = root / f"{dist}-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(f"[study.plugins]\n{module} = {module}\n")
 
 
 def test_builtin_plugins_are_registered_through_entry_points():
@@ -42,7 +32,7 @@ def test_unknown_name_lists_the_registered_ones():
 
 
 def test_two_plugins_registering_one_name_are_both_named(tmp_path, monkeypatch):
-    _fake_distribution(
+    fake_distribution(
         tmp_path,
         "dupmodels",
         "dup_plugin",
@@ -64,7 +54,7 @@ def test_two_plugins_registering_one_name_are_both_named(tmp_path, monkeypatch):
 
 
 def test_a_plugin_that_fails_to_import_is_named(tmp_path, monkeypatch):
-    _fake_distribution(tmp_path, "brokenplugin", "broken_plugin", "import not_a_module_anywhere\n")
+    fake_distribution(tmp_path, "brokenplugin", "broken_plugin", "import not_a_module_anywhere\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(PluginError, match=r"plugin brokenplugin:broken_plugin .*failed to import"):
         plugin_manager()
@@ -123,7 +113,7 @@ def test_python_m_study_works_in_the_source_checkout():
 
 
 def test_a_misspelled_hook_is_named_with_the_hook_it_resembles(tmp_path, monkeypatch):
-    _fake_distribution(
+    fake_distribution(
         tmp_path, "typoplugin", "typo_plugin",
         """
         import study
@@ -145,7 +135,7 @@ def test_a_misspelled_hook_is_named_with_the_hook_it_resembles(tmp_path, monkeyp
 def test_one_spec_instead_of_a_list_is_accepted_and_other_returns_are_refused(
     tmp_path, monkeypatch
 ):
-    _fake_distribution(
+    fake_distribution(
         tmp_path, "singleplugin", "single_plugin",
         """
         import study
@@ -174,7 +164,7 @@ def test_one_spec_instead_of_a_list_is_accepted_and_other_returns_are_refused(
 
 
 def test_a_broken_plugin_can_be_switched_off_without_uninstalling_it(tmp_path, monkeypatch):
-    _fake_distribution(tmp_path, "brokenplugin", "broken_plugin", "import not_a_module_anywhere\n")
+    fake_distribution(tmp_path, "brokenplugin", "broken_plugin", "import not_a_module_anywhere\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(PluginError, match="switch it off with STUDY_DISABLE_PLUGINS="):
         plugin_manager()
