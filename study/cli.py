@@ -24,7 +24,12 @@ BOOLEAN_KEYS = (
     "download", "pretrained", "aux_logits", "amp", "compile", "data_on_device", "sync_bn",
 )  # fmt: skip
 # Commands with their own argument parser, in their own module.
-DELEGATED_COMMANDS = {"report": "study.report", "sweep": "study.sweep"}
+DELEGATED_COMMANDS = {
+    "report": "study.report",
+    "sweep": "study.sweep",
+    "reproduce": "study.reproduce",
+    "export": "study.archive",
+}
 # Sacred options that choose an observer: with any of these, no default file store is added.
 OBSERVER_FLAGS = (
     "-m", "--mongo_db", "-u", "--unobserved", "-s", "--sql", "-t", "--tiny_db",
@@ -37,6 +42,8 @@ USAGE = """usage: study run with model=NAME dataset=NAME [KEY=VALUE ...] [-F DIR
        study runs [--runs DIR | --mongo URL [--db NAME]]
        study report [--runs DIR | --mongo URL [--db NAME]] [--out PATH] [--format pdf|html]
        study sync [--runs DIR ...] [--mongo URL [--db NAME]]
+       study reproduce ID [--runs DIR|ARCHIVE | --mongo URL [--db NAME]] [--epochs N] [with ...]
+       study export OUT.tar.gz [--runs DIR | --mongo URL [--db NAME]] [--model M] [--dataset D]
        study sweep --models A,B --datasets X,Y --seeds N [with KEY=VALUE ...] [--dry-run]
        torchrun --nproc-per-node=N -m study run with ...
 
@@ -171,8 +178,13 @@ def take_option(argv: list[str], short: str, long: str) -> tuple[list[str], str 
     return out, value
 
 
-def run_experiment(argv: list[str]) -> int:
-    """Sacred's run_commandline, with study's store choice, preflight and one-line errors."""
+def run_experiment(
+    argv: list[str], *, base_config: dict | None = None, meta: dict | None = None, started=None
+) -> int:
+    """Sacred's run_commandline, with study's store choice, preflight and one-line errors.
+
+    `base_config` (a stored run's config) goes under the command line's `with` updates, `meta`
+    into the run's Sacred meta; `started`, a dict, receives the new run's `id`."""
     from docopt import docopt
     from sacred.arg_parser import get_config_updates
 
@@ -210,6 +222,10 @@ def run_experiment(argv: list[str]) -> int:
         return 0
 
     with tempfile.TemporaryDirectory() as tmp:
+        if base_config is not None:  # under the command line, like a config file
+            base = Path(tmp) / "base.json"
+            base.write_text(json.dumps(base_config))
+            named_configs = [str(base), *named_configs]
         resume = updates.get("resume")
         if resume is not None:
             # A run id of the chosen store only: `resume=../other/7` must not reach outside it.
@@ -234,6 +250,7 @@ def run_experiment(argv: list[str]) -> int:
         run.run_logger.setLevel("ERROR")
     if not run.unobserved:  # one name for the run in every store (`study sync` matches it)
         run.meta_info[mongo.UID_KEY] = _previous_uid(file_store, updates)
+        run.meta_info.update(meta or {})
     if target is not None and not run.unobserved:
         if mongo_client is not None:  # resume: reopen the interrupted run's document
             observer = mongo.make_observer(target, mongo_client, updates["resume"])
@@ -249,6 +266,8 @@ def run_experiment(argv: list[str]) -> int:
     _terminate_as_interrupt()
     try:
         run()
+        if started is not None:
+            started["id"] = sacred_api.run_id(run)
     except StudyError:
         raise
     except KeyboardInterrupt:

@@ -17,7 +17,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +44,11 @@ class Prepared:
     mean: list[float]  # per channel, of the train split, in 0..1
     std: list[float]
     sources: list[Path]
-    fingerprint: str
+    fingerprint: str  # the cache key: changes with the files' paths, sizes and times
     cache_path: Path
+    # What the data is, wherever it lies: {source relative to data_root: sha256 of its bytes}
+    # (a folder: of every file under it). A rerun elsewhere compares these (`study reproduce`).
+    content: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -75,8 +78,8 @@ def prepare(
     cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir(root)
     folder = cache_root / f"{spec.name}-{key}"
     if not (folder / "meta.json").is_file():
-        build_cache(spec, files, folder, workers)
-    return load_cache(spec.name, folder, files, key)
+        build_cache(spec, files, folder, workers, root)
+    return load_cache(spec.name, folder, files, key, root)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,6 +201,31 @@ def fingerprint(files: Sequence[Path], code: str = "") -> str:
     return h.hexdigest()[:16]
 
 
+def content_fingerprints(files: Sequence[Path], root: Path) -> dict[str, str]:
+    """{source: "sha256:<hex>"} of what the files hold, named relative to `root` (the
+    data_root), so two copies of a data set anywhere compare equal byte for byte. A folder
+    among the sources hashes every file under it with its path inside the folder."""
+    root = Path(root).resolve()
+    out = {}
+    for path in files:
+        path = Path(path).resolve()
+        h = hashlib.sha256()
+        if path.is_dir():
+            for entry in sorted(p for p in path.rglob("*") if p.is_file()):
+                h.update(entry.relative_to(path).as_posix().encode() + b"\0")
+                h.update(_file_digest(entry) + b"\0")
+        else:
+            h.update(_file_digest(path))
+        name = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+        out[name] = f"sha256:{h.hexdigest()}"
+    return out
+
+
+def _file_digest(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").digest()
+
+
 def is_writable(folder: Path) -> bool:
     """Whether study may create files in folder. A folder whose permission bits forbid writing
     counts as read-only even for root (who could write anyway), as CI lays out the real data."""
@@ -225,7 +253,9 @@ def default_cache_dir(data_root: Path) -> Path:
     return Path.home() / ".cache" / "study"
 
 
-def build_cache(spec: DatasetSpec, files: list[Path], folder: Path, workers: int) -> None:
+def build_cache(
+    spec: DatasetSpec, files: list[Path], folder: Path, workers: int, root: Path
+) -> None:
     """Decode once and write the cache folder atomically: a failed build leaves nothing."""
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -249,7 +279,7 @@ def build_cache(spec: DatasetSpec, files: list[Path], folder: Path, workers: int
                 f"num_classes={spec.num_classes} (files may hold a subset of the classes)"
             )
         try:
-            write_cache(tmp, spec.name, train, test, names, files)
+            write_cache(tmp, spec.name, train, test, names, files, root)
             publish(tmp, folder)
         except OSError as exc:
             raise DataError(f"{folder}: cannot write the {spec.name} cache ({exc})") from exc
@@ -257,7 +287,9 @@ def build_cache(spec: DatasetSpec, files: list[Path], folder: Path, workers: int
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_cache(tmp: Path, name: str, train: Split, test: Split, class_names, files) -> None:
+def write_cache(
+    tmp: Path, name: str, train: Split, test: Split, class_names, files, root: Path
+) -> None:
     arrays = (train.images, train.labels, test.images, test.labels)
     for array_name, array in zip(ARRAYS, arrays, strict=True):
         np.save(tmp / f"{array_name}.npy", array)
@@ -276,6 +308,7 @@ def write_cache(tmp: Path, name: str, train: Split, test: Split, class_names, fi
         "train_size": len(train.labels),
         "test_size": len(test.labels),
         "sources": [str(Path(f).resolve()) for f in files],
+        "content": content_fingerprints(files, root),
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     tmp.chmod(0o755)  # mkdtemp makes it private; a cache beside shared data is shared too
@@ -322,8 +355,11 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     return [float(m) for m in mean], [float(s) for s in np.sqrt(np.maximum(var, 0.0))]
 
 
-def load_cache(name: str, folder: Path, files: list[Path], key: str) -> Prepared:
+def load_cache(name: str, folder: Path, files: list[Path], key: str, root: Path) -> Prepared:
     meta = json.loads((folder / "meta.json").read_text())
+    content = meta.get("content")
+    if not isinstance(content, dict):  # a cache written before study recorded content
+        content = content_fingerprints(files, root)
     arrays = {a: np.load(folder / f"{a}.npy", mmap_mode="r") for a in ARRAYS}
     return Prepared(
         name=name,
@@ -335,6 +371,7 @@ def load_cache(name: str, folder: Path, files: list[Path], key: str) -> Prepared
         sources=[Path(f) for f in files],
         fingerprint=key,
         cache_path=folder,
+        content=content,
     )
 
 

@@ -95,6 +95,7 @@ class TrainingSetup:
     precise_bn: int = 0  # training images that re-estimate BatchNorm statistics before a test
     autocast_dtype: torch.dtype | None = None
     time_budget: float | None = None  # seconds of training steps, over epochs and resumes
+    stop_after: int | None = None  # train epochs 1..stop_after of the `epochs` schedule only
     checkpoint: Path | None = None
     progress: bool = True
     compiled: str | None = None  # the torch.compile mode the model was compiled with
@@ -387,9 +388,10 @@ def fit(
     state = state or TrainState()
     evaluation = None
     epochs, budget = setup.epochs, setup.time_budget
-    if setup.compiled and state.epoch < epochs and not state.stopped_by_budget:
+    last = epochs if setup.stop_after is None else min(epochs, setup.stop_after)
+    if setup.compiled and state.epoch < last and not state.stopped_by_budget:
         state.compile_seconds += warm_up_compiled(setup)
-    for epoch in range(state.epoch + 1, epochs + 1):
+    for epoch in range(state.epoch + 1, last + 1):
         if budget is not None and state.train_seconds >= budget:
             state.stopped_by_budget = True
             break

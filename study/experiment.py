@@ -41,7 +41,7 @@ RANK_SEED_STRIDE = 1_000_003
 DEFAULT_EPOCHS = 10
 
 # Keys a resumed run may change: how long it trains, and where it runs (identity.PLACE_KEYS).
-RESUMABLE_KEYS = ("epochs", "time_budget", *PLACE_KEYS)
+RESUMABLE_KEYS = ("epochs", "time_budget", "stop_after", *PLACE_KEYS)
 
 
 def default_data_root() -> str:
@@ -88,6 +88,7 @@ def config():
     protocol = "paper"  # which input size column of the model to use: paper or fast
     epochs = None  # None: the protocol's epochs for the data set (paper: 6 / 25 / 30)
     time_budget = None  # seconds of training steps; training ends after the first step past it
+    stop_after = None  # train only the first N epochs of the `epochs` schedule (a prefix)
     batch_size = 100
     lr = 0.0002
     optimizer = "adam"  # adam or sgd
@@ -284,6 +285,12 @@ def resolve_config(config: dict) -> dict:
         epochs = DEFAULT_EPOCHS
     else:
         epochs = _int(config, "epochs", 1)
+    stop_after = _int(config, "stop_after", 1, allow_none=True)
+    if stop_after is not None and stop_after > epochs:
+        raise ConfigError(
+            f"stop_after={stop_after} is invalid; expected 1..{epochs} (the run's epochs): it "
+            "trains that many epochs of the schedule and stops"
+        )
     if config["pretrained"] is True and not model_spec.pretrained_weights:
         raise ConfigError(
             f"pretrained=True is invalid: model {model_spec.name} declares no pretrained "
@@ -324,15 +331,12 @@ def resolve_config(config: dict) -> dict:
     resume = config["resume"]
     if resume is not None and not isinstance(resume, int | str):
         raise ConfigError(f"resume={resume!r} is invalid; expected a run id")
-    # An absolute data_root, so the record says where the data came from.
-    data_root = str(Path(config["data_root"]).expanduser().resolve())
     return {
         "head": head,
         "precise_bn": precise_bn,
         "epochs": epochs,
         "image_size": size,
         "aux_logits": aux,
-        "data_root": data_root,
         "augment": augment,
     }
 
@@ -646,6 +650,7 @@ def build_setup(config: dict, data, device, world, model_spec) -> tuple:
         precise_bn=config["precise_bn"] // world.size,
         autocast_dtype=autocast_dtype,
         time_budget=config["time_budget"],
+        stop_after=config.get("stop_after"),
         progress=world.is_main,
         compiled=compiled,
     )

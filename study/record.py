@@ -67,6 +67,12 @@ def describe_run(
         "mean": list(data.mean),
         "std": list(data.std),
         "fingerprint": data.fingerprint,
+        "content": dict(data.content),  # what a rerun's data must equal (`study reproduce`)
+        # As typed (relative to wherever the run started) and as it resolved there.
+        "data_root": {
+            "typed": str(config["data_root"]),
+            "resolved": str(Path(config["data_root"]).expanduser().resolve()),
+        },
         "sources": [str(s) for s in data.sources],
     }
     run.info["model"] = {
@@ -105,6 +111,7 @@ def provenance(*, plugins, autocast, device) -> dict:
 
     import numpy
     import torch
+    import torchvision
 
     import study
 
@@ -122,6 +129,7 @@ def provenance(*, plugins, autocast, device) -> dict:
         "versions": {
             "python": sys.version.split()[0],
             "torch": str(torch.__version__),
+            "torchvision": torchvision.__version__,
             "numpy": numpy.__version__,
             "cuda": torch.version.cuda,
             "cudnn": cudnn.version() if torch.device(device).type == "cuda" else None,

@@ -361,4 +361,11 @@ def read_runs(
     if target is not None:
         return target.masked, mongo.read_mongo_runs(target, skipped=skipped)
     where = str(folder or DEFAULT_FILE_STORE)
+    from study.archive import is_archive, open_archive
+
+    if is_archive(where):  # a `study export` file: read from a checked, private unpacked copy
+        records = read_file_store(open_archive(where), keep=keep, skipped=skipped)
+        for record in records:
+            record.store = where
+        return where, records
     return where, read_file_store(Path(where), keep=keep, skipped=skipped)

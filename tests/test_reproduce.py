@@ -1,0 +1,263 @@
+"""`study reproduce` and `study export`: a stored run re-run to a verdict, a study as one file."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import re
+import shutil
+import tarfile
+
+import pytest
+from conftest import run_study
+from mongo_server import MongoServer, server_command
+
+from study.stores import read_file_store
+
+RUN = ["model=small_cnn", "dataset=mnist", "batch_size=50", "epochs=2", "test_limit=100"]
+
+
+def _verdict(proc) -> str:
+    return re.search(r"^verdict: (\w+) \(run (\d+) reproducing run (\d+)\)", proc.stdout, re.M)
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory, mnist_root):
+    """A file store holding one completed two-epoch run (id 1), and its data root."""
+    work = tmp_path_factory.mktemp("reproduce")
+    run_study("run", "with", *RUN, f"data_root={mnist_root}", "-F", work / "runs", cwd=work)
+    return work
+
+
+def _copy_store(stored, tmp_path):
+    shutil.copytree(stored / "runs", tmp_path / "runs")
+    return tmp_path / "runs"
+
+
+def test_a_reproduction_on_the_same_machine_is_identical(stored, tmp_path):
+    runs = _copy_store(stored, tmp_path)
+    proc = run_study("reproduce", "1", "--runs", runs, cwd=tmp_path)
+    kind, new, old = _verdict(proc).groups()
+    assert (kind, old) == ("identical", "1")
+    assert "equal: every per-epoch metric (6 metrics over 2 epochs)" in proc.stdout
+    assert "and all 100 per-image predictions" in proc.stdout
+    assert "differences between the two runs: none" in proc.stdout
+    # The new run sits in the same store, tagged in Sacred's meta, not in its config.
+    again = {r.id: r for r in read_file_store(runs)}[new]
+    assert again.meta["reproduces"] == {"id": "1", "store": str(runs)}
+    assert "reproduces" not in again.config
+    assert again.config == {**read_file_store(runs)[0].config}
+
+
+def test_a_prefix_is_reproduced_with_the_original_schedule(stored, tmp_path):
+    runs = _copy_store(stored, tmp_path)
+    # onecycle would differ at epoch 1 if the prefix shortened the schedule to 1 epoch
+    proc = run_study("reproduce", "1", "--runs", runs, "--epochs", "1", cwd=tmp_path)
+    kind, new, _ = _verdict(proc).groups()
+    assert kind == "identical"
+    assert "the first 1 of run 1's 2 epochs" in proc.stdout
+    again = {r.id: r for r in read_file_store(runs)}[new]
+    assert again.config["epochs"] == 2 and again.config["stop_after"] == 1
+    assert [step for step, _ in again.metric("test_top1")] == [1]
+    bad = run_study("reproduce", "1", "--runs", runs, "--epochs", "3", cwd=tmp_path, check=False)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1] == (
+        "study: error: epochs=3 is invalid; expected 1..2 (run 1 trained 2 epochs): "
+        "a reproduction compares a prefix of the original"
+    )
+
+
+def test_a_changed_learning_rate_is_named_and_judged(stored, tmp_path):
+    runs = _copy_store(stored, tmp_path)
+    proc = run_study("reproduce", "1", "--runs", runs, "with", "lr=0.02", cwd=tmp_path, check=False)
+    kind = _verdict(proc).group(1)
+    assert kind in ("equivalent", "different")
+    assert proc.returncode == (1 if kind == "different" else 0)
+    assert "config: lr 0.0002 -> 0.02 (given with `with`)" in proc.stdout
+    assert re.search(r"McNemar on per-image correctness .*: b = \d+, c = \d+, p = ", proc.stdout)
+
+
+def test_an_older_plugin_version_in_the_record_is_named(stored, tmp_path):
+    runs = _copy_store(stored, tmp_path)
+    info_path = runs / "1" / "info.json"
+    info = json.loads(info_path.read_text())
+    now = info["provenance"]["plugins"]["study:study-models"]
+    info["provenance"]["plugins"]["study:study-models"] = "0.0.1"
+    info["provenance"]["versions"]["torch"] = "1.13.1"
+    info_path.write_text(json.dumps(info))
+    proc = run_study("reproduce", "1", "--runs", runs, cwd=tmp_path)
+    assert _verdict(proc).group(1) == "identical"
+    assert f"plugin: study:study-models '0.0.1' -> '{now}'" in proc.stdout
+    assert "version: torch '1.13.1' -> " in proc.stdout
+
+
+def _change_one_pixel(data_root):
+    path = data_root / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[16 + 400] ^= 0xFF  # one pixel of the first test image, past the IDX header
+    path.write_bytes(gzip.compress(bytes(raw), mtime=0))
+
+
+def test_different_data_is_refused_before_training_unless_allowed(stored, mnist_root, tmp_path):
+    runs = _copy_store(stored, tmp_path)
+    data = tmp_path / "data"
+    shutil.copytree(mnist_root, data)
+    _change_one_pixel(data)
+    proc = run_study(
+        "reproduce", "1", "--runs", runs, "with", f"data_root={data}", cwd=tmp_path, check=False
+    )
+    assert proc.returncode == 2
+    line = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"study: error: the data differs from run 1's: MNIST/raw/t10k-images-idx3-ubyte\.gz is "
+        r"sha256:[0-9a-f]{64} here, sha256:[0-9a-f]{64} in the original; use the same files "
+        r"\(with data_root=DIR\), or pass --allow-data-change to go on",
+        line,
+    )
+    assert [r.id for r in read_file_store(runs)] == ["1"]  # nothing trained, nothing recorded
+
+    proc = run_study(
+        "reproduce", "1", "--runs", runs, "--allow-data-change", "with", f"data_root={data}",
+        cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert _verdict(proc) is not None
+    assert "  data: MNIST/raw/t10k-images-idx3-ubyte.gz is sha256:" in proc.stdout
+    assert "place: data_root " in proc.stdout and f"-> '{data}' (where it ran" in proc.stdout
+
+
+def test_a_run_records_its_data_root_as_typed_and_resolved(stored, mnist_root):
+    (run,) = read_file_store(stored / "runs")
+    assert run.config["data_root"] == str(mnist_root)
+    assert run.info["dataset"]["data_root"] == {
+        "typed": str(mnist_root),
+        "resolved": str(mnist_root.resolve()),
+    }
+    content = run.info["dataset"]["content"]
+    assert sorted(content) == [
+        f"MNIST/raw/{name}.gz"
+        for name in sorted(
+            (
+                "t10k-images-idx3-ubyte",
+                "t10k-labels-idx1-ubyte",
+                "train-images-idx3-ubyte",
+                "train-labels-idx1-ubyte",
+            )
+        )  # fmt: skip
+    ]
+    assert all(re.fullmatch(r"sha256:[0-9a-f]{64}", v) for v in content.values())
+
+
+def test_a_relative_data_root_is_stored_as_typed(mnist_root, tmp_path):
+    shutil.copytree(mnist_root, tmp_path / "data")
+    run_study(
+        "run", "with", *RUN, "epochs=1", "data_root=data", "-F", "runs", cwd=tmp_path
+    )  # fmt: skip
+    (run,) = read_file_store(tmp_path / "runs")
+    assert run.config["data_root"] == "data"
+    assert run.info["dataset"]["data_root"]["resolved"] == str((tmp_path / "data").resolve())
+
+
+# -- export ------------------------------------------------------------------------------------
+
+
+def _report_text(html: str) -> str:
+    """The report's text, without markup, the date line and the store it was read from."""
+    text = re.sub(r"<[^>]+>", " ", html)
+    text = re.sub(r"data:image/[^\"' ]+", "", text)
+    return re.sub(r"\s+", " ", text)
+
+
+def test_an_export_round_trips(stored, tmp_path):
+    runs = _copy_store(stored, tmp_path)
+    out = tmp_path / "study.tar.gz"
+    proc = run_study("export", out, "--runs", runs, cwd=tmp_path)
+    assert proc.stdout.startswith(f"wrote {out}: 1 run(s) from {runs}")
+    with tarfile.open(out) as tar:
+        names = set(tar.getnames())
+        env = tar.extractfile("study-export/environment.txt").read().decode()
+        howto = tar.extractfile("study-export/REPRODUCE.md").read().decode()
+        fingerprints = json.loads(tar.extractfile("study-export/fingerprints.json").read())
+    for name in ("run.json", "config.json", "info.json", "metrics.json", "evaluation.npz"):
+        assert f"study-export/runs/1/{name}" in names
+    assert {"study-export/report.pdf", "study-export/report.html"} <= names
+    assert re.search(r"^torch==\S+$", env, re.M) and re.search(r"^sacred==0\.8\.7$", env, re.M)
+    assert f"study reproduce 1 --runs {out.name} with data_root=DATA_ROOT" in howto
+    assert fingerprints["1"] == read_file_store(runs)[0].info["dataset"]["content"]
+
+    for source, html in ((runs, "store.html"), (out, "archive.html")):
+        run_study("report", "--runs", source, "--format", "html", "--out", html, cwd=tmp_path)
+    store_text = _report_text((tmp_path / "store.html").read_text())
+    archive_text = _report_text((tmp_path / "archive.html").read_text())
+    assert archive_text.replace(str(out), str(runs)) == store_text
+
+    listed = run_study("runs", "--runs", out, cwd=tmp_path)
+    assert listed.stdout.startswith(f"1 run(s) in {out}")
+    proc = run_study("reproduce", "1", "--runs", out, "--into", "again", cwd=tmp_path)
+    assert _verdict(proc).group(1) == "identical"
+    assert [r.meta["reproduces"]["store"] for r in read_file_store(tmp_path / "again")] == [
+        str(out)
+    ]
+
+
+def _archive(path, members):
+    """A .tar.gz with (name, bytes | None for a symlink) members."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("members", "expected"),
+    [
+        ([("study-export/runs/../../escaped.txt", b"x")], "lies outside study-export/"),
+        ([("/tmp/absolute.txt", b"x")], "lies outside study-export/"),
+        ([("study-export/runs/1/run.json", None)], "is a link or special file"),
+        ([("study-export/runs/1/huge.bin", b"\0" * 5000)], "unpack to over 4,096 bytes"),
+    ],
+)
+def test_a_hostile_archive_is_refused_in_one_line(tmp_path, members, expected):
+    archive = _archive(tmp_path / "hostile.tar.gz", members)
+    for command in (["report", "--runs", archive], ["reproduce", "1", "--runs", archive]):
+        proc = run_study(
+            *command, cwd=tmp_path, env={"STUDY_ARCHIVE_MAX_BYTES": "4096"}, check=False
+        )
+        assert proc.returncode == 2
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith(f"study: error: {archive}: member ") and expected in line
+    assert not any((folder / "escaped.txt").exists() for folder in (tmp_path, tmp_path.parent))
+
+
+# -- MongoDB ---------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(server_command() is None, reason="secantusd-py not installed")
+def test_a_mongo_run_is_reproduced_in_mongo_with_its_provenance(mnist_root, tmp_path):
+    from study.stores import read_runs
+
+    server = MongoServer(tmp_path / "mongo").start()
+    try:
+        url = f"{server.url}:repro"
+        env = {"STUDY_MONGO_URL": ""}
+        run_study("run", "with", *RUN, f"data_root={mnist_root}", "-m", url, cwd=tmp_path, env=env)
+        _, (run,) = read_runs(mongo_url=url)
+        prov = run.info["provenance"]
+        assert prov["plugins"] and prov["versions"]["torch"] and "determinism" in prov
+        assert run.info["dataset"]["content"]
+
+        proc = run_study("reproduce", str(run.id), "--mongo", url, cwd=tmp_path, env=env)
+        kind, new, old = _verdict(proc).groups()
+        assert (kind, old) == ("identical", str(run.id))
+        _, records = read_runs(mongo_url=url)
+        again = {r.id: r for r in records}[new]
+        assert again.meta["reproduces"]["id"] == str(run.id)
+        assert not (tmp_path / "runs").exists()  # recorded in MongoDB, not a file store
+    finally:
+        server.stop()
