@@ -39,7 +39,7 @@ OBSERVER_FLAGS = (
 USAGE = """usage: study run with model=NAME dataset=NAME [KEY=VALUE ...] [-F DIR]
        study print_config with model=NAME dataset=NAME [KEY=VALUE ...]
        study list
-       study runs [--runs DIR | --mongo URL [--db NAME]]
+       study runs [--runs DIR | --mongo URL [--db NAME]] [--long]
        study report [--runs DIR | --mongo URL [--db NAME]] [--out PATH] [--format pdf|html]
        study sync [--runs DIR ...] [--mongo URL [--db NAME]]
        study reproduce ID [--runs DIR|ARCHIVE | --mongo URL [--db NAME]] [--epochs N] [with ...]
@@ -107,6 +107,9 @@ def _own_command(argv: list[str]) -> int:
     runs.add_argument("--runs", metavar="DIR", help="a file store folder")
     runs.add_argument("--mongo", metavar="URL", help="a MongoDB URL (mongodb://host:port[:DB])")
     runs.add_argument("--db", metavar="NAME", help="the MongoDB database (default: study)")
+    runs.add_argument(
+        "--long", action="store_true", help="also each run's provenance: code, versions, data"
+    )
     sync = sub.add_parser("sync", help="upload file-store runs (and MongoDB copies) into MongoDB")
     sync.add_argument("--runs", metavar="DIR", action="append", help="a file store (repeatable)")
     sync.add_argument("--mongo", metavar="URL", help="a MongoDB URL (default $STUDY_MONGO_URL)")
@@ -117,11 +120,11 @@ def _own_command(argv: list[str]) -> int:
     if args.command == "list":
         print_registry()
     if args.command == "runs":
-        print_runs(args.runs, args.mongo, args.db)
+        print_runs(args.runs, args.mongo, args.db, long=args.long)
     return 0
 
 
-def print_runs(folder: str | None, mongo_url: str | None, db: str | None) -> None:
+def print_runs(folder: str | None, mongo_url: str | None, db: str | None, long=False) -> None:
     from study.stores import read_runs
 
     where, records = read_runs(folder, mongo_url, db)
@@ -133,6 +136,46 @@ def print_runs(folder: str | None, mongo_url: str | None, db: str | None) -> Non
         start = (r.start_time or "-").replace("T", " ")[:19]
         name = f"{r.model or '-':<16} {r.dataset or '-':<14}"
         print(f"{r.id:>5}  {name} {r.status:<12} {top1}  {start}")
+        if long:
+            for line in provenance_lines(r):
+                print(f"{'':>7}{line}")
+
+
+def provenance_lines(record) -> list[str]:
+    """What `study runs --long` shows of a run's record: the code, libraries, settings and
+    data it ran with, and which run it reproduces."""
+    prov = record.info.get("provenance") or {}
+    data = record.info.get("dataset") or {}
+    training = record.info.get("training") or {}
+    lines = []
+    reproduces = record.meta.get("reproduces")
+    if isinstance(reproduces, dict):
+        lines.append(f"reproduces: run {reproduces.get('id')} of {reproduces.get('store')}")
+    if not prov:
+        return [*lines, "provenance: none recorded (a run made before study recorded it)"]
+    git = prov.get("git") or {}
+    code = f"study {prov.get('study')}"
+    if git:
+        code += f" at {git.get('commit', '')[:12]} ({git.get('branch')})"
+        code += (
+            f", uncommitted changes {git.get('diff_sha256', '')[:12]}" if git.get("dirty") else ""
+        )
+    lines.append(f"code: {code}")
+    plugins = ", ".join(f"{p} {v}" for p, v in (prov.get("plugins") or {}).items())
+    lines.append(f"plugins: {plugins or '-'}")
+    versions = ", ".join(f"{k} {v}" for k, v in (prov.get("versions") or {}).items() if v)
+    lines.append(f"versions: {versions}")
+    settings = ", ".join(f"{k}={v}" for k, v in (prov.get("determinism") or {}).items())
+    lines.append(f"determinism: {settings}")
+    device = training.get("device_name") or "-"
+    lines.append(f"device: {device} x {training.get('processes', 1)}")
+    root = data.get("data_root") or {}
+    if root:
+        lines.append(f"data_root: {root.get('typed')} (resolved {root.get('resolved')})")
+    for name, digest in (data.get("content") or {}).items():
+        lines.append(f"data: {name} {digest[:19]}")
+    lines.append(f"command: {' '.join(prov.get('command') or [])}")
+    return lines
 
 
 def sync_runs(folders: list[str] | None, mongo_url: str | None, db: str | None) -> int:

@@ -105,7 +105,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "--epochs", type=int, metavar="N", help="re-run only the first N epochs; compare those"
     )
     parser.add_argument(
-        "--into", metavar="DIR", help="the file store for a reproduction of an archive's run"
+        "--into",
+        metavar="DIR",
+        help="record the reproduction in this file store (default: the original's store; "
+        "./runs for an archive's run)",
     )
     parser.add_argument(
         "--allow-data-change",
@@ -190,11 +193,9 @@ def _where_to_record(args, original: RunRecord) -> tuple[list[str], tuple]:
     """(the run command's store options, read_runs arguments to read the new run back)."""
     from study.archive import is_archive
 
-    if args.runs and is_archive(args.runs):
+    if args.into or (args.runs and is_archive(args.runs)):
         into = args.into or "runs"
         return ["-F", into], (into, None, None)
-    if args.into:
-        raise StudyError("--into is for a run read from an archive; others go to their own store")
     if args.mongo or (not args.runs and original.location is None):
         from study import mongo
 

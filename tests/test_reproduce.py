@@ -261,3 +261,16 @@ def test_a_mongo_run_is_reproduced_in_mongo_with_its_provenance(mnist_root, tmp_
         assert not (tmp_path / "runs").exists()  # recorded in MongoDB, not a file store
     finally:
         server.stop()
+
+
+def test_runs_long_shows_the_provenance(stored, tmp_path):
+    proc = run_study("runs", "--runs", stored / "runs", "--long", cwd=tmp_path)
+    (run,) = read_file_store(stored / "runs")
+    prov = run.info["provenance"]
+    lines = [line.strip() for line in proc.stdout.splitlines()]
+    assert f"code: study {prov['study']}" in "\n".join(lines)
+    assert "plugins: study:study-datasets" in "\n".join(lines)
+    assert f"torch {prov['versions']['torch']}" in "\n".join(lines)
+    assert any(line.startswith("determinism: ") and "cudnn_benchmark=" in line for line in lines)
+    digest = run.info["dataset"]["content"]["MNIST/raw/train-images-idx3-ubyte.gz"]
+    assert f"data: MNIST/raw/train-images-idx3-ubyte.gz {digest[:19]}" in lines
