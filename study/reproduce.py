@@ -246,7 +246,8 @@ def _data_difference(recorded: dict, now: dict) -> str | None:
 def compare(original: RunRecord, again: RunRecord, prefix: int | None = None) -> Verdict:
     """The verdict on `again` as a reproduction of `original` (of its first `prefix` epochs)."""
     last = prefix or _epochs_done(original)
-    names = sorted(n for n in set(original.metrics) | set(again.metrics) if n not in TIMING_METRICS)
+    # What the original recorded (an older run may lack a metric added since).
+    names = sorted(n for n in original.metrics if n not in TIMING_METRICS)
     unequal = []
     for name in names:
         a = [v for step, v in original.metric(name) if step <= last]
@@ -327,7 +328,8 @@ def differences(original: RunRecord, again: RunRecord, updates: dict, data_note)
             continue  # a prefix's own stop (the evidence says which epochs were compared)
         if a.get(key) != b.get(key):
             how = " (given with `with`)" if key in updates else ""
-            lines.append(f"config: {key} {a.get(key)!r} -> {b.get(key)!r}{how}")
+            before = repr(a[key]) if key in a else "not in the original (a key added since)"
+            lines.append(f"config: {key} {before} -> {b.get(key)!r}{how}")
     for key in PLACE_KEYS:
         if key in updates and original.config.get(key) != again.config.get(key):
             lines.append(
@@ -337,13 +339,17 @@ def differences(original: RunRecord, again: RunRecord, updates: dict, data_note)
     pa = original.info.get("provenance") or {}
     pb = again.info.get("provenance") or {}
     if not pa:
-        lines.append("provenance: the original recorded none (made before study recorded it)")
-    lines += _dict_differences("version", _versions(pa), _versions(pb))
-    lines += _dict_differences("plugin", pa.get("plugins") or {}, pb.get("plugins") or {})
-    lines += _dict_differences("code", _code(pa), _code(pb))
-    lines += _dict_differences(
-        "determinism", pa.get("determinism") or {}, pb.get("determinism") or {}
-    )
+        lines.append(
+            "provenance: the original recorded none (made before study recorded it), so its "
+            "code, versions, plugins and determinism settings cannot be compared"
+        )
+    else:
+        lines += _dict_differences("version", _versions(pa), _versions(pb))
+        lines += _dict_differences("plugin", pa.get("plugins") or {}, pb.get("plugins") or {})
+        lines += _dict_differences("code", _code(pa), _code(pb))
+        lines += _dict_differences(
+            "determinism", pa.get("determinism") or {}, pb.get("determinism") or {}
+        )
     ta, tb = original.info.get("training") or {}, again.info.get("training") or {}
     lines += _dict_differences(
         "device",
