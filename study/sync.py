@@ -161,11 +161,11 @@ BUSY = "another `study sync` is uploading it now; sync again later"
 
 def sync_run(db, fs, folder: Path, target: mongo.Target, claims) -> tuple[str, str, str]:
     """(kind, what was done, uid) for one file-store run folder."""
-    run = files.read_run_json(folder)
+    run = files.read_run_json(folder)  # what is uploaded, as Sacred wrote it
     uid = run_uid(run)
-    beat = run.get("heartbeat") or run.get("start_time")
-    if identity.run_alive(run.get("status"), run.get("heartbeat"), run.get("start_time")):
-        age = identity.age_s(beat)
+    state = files.run_state(folder, run)  # what decides, typed
+    if state.alive:
+        age = identity.age_s(state.heartbeat or state.start_time)
         return "skipped", f"still running (heartbeat {age:.0f} s ago); sync it later", uid
     claim = claims.acquire(_claim_key(uid))
     if claim is None:

@@ -107,21 +107,31 @@ def read_file_run(folder: Path, deep: bool = True) -> RunRecord:
     path = folder / "run.json"
     if not path.exists():
         raise RunBeingCreated(f"{folder}: no run.json yet")
-    run = _object(path)
-    status = _typed(run, "status", str, "UNKNOWN", path)
-    if not (folder / "config.json").exists() and status in ("RUNNING", "QUEUED"):
+    record = run_state(folder, _object(path))
+    if not (folder / "config.json").exists() and record.status in ("RUNNING", "QUEUED"):
         raise RunBeingCreated(f"{folder}: no config.json yet")
+    record.config = _object(folder / "config.json")
+    return read_details(record) if deep else record
+
+
+def run_state(folder: Path, run: dict) -> RunRecord:
+    """The run folder's record from its run.json (`run`) alone, config left empty: its status,
+    times, heartbeat and meta, typed, for deciding about a run before reading the rest.
+    StoreError names run.json when a value has the wrong type."""
+    folder = Path(folder)
+    path = folder / "run.json"
     experiment = _typed(run, "experiment", dict, {}, path)
     artifacts = _typed(run, "artifacts", list, [], path)
     if not all(isinstance(a, str) for a in artifacts):
         raise StoreError(f"{path}: artifacts are {artifacts!r}; expected a list of names")
-    record = RunRecord(
+    resumed = run.get("resumed")
+    return RunRecord(
         id=folder.name,
         store=str(folder.parent),
-        status=status,
+        status=_typed(run, "status", str, "UNKNOWN", path),
         experiment=str(experiment.get("name") or ""),
         command=_typed(run, "command", str, "", path),
-        config=_object(folder / "config.json"),
+        config={},
         info={},
         result=run.get("result"),
         metrics={},
@@ -131,10 +141,9 @@ def read_file_run(folder: Path, deep: bool = True) -> RunRecord:
         artifacts=list(artifacts),
         heartbeat=_typed(run, "heartbeat", str, None, path),
         meta=dict(_typed(run, "meta", dict, {}, path)),
-        resumed=[str(t) for t in _typed(run, "resumed", list, [], path)],
+        resumed=[str(t) for t in resumed] if isinstance(resumed, list) else [],
         location=folder,
     )
-    return read_details(record) if deep else record
 
 
 def read_details(record: RunRecord) -> RunRecord:
