@@ -232,11 +232,13 @@ def run_experiment(argv: list[str]) -> int:
     if not main_rank:  # torchrun: rank 0 alone records the run and talks; the others are quiet
         run.unobserved = True
         run.run_logger.setLevel("ERROR")
-    if store is not None and not run.unobserved:
+    if not run.unobserved:
         # One name for the run in every store (`study sync` matches it); a resumed run keeps it.
         resume = updates.get("resume")
-        run.meta_info[UID_KEY] = store.previous_uid(resume) or uuid.uuid4().hex
-        run.observers.extend(store.observers_for_run(resume))
+        uid = store.previous_uid(resume) if store is not None else None
+        run.meta_info[UID_KEY] = uid or uuid.uuid4().hex
+    if store is not None and not run.unobserved:
+        run.observers.extend(store.observers_for_run(updates.get("resume")))
     if run.main_function.__name__ == "run" and command == ex.default_command and main_rank:
         preflight(run.config)
     _terminate_as_interrupt()
