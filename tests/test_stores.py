@@ -371,6 +371,9 @@ def test_run_records_have_typed_fields_for_what_callers_need(tmp_path):
     run["meta"].update(comment="sweep:grid-0123abcd", study_uid="u-1")
     run["resumed"] = ["2026-11-26T13:47:00"]
     (folder / "run.json").write_text(json.dumps(run))
+    elsewhere = tmp_path / "checkpoints" / "1" / "checkpoint.pt"  # where `checkpoint_dir` put it
+    info = json.loads((folder / "info.json").read_text())
+    (folder / "info.json").write_text(json.dumps({**info, "checkpoint": str(elsewhere)}))
     record = read_file_run(folder)
     assert record.status == "COMPLETED" and record.top1 == pytest.approx(0.317)
     assert record.comment == "sweep:grid-0123abcd" and record.uid == "u-1"
@@ -378,7 +381,11 @@ def test_run_records_have_typed_fields_for_what_callers_need(tmp_path):
     assert record.heartbeat == run["heartbeat"] and record.resumed == ["2026-11-26T13:47:00"]
     assert record.config["model"] == record.model == "vgg16" and not record.alive
     assert not record.has_checkpoint()
-    (folder / "checkpoint.pt").write_bytes(b"")
+    elsewhere.parent.mkdir(parents=True)
+    elsewhere.write_bytes(b"")
+    assert record.has_checkpoint()
+    elsewhere.unlink()
+    (folder / "checkpoint.pt").write_bytes(b"")  # in the run's folder
     assert record.has_checkpoint()
 
     # Values of the wrong type read as absent, not as something else.
