@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 from study.errors import StudyError
@@ -28,7 +29,7 @@ DELEGATED_COMMANDS = {
     "report": "study.report",
     "sweep": "study.sweep",
     "reproduce": "study.reproduce",
-    "export": "study.archive",
+    "export": "study.export",
 }
 # Sacred options that choose an observer: with any of these, no default file store is added.
 OBSERVER_FLAGS = (
@@ -125,14 +126,14 @@ def _own_command(argv: list[str]) -> int:
 
 
 def print_runs(folder: str | None, mongo_url: str | None, db: str | None, long=False) -> None:
-    from study.stores import read_runs
+    from study.stores import choose_store
 
-    where, records = read_runs(folder, mongo_url, db)
-    print(f"{len(records)} run(s) in {where}")
+    store = choose_store(folder, mongo_url, db)
+    records = store.read_runs()
+    print(f"{len(records)} run(s) in {store.describe()}")
     print(f"{'id':>5}  {'model':<16} {'dataset':<14} {'status':<12} {'top-1':>7}  start")
     for r in records:
-        top1 = (r.result or {}).get("top1") if isinstance(r.result, dict) else None
-        top1 = f"{100 * top1:6.2f}%" if isinstance(top1, int | float) else f"{'-':>7}"
+        top1 = f"{100 * r.top1:6.2f}%" if r.top1 is not None else f"{'-':>7}"
         start = (r.start_time or "-").replace("T", " ")[:19]
         name = f"{r.model or '-':<16} {r.dataset or '-':<14}"
         print(f"{r.id:>5}  {name} {r.status:<12} {top1}  {start}")
@@ -231,20 +232,23 @@ def run_experiment(
     from docopt import docopt
     from sacred.arg_parser import get_config_updates
 
-    from study import distributed, mongo, sacred_api
+    from study import distributed, sacred_api
     from study.experiment import ex, preflight
-    from study.stores import DEFAULT_FILE_STORE, FileStore, check_run_id
+    from study.stores import DEFAULT_FILE_STORE, UID_KEY, check_run_id, choose_store
 
     argv, file_store = take_option(argv, "-F", "--file_storage")
     argv, mongo_spec = take_option(argv, "-m", "--mongo_db")
     observed_elsewhere = any(a.split("=")[0] in OBSERVER_FLAGS for a in argv)
-    # MongoDB: -m URL[:DB], else $STUDY_MONGO_URL when no other store is named.
-    target = mongo.parse_target(mongo_spec) if mongo_spec is not None else None
-    if target is None and file_store is None and not observed_elsewhere:
-        target = mongo.target_from_env()
-    mongo_client = None
-    if file_store is None and not observed_elsewhere and target is None:
-        file_store = DEFAULT_FILE_STORE
+    # -m URL[:DB] and -F DIR record to both; $STUDY_MONGO_URL only when no store is named;
+    # ./runs unless another Sacred observer (-u, -s, ...) is given.
+    store = choose_store(
+        file_store,
+        mongo_spec,
+        options=("-F DIR", "-m URL"),
+        both=True,
+        environment=not observed_elsewhere,
+        default=None if observed_elsewhere else DEFAULT_FILE_STORE,
+    )
 
     short_usage, usage, internal_usage = ex.get_usage()
     args = docopt(internal_usage, argv, default_help=False)
@@ -272,14 +276,10 @@ def run_experiment(
         resume = updates.get("resume")
         if resume is not None:
             # A run id of the chosen store only: `resume=../other/7` must not reach outside it.
-            check_run_id(resume, file_store or (target.masked if target else "the store"))
-            if target is not None and file_store is None:
-                mongo_client = mongo.connect(target)  # no fallback: the run to resume is there
-                stored = mongo.resumable_config(target, mongo_client, resume)
-            elif file_store is not None:
-                stored = _resumable_config(Path(file_store), resume)
-            else:
+            check_run_id(resume, file_store or (store.describe() if store else "the store"))
+            if store is None:
                 raise StudyError("resume needs the store that holds the run (-F DIR or -m URL)")
+            stored = store.resumable_config(resume)
             # The stored config, then whatever this command line changes (checked later).
             saved = Path(tmp) / "config.json"
             saved.write_text(json.dumps(stored))
@@ -291,19 +291,14 @@ def run_experiment(
     if not main_rank:  # torchrun: rank 0 alone records the run and talks; the others are quiet
         run.unobserved = True
         run.run_logger.setLevel("ERROR")
-    if not run.unobserved:  # one name for the run in every store (`study sync` matches it)
-        run.meta_info[mongo.UID_KEY] = _previous_uid(file_store, updates)
+    if not run.unobserved:
+        # One name for the run in every store (`study sync` matches it); a resumed run keeps it.
+        resume = updates.get("resume")
+        uid = store.previous_uid(resume) if store is not None else None
+        run.meta_info[UID_KEY] = uid or uuid.uuid4().hex
         run.meta_info.update(meta or {})
-    if target is not None and not run.unobserved:
-        if mongo_client is not None:  # resume: reopen the interrupted run's document
-            observer = mongo.make_observer(target, mongo_client, updates["resume"])
-        else:
-            observer, fallback = mongo.observer_for_run(target, file_store)
-            file_store = file_store or fallback
-        shadow = mongo.shadow_for(target) if observer else None
-        run.observers.extend([o for o in (observer, shadow) if o is not None])
-    if file_store is not None and not run.unobserved:
-        run.observers.append(FileStore(file_store))
+    if store is not None and not run.unobserved:
+        run.observers.extend(store.observers_for_run(updates.get("resume")))
     if run.main_function.__name__ == "run" and command == ex.default_command and main_rank:
         preflight(run.config)
     _terminate_as_interrupt()
@@ -324,35 +319,6 @@ def run_experiment(
         print(format_filtered_stacktrace(), file=sys.stderr)
         return 1
     return 0
-
-
-def _previous_uid(file_store, updates: dict) -> str:
-    """A resumed file-store run keeps its study_uid (a MongoDB one: StudyMongoObserver)."""
-    import uuid
-
-    from study.stores import read_json
-
-    resume = updates.get("resume")
-    run_json = Path(file_store) / str(resume) / "run.json" if file_store and resume else None
-    if run_json is not None and run_json.exists():
-        uid = (read_json(run_json).get("meta") or {}).get("study_uid")
-        if uid:
-            return uid
-    return uuid.uuid4().hex
-
-
-def _resumable_config(store: Path, run_id) -> dict:
-    from study.stores import read_json
-
-    folder = store / str(run_id)
-    if not (folder / "run.json").exists():
-        raise StudyError(f"resume={run_id}: no run {run_id} in {store}; see the folders there")
-    status = read_json(folder / "run.json").get("status")
-    if status == "COMPLETED":
-        raise StudyError(f"resume={run_id}: run {run_id} in {store} already COMPLETED")
-    config = read_json(folder / "config.json")
-    config.pop("resume", None)
-    return config
 
 
 def _terminate_as_interrupt() -> None:

@@ -148,7 +148,7 @@ def provenance(*, plugins, autocast, device) -> dict:
 
 def _masked(argv: list[str]) -> list[str]:
     """The command line with any URL's password masked (`-m mongodb://user:***@host`)."""
-    from study.mongo import mask_url
+    from study.stores.mongo import mask_url
 
     out = []
     for arg in argv:

@@ -44,11 +44,12 @@ class Verdict:
 
 def main(argv: list[str]) -> int:
     args, with_tokens = parse_args(argv)
-    from study.stores import read_runs
+    from study.stores import choose_store
 
     run_id = _check_id(args.id)
-    where, found = read_runs(args.runs, args.mongo, args.db, keep=lambda r: r.id == run_id)
-    found = [r for r in found if r.id == run_id]
+    store = choose_store(args.runs, args.mongo, args.db)
+    where = store.describe()
+    found = [r for r in store.read_runs(keep=lambda r: r.id == run_id) if r.id == run_id]
     if not found:
         raise StudyError(f"no run {run_id} in {where}; `study runs` lists the runs there")
     original = found[0]
@@ -61,7 +62,7 @@ def main(argv: list[str]) -> int:
     tokens, prefix = plan(original, with_tokens, updates, args.epochs)
     data_note = check_data(original, {**original.config, **updates}, args.allow_data_change)
 
-    store_args, read_from = _where_to_record(args, original)
+    store_args, into = _where_to_record(args, store)
     print(
         f"study: reproducing run {run_id} of {where} ({original.model} on {original.dataset}"
         + (f", its first {prefix} epochs" if prefix else "")
@@ -80,10 +81,9 @@ def main(argv: list[str]) -> int:
     if status != 0:
         return status
     new_id = str(started.get("id"))
-    _, again = read_runs(*read_from, keep=lambda r: r.id == new_id)
-    again = [r for r in again if r.id == new_id]
+    again = [r for r in into.read_runs(keep=lambda r: r.id == new_id) if r.id == new_id]
     if not again:
-        raise StudyError(f"the reproduction ran but run {new_id} is not in {read_from[0]}")
+        raise StudyError(f"the reproduction ran but run {new_id} is not in {into.describe()}")
     verdict = compare(original, again[0], prefix)
     verdict.differences = differences(original, again[0], updates, data_note)
     print(render(verdict, original, again[0]))
@@ -189,21 +189,17 @@ def reproducible_config(config: dict) -> dict:
     return {k: v for k, v in config.items() if k != "resume"}
 
 
-def _where_to_record(args, original: RunRecord) -> tuple[list[str], tuple]:
-    """(the run command's store options, read_runs arguments to read the new run back)."""
-    from study.archive import is_archive
+def _where_to_record(args, store) -> tuple[list[str], object]:
+    """(the run command's store options, the Store to read the new run back from): the
+    original's store, or `--into DIR` (an archive is read-only: ./runs by default)."""
+    from study.stores import FileRunStore
 
-    if args.into or (args.runs and is_archive(args.runs)):
-        into = args.into or "runs"
-        return ["-F", into], (into, None, None)
-    if args.mongo or (not args.runs and original.location is None):
-        from study import mongo
-
-        target = mongo.parse_target(args.mongo, args.db) if args.mongo else None
-        target = target or mongo.target_from_env(args.db)
-        return ["-m", f"{target.url}:{target.db}"], (None, args.mongo, args.db)
-    folder = str(original.location.parent)
-    return ["-F", folder], (folder, None, None)
+    if args.into or store.kind == "archive":
+        into = FileRunStore(args.into or "runs")
+        return ["-F", str(into.folder)], into
+    if store.kind == "mongo":
+        return ["-m", f"{store.target.url}:{store.target.db}"], store
+    return ["-F", str(store.folder)], store
 
 
 # ---------------------------------------------------------------------------------------------

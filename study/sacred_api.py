@@ -4,9 +4,9 @@ study needs a few things Sacred 0.8.7 has no public name for: the gap between cr
 starting it (to add its store and check inputs before anything is recorded), the command and
 help checks of its command line, a run's id, a config resolved without running, and the parser
 of `-m`'s `host:port:db` form. tests/test_sacred_api.py pins the version and checks each, so a
-Sacred upgrade breaks one test, not four modules. (The observer subclasses, study.stores.FileStore
-and study.mongo.StudyMongoObserver, extend Sacred's observers and use their attributes as
-subclasses do.)
+Sacred upgrade breaks one test, not four modules. (The observer subclasses,
+study.stores.files.FileStore and study.stores.mongo.StudyMongoObserver, extend Sacred's observers
+and use their attributes as subclasses do.)
 """
 
 from __future__ import annotations

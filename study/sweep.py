@@ -44,7 +44,7 @@ from pathlib import Path
 
 from study.atomic import write_atomic
 from study.errors import StudyError
-from study.identity import CLAIM_TOUCH_S, STALE_S, run_alive, run_order, trained
+from study.identity import CLAIM_TOUCH_S, STALE_S, run_order, trained
 
 # Keys the grid sets itself.
 GRID_KEYS = ("model", "dataset", "seed")
@@ -99,40 +99,37 @@ class Cell:
 
 @dataclass
 class Store:
-    """Where the cells record: the `study run` options that name it, and how to read it."""
+    """Where the cells record: the chosen store (study.stores.choose_store), the `study run`
+    options that name it, and the environment the cells' processes need."""
 
+    store: object  # a study.stores.Store
     args: list[str]  # -F DIR / -m SPEC, or [] ($STUDY_MONGO_URL)
-    folder: Path | None = None
-    mongo: str | None = None  # the -m spec or $STUDY_MONGO_URL (may hold a password)
-    where: str = ""
     printable_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # for the cells' processes
 
     noted: set[str] = field(default_factory=set)  # skipped runs already named
-    _claims: object = None
+
+    @property
+    def folder(self) -> Path | None:
+        """The file store's folder (None for MongoDB)."""
+        return getattr(self.store, "folder", None)
+
+    @property
+    def where(self) -> str:
+        return self.store.describe()
 
     def claims(self):
         """Where cells are claimed: `<store>/.claims` for a file store, the `claims`
         collection of the MongoDB database."""
-        from study.claims import FileClaims, MongoClaims
-
-        if self._claims is None:
-            if self.folder is not None:
-                self._claims = FileClaims(self.folder / ".claims")
-            else:
-                from study import mongo
-
-                target = mongo.parse_target(self.mongo)
-                self._claims = MongoClaims(mongo.connect(target)[target.db].claims)
-        return self._claims
+        return self.store.claims()
 
     def read(self):
-        from study.stores import print_skipped, read_runs
+        from study.stores import print_skipped
 
         if self.folder is not None and not self.folder.exists():
             return []
         notes: list[str] = []  # the store is read before every cell: each note once
-        runs = read_runs(str(self.folder) if self.folder else None, self.mongo, skipped=notes)[1]
+        runs = self.store.read_runs(skipped=notes)
         print_skipped([n for n in notes if n not in self.noted])
         self.noted.update(notes)
         return runs
@@ -285,25 +282,21 @@ def make_grid(args, with_tokens: list[str]) -> Grid:
 
 
 def make_store(file_storage: str | None, mongo_spec: str | None) -> Store:
-    from study import mongo
+    from study.stores import FileRunStore, choose_store, mongo
 
-    if file_storage and mongo_spec:
-        raise StudyError("give -F DIR or -m URL, not both")
-    if mongo_spec:
-        target = mongo.parse_target(mongo_spec)
-        if mongo.mask_url(target.url) != target.url:
-            # A password stays off every command line (`ps` shows them to other users): the
-            # cells get the URL through $STUDY_MONGO_URL, printed commands expect it there.
-            return Store([], None, mongo_spec, target.masked, [], {mongo.URL_ENV: mongo_spec})
-        return Store(["-m", mongo_spec], None, mongo_spec, target.masked, ["-m", mongo_spec])
-    if file_storage is None and os.environ.get(mongo.URL_ENV, "").strip():
-        target = mongo.target_from_env()
-        return Store([], None, os.environ[mongo.URL_ENV], target.masked, [])
-    from study.stores import DEFAULT_FILE_STORE
-
-    folder = Path(file_storage or DEFAULT_FILE_STORE).expanduser().resolve()
-    args = ["-F", str(folder)]
-    return Store(args, folder, None, str(folder), args)
+    store = choose_store(file_storage, mongo_spec, options=("-F DIR", "-m URL"))
+    if store.kind == "files":
+        # The cells and other sweeps may run elsewhere: an absolute folder.
+        store = FileRunStore(store.folder.expanduser().resolve())
+        args = ["-F", str(store.folder)]
+        return Store(store, args, args)
+    if store.from_env:
+        return Store(store, [], [])  # the cells inherit $STUDY_MONGO_URL
+    if mongo.mask_url(store.target.url) != store.target.url:
+        # A password stays off every command line (`ps` shows them to other users): the cells
+        # get the URL through $STUDY_MONGO_URL, printed commands expect it there.
+        return Store(store, [], [], {mongo.URL_ENV: mongo_spec})
+    return Store(store, ["-m", mongo_spec], ["-m", mongo_spec])
 
 
 def grid_id(name: str, grid: Grid) -> str:
@@ -361,13 +354,6 @@ def _run_order(record) -> tuple:
     return run_order(record.id)
 
 
-def checkpoint_exists(record) -> bool:
-    path = (record.info or {}).get("checkpoint")
-    if path and Path(path).exists():
-        return True
-    return record.location is not None and (Path(record.location) / "checkpoint.pt").exists()
-
-
 def plan(cell: Cell, records) -> None:
     """Set what the cell needs: done, running (elsewhere), resume (run_id) or run."""
     mine = identity(cell.config)
@@ -376,11 +362,11 @@ def plan(cell: Cell, records) -> None:
     if done:
         cell.action, cell.run_id, cell.status = "done", done[0].id, "COMPLETED"
         return
-    live = [r for r in matching if run_alive(r.status, r.heartbeat, r.start_time)]
+    live = [r for r in matching if r.alive]
     if live:
         cell.action, cell.run_id, cell.status = "running", live[-1].id, "RUNNING elsewhere"
         return
-    resumable = [r for r in matching if checkpoint_exists(r)]
+    resumable = [r for r in matching if r.has_checkpoint()]
     if resumable:
         cell.action, cell.run_id = "resume", resumable[-1].id
         return

@@ -1,8 +1,8 @@
 """`study sync`: file-store runs into MongoDB, exactly once.
 
 What it uploads: the file copies of MongoDB runs (`mongo-shadow/<db>/`, written beside every
-MongoDB run, see `study.mongo.ShadowStore`), plain file-store runs (`./runs` or `--runs DIR`),
-and Sacred's pickled leftovers (`<store>/mongo-unsaved/*.pickle`, what the MongoObserver could
+MongoDB run, see `study.stores.shadow`), plain file-store runs (`./runs` or `--runs DIR`), and
+Sacred's pickled leftovers (`<store>/mongo-unsaved/*.pickle`, what the MongoObserver could
 not save at the end of a run).
 
 A run is matched by `meta.study_uid` (written into every store at the start of a run; derived
@@ -30,10 +30,10 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from study import identity, mongo
+from study import identity
 from study.claims import MongoClaims
 from study.errors import StoreError
-from study.stores import DEFAULT_FILE_STORE, read_json
+from study.stores import DEFAULT_FILE_STORE, choose_store, files, mongo, shadow
 
 SYNCED_LEFTOVERS = "synced"  # leftovers move here once their run is in MongoDB
 _UID_NAMESPACE = uuid.UUID("3f8c1f0e-5d2a-4c3b-9a57-6b1d2e0c7a11")
@@ -54,16 +54,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--mongo", metavar="URL", help="a MongoDB URL (default $STUDY_MONGO_URL)")
     parser.add_argument("--db", metavar="NAME", help="the MongoDB database (default: study)")
     args = parser.parse_args(argv)
-    target = mongo.parse_target(args.mongo, args.db) if args.mongo else None
-    target = target or mongo.target_from_env(args.db)
-    if target is None:
+    # The store synced to; --runs names the file stores synced from, not it.
+    store = choose_store(None, args.mongo, args.db, default=None)
+    if store is None or store.kind != "mongo":
         raise StoreError(f"study sync needs --mongo URL (or ${mongo.URL_ENV})")
+    target = store.target
     stores = [Path(d) for d in args.runs] if args.runs else default_stores(target)
-    client = mongo.connect(target)
+    client = store.connect()
     try:
         report = sync(target, client, stores)
     finally:
-        client.close()
+        store.close()
     for line in report.lines:
         print(line)
     print(report.summary(target))
@@ -71,8 +72,8 @@ def main(argv: list[str]) -> int:
 
 
 def default_stores(target: mongo.Target) -> list[Path]:
-    shadow = mongo.shadow_dir(target)
-    return [p for p in (shadow, Path(DEFAULT_FILE_STORE)) if p is not None]
+    copies = shadow.shadow_dir(target)
+    return [p for p in (copies, Path(DEFAULT_FILE_STORE)) if p is not None]
 
 
 class Report:
@@ -106,7 +107,7 @@ def sync(target: mongo.Target, client, stores: list[Path]) -> Report:
         if store.resolve() in seen or not store.is_dir():
             continue
         seen.add(store.resolve())
-        for folder in _run_folders(store):
+        for folder in files.run_folders(store):
             try:
                 kind, text, uid = sync_run(db, fs, folder, target, claims)
             except (StoreError, OSError, ValueError) as exc:
@@ -129,11 +130,6 @@ def sync(target: mongo.Target, client, stores: list[Path]) -> Report:
                 continue
             report.add(str(path), kind, text)
     return report
-
-
-def _run_folders(store: Path) -> list[Path]:
-    folders = [p for p in store.iterdir() if p.is_dir() and (p / "run.json").exists()]
-    return sorted(folders, key=lambda p: identity.run_order(p.name))
 
 
 # -- one file-store run ---------------------------------------------------------------------
@@ -165,11 +161,11 @@ BUSY = "another `study sync` is uploading it now; sync again later"
 
 def sync_run(db, fs, folder: Path, target: mongo.Target, claims) -> tuple[str, str, str]:
     """(kind, what was done, uid) for one file-store run folder."""
-    run = read_json(folder / "run.json")
+    run = files.read_run_json(folder)  # what is uploaded, as Sacred wrote it
     uid = run_uid(run)
-    beat = run.get("heartbeat") or run.get("start_time")
-    if identity.run_alive(run.get("status"), run.get("heartbeat"), run.get("start_time")):
-        age = identity.age_s(beat)
+    state = files.run_state(folder, run)  # what decides, typed
+    if state.alive:
+        age = identity.age_s(state.heartbeat or state.start_time)
         return "skipped", f"still running (heartbeat {age:.0f} s ago); sync it later", uid
     claim = claims.acquire(_claim_key(uid))
     if claim is None:
@@ -179,10 +175,10 @@ def sync_run(db, fs, folder: Path, target: mongo.Target, claims) -> tuple[str, s
 
 
 def _sync_run(db, fs, folder: Path, target, run: dict, uid: str) -> tuple[str, str, str]:
-    local = _local_run(folder, run)
+    local = files.read_run_files(folder, run)
     doc = db.runs.find_one({f"meta.{mongo.UID_KEY}": uid})
     if doc is None:
-        doc = _insert(db, fs, folder, run, uid, target)
+        doc = _insert(db, fs, folder, local, uid, target)
         changes = _reconcile(db, fs, doc, local, folder)
         what = f"inserted as MongoDB run {doc['_id']}"
         return "inserted", f"{what} ({', '.join(changes)})" if changes else what, uid
@@ -195,24 +191,11 @@ def _sync_run(db, fs, folder: Path, target, run: dict, uid: str) -> tuple[str, s
     return "completed", f"completed MongoDB run {doc['_id']} ({', '.join(changes)})", uid
 
 
-def _local_run(folder: Path, run: dict) -> dict:
-    def optional(name, default):
-        return read_json(folder / name) if (folder / name).exists() else default
-
-    cout = folder / "cout.txt"
-    return {
-        "run": run,
-        "config": read_json(folder / "config.json"),
-        "info": optional("info.json", {}),
-        "metrics": optional("metrics.json", {}),
-        "captured_out": cout.read_text(errors="replace") if cout.exists() else "",
-    }
-
-
-def _insert(db, fs, folder: Path, run: dict, uid: str, target: mongo.Target) -> dict:
+def _insert(db, fs, folder: Path, local: dict, uid: str, target: mongo.Target) -> dict:
     import pymongo.errors
     from sacred.observers import MongoObserver
 
+    run = local["run"]
     experiment = dict(run.get("experiment") or {})
     experiment["sources"] = _upload_sources(fs, folder.parent, experiment)
     doc = {
@@ -221,7 +204,7 @@ def _insert(db, fs, folder: Path, run: dict, uid: str, target: mongo.Target) -> 
         "command": run.get("command", ""),
         "host": run.get("host") or {},
         "start_time": _time(run.get("start_time")),
-        "config": read_json(folder / "config.json"),
+        "config": local["config"],
         "meta": {**(run.get("meta") or {}), mongo.UID_KEY: uid},
         "status": run.get("status", "UNKNOWN"),
         "resources": [],
@@ -250,7 +233,7 @@ def _upload_sources(fs, store: Path, experiment: dict) -> list:
     out = []
     base_dir = experiment.get("base_dir", "")
     for name, stored in experiment.get("sources") or []:
-        path = store / stored
+        path = files.source_path(store, stored)
         if not path.exists():
             continue
         data = path.read_bytes()
@@ -319,7 +302,7 @@ def _artifacts(fs, doc: dict, run: dict, folder: Path) -> tuple[list[dict], int]
     out, uploaded = [], 0
     names = list(dict.fromkeys(run.get("artifacts") or []))
     for name in names:
-        path = folder / name
+        path = files.artifact_path(folder, name)
         file_id = have.get(name)
         if file_id is not None and fs.exists(file_id):
             out.append({"name": name, "file_id": file_id})

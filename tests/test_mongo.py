@@ -19,10 +19,9 @@ from conftest import run_study
 from mongo_server import MongoServer, free_port, server_command
 from PIL import Image
 
-from study import mongo
 from study.errors import StoreError
 from study.record import EPOCH_METRICS, EVALUATION_ARTIFACT
-from study.stores import read_file_store
+from study.stores import mongo, read_file_store
 
 FAST = ["model=small_cnn", "dataset=mnist", "batch_size=50", "lr=0.003"]
 USER, PASSWORD = "trainer", "s3cret-Pa55"

@@ -183,3 +183,215 @@ def test_resume_takes_a_run_id_of_the_chosen_store_only(tmp_path):
         assert f"resume={value!r} is invalid; expected the id of a run in" in line, line
     assert {p.name: p.read_bytes() for p in other.iterdir()} == before
     assert not (tmp_path / "runs").exists()
+
+
+# -- one home: the stores package, choosing a store, RunRecord's typed fields ----------------
+
+STUDY = Path(__file__).resolve().parent.parent / "study"
+
+
+def _imports(path: Path, lazy: bool) -> set[str]:
+    """The study modules a source file imports (at its top level only, unless `lazy`)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    nodes = ast.walk(tree) if lazy else tree.body
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("study"))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("study"):
+            for alias in node.names:  # `from study.stores import files`: the submodule
+                sub = f"{node.module}.{alias.name}"
+                is_module = (STUDY.parent / (sub.replace(".", "/") + ".py")).exists()
+                found.add(sub if is_module else node.module)
+    return found
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(STUDY.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of `graph` (module -> modules it imports), or None."""
+    state: dict[str, int] = {}  # 1: being visited, 2: done
+
+    def visit(node, path):
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt] if nxt in path else [node, nxt]
+            if nxt not in state:
+                found = visit(nxt, [*path, nxt])
+                if found:
+                    return found
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state:
+            found = visit(start, [start])
+            if found:
+                return found
+    return None
+
+
+def test_study_modules_import_one_another_without_a_cycle():
+    files = sorted(STUDY.rglob("*.py"))
+    names = {_module_name(p) for p in files}
+
+    def graph(lazy, within):
+        out = {}
+        for path in files:
+            name = _module_name(path)
+            if name.startswith(within):
+                # A package's __init__ is imported before its submodules: not an edge of theirs.
+                targets = {t for t in _imports(path, lazy) if t in names and t != name}
+                out[name] = {t for t in targets if not name.startswith(t + ".")}
+        return out
+
+    top_level = graph(lazy=False, within="study")
+    assert "study.stores.choice" in top_level and "study.mongo" not in names
+    assert _cycle(top_level) is None, f"import cycle: {' -> '.join(_cycle(top_level))}"
+    # Within the stores package not even a function-level import goes round.
+    stores = graph(lazy=True, within="study.stores")
+    assert _cycle(stores) is None, f"import cycle: {' -> '.join(_cycle(stores))}"
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # it finds one
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["study.stores.records", "study.stores.files", "study.stores.mongo", "study.stores.shadow",
+     "study.stores.choice", "study.stores", "study.sync", "study.sweep", "study.cli"],
+)  # fmt: skip
+def test_each_store_module_imports_first_in_a_fresh_interpreter(module):
+    proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_nothing_outside_the_stores_package_reads_a_run_folder_itself():
+    outside = [p for p in STUDY.glob("*.py") if p.name != "report.py"]  # the report: its own
+    offenders = [
+        f"{p.name}: {needle}"
+        for p in outside
+        for needle in ('"run.json"', '"metrics.json"', '"info.json"', "read_json(")
+        if needle in p.read_text()
+    ]
+    assert offenders == []
+
+
+@pytest.fixture
+def no_mongo_env(monkeypatch):
+    from study.stores import mongo
+
+    for name in (mongo.URL_ENV, mongo.DB_ENV, mongo.FALLBACK_ENV, mongo.TIMEOUT_ENV):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_choose_store_takes_the_command_line_then_the_environment_then_runs(no_mongo_env):
+    from study.errors import StoreError
+    from study.stores import DEFAULT_FILE_STORE, choose_store
+
+    default = choose_store()
+    assert default.kind == "files" and default.folder == Path(DEFAULT_FILE_STORE)
+    assert choose_store("elsewhere").describe() == "elsewhere"
+    named = choose_store(None, "mongodb://ann:s3cret@db.example.org:27017", "exp")
+    assert (
+        named.kind == "mongo" and named.describe() == "mongodb://ann:***@db.example.org:27017/exp"
+    )
+    assert "s3cret" not in repr(named) and not named.from_env
+
+    no_mongo_env.setenv("STUDY_MONGO_URL", "mongodb://bob:pw@db.example.org")
+    no_mongo_env.setenv("STUDY_MONGO_DB", "lab")
+    from_env = choose_store()
+    assert from_env.kind == "mongo" and from_env.from_env
+    assert from_env.describe() == "mongodb://bob:***@db.example.org/lab"
+    assert choose_store(db="other").target.db == "other"  # --db over $STUDY_MONGO_DB
+    assert choose_store("mine").kind == "files"  # a folder named wins over the environment
+    assert choose_store(environment=False, default=None) is None  # `study run -u`
+
+    with pytest.raises(StoreError, match=r"^give --runs DIR or --mongo URL, not both$"):
+        choose_store("runs", "mongodb://localhost")
+    with pytest.raises(StoreError, match=r"^give -F DIR or -m URL, not both$"):
+        choose_store("runs", "mongodb://localhost", options=("-F DIR", "-m URL"))
+    both = choose_store("runs", "mongodb://localhost", both=True)  # `study run -m URL -F DIR`
+    assert both.kind == "mongo" and both.also == Path("runs")
+    no_mongo_env.delenv("STUDY_MONGO_URL")
+    with pytest.raises(StoreError, match=r"^--db needs --mongo URL \(or \$STUDY_MONGO_URL\)$"):
+        choose_store(db="exp")
+    with pytest.raises(StoreError, match=r"^--runs needs a folder, e.g. --runs runs$"):
+        choose_store("  ")
+    with pytest.raises(StoreError, match="no MongoDB URL given"):
+        choose_store(mongo_url="")
+
+
+def test_read_runs_goes_through_choose_store(no_mongo_env, tmp_path):
+    from study.stores import choose_store, read_runs
+
+    shutil.copytree(SAMPLE_RUNS, tmp_path / "runs")
+    where, runs = read_runs(str(tmp_path / "runs"))
+    assert where == str(tmp_path / "runs") and len(runs) == 9
+    store = choose_store(tmp_path / "runs")
+    assert [r.id for r in store.read_runs(keep=lambda r: r.model == "vgg16")] == ["1", "4", "7"]
+    assert store.claims().acquire("cell-x") is not None  # `<store>/.claims`
+    assert (tmp_path / "runs" / ".claims").is_dir()
+
+
+def test_an_unreachable_mongodb_is_one_line_or_the_file_store_when_fallback_is_on(
+    no_mongo_env, tmp_path
+):
+    from mongo_server import free_port
+
+    from study.errors import StoreError
+    from study.stores import FileStore, choose_store
+
+    no_mongo_env.setenv("STUDY_MONGO_TIMEOUT", "0.5")
+    no_mongo_env.chdir(tmp_path)
+    store = choose_store(None, f"mongodb://127.0.0.1:{free_port()}", "exp")
+    with pytest.raises(StoreError, match="unreachable.*set STUDY_MONGO_FALLBACK=1") as caught:
+        store.observers_for_run()
+    assert "\n" not in str(caught.value)
+    no_mongo_env.setenv("STUDY_MONGO_FALLBACK", "1")
+    [observer] = store.observers_for_run()
+    assert isinstance(observer, FileStore) and observer.basedir == "runs"
+    also = choose_store("mine", f"mongodb://127.0.0.1:{free_port()}", both=True)
+    [observer] = also.observers_for_run()  # -F DIR given: the fallback records there
+    assert observer.basedir == "mine"
+
+
+def test_run_records_have_typed_fields_for_what_callers_need(tmp_path):
+    from study.stores import read_file_run
+
+    shutil.copytree(SAMPLE_RUNS / "1", tmp_path / "runs" / "1")
+    folder = tmp_path / "runs" / "1"
+    run = json.loads((folder / "run.json").read_text())
+    run["meta"].update(comment="sweep:grid-0123abcd", study_uid="u-1")
+    run["resumed"] = ["2026-11-26T13:47:00"]
+    (folder / "run.json").write_text(json.dumps(run))
+    elsewhere = tmp_path / "checkpoints" / "1" / "checkpoint.pt"  # where `checkpoint_dir` put it
+    info = json.loads((folder / "info.json").read_text())
+    (folder / "info.json").write_text(json.dumps({**info, "checkpoint": str(elsewhere)}))
+    record = read_file_run(folder)
+    assert record.status == "COMPLETED" and record.top1 == pytest.approx(0.317)
+    assert record.comment == "sweep:grid-0123abcd" and record.uid == "u-1"
+    assert record.start_time == run["start_time"] and record.stop_time == run["stop_time"]
+    assert record.heartbeat == run["heartbeat"] and record.resumed == ["2026-11-26T13:47:00"]
+    assert record.config["model"] == record.model == "vgg16" and not record.alive
+    assert not record.has_checkpoint()
+    elsewhere.parent.mkdir(parents=True)
+    elsewhere.write_bytes(b"")
+    assert record.has_checkpoint()
+    elsewhere.unlink()
+    (folder / "checkpoint.pt").write_bytes(b"")  # in the run's folder
+    assert record.has_checkpoint()
+
+    # Values of the wrong type read as absent, not as something else.
+    run.update(result={"top1": True}, status="RUNNING", heartbeat=None)
+    run["meta"].update(comment=["x"], study_uid=7)
+    (folder / "run.json").write_text(json.dumps(run))
+    odd = read_file_run(folder)
+    assert odd.top1 is None and odd.comment is None and odd.uid is None
+    assert not odd.alive  # RUNNING, but its start is long past: dead

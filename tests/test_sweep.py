@@ -248,6 +248,23 @@ def test_a_mongo_password_is_never_printed():
     assert plain.printable_args == plain.args
 
 
+def test_the_sweep_chooses_its_store_as_study_run_does(monkeypatch, tmp_path):
+    from study.errors import StudyError
+    from study.sweep import make_store
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("STUDY_MONGO_URL", raising=False)
+    files = make_store(None, None)  # ./runs, absolute: cells and other sweeps may run elsewhere
+    assert files.folder == tmp_path / "runs" and files.args == ["-F", str(tmp_path / "runs")]
+    monkeypatch.setenv("STUDY_MONGO_URL", "mongodb://ann:s3cret@db.example.org:27017:exp")
+    from_env = make_store(None, None)  # the cells inherit the variable: nothing to pass
+    assert from_env.folder is None and from_env.args == [] and from_env.env == {}
+    assert from_env.where == "mongodb://ann:***@db.example.org:27017/exp"
+    assert make_store("here", None).folder == tmp_path / "here"  # -F wins over the variable
+    with pytest.raises(StudyError, match="^give -F DIR or -m URL, not both$"):
+        make_store("here", "mongodb://db.example.org")
+
+
 def test_report_over_the_sweep_shows_intervals_and_tests(swept, tmp_path):
     records = select_runs(read_file_store(swept["store"]))
     html = build_report(records, tmp_path / "sweep.html", "html").read_text()

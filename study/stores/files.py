@@ -1,0 +1,247 @@
+"""The file store: recording (Sacred's FileStorageObserver with two changes: JSON is written
+atomically, and a run given `resume=<id>` continues in its own folder) and reading a run folder
+back, as a `RunRecord` or, for copying it elsewhere (`study sync`), as the files Sacred wrote.
+Only this module knows the folder's layout (run.json, config.json, info.json, metrics.json,
+cout.txt, artifacts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+from sacred.observers import FileStorageObserver
+
+from study.atomic import remove_stale_temps, write_atomic
+from study.errors import StoreError
+from study.identity import run_order
+from study.stores.records import (
+    UID_KEY,
+    RunBeingCreated,
+    RunRecord,
+    Skipped,
+    dedupe_metrics,
+    print_skipped,
+)
+
+DEFAULT_FILE_STORE = "runs"
+
+
+class FileStore(FileStorageObserver):
+    """Sacred's file store, with atomic JSON writes and resumable runs."""
+
+    # Sacred's heartbeat thread and the main thread both save run.json: one at a time, so a
+    # snapshot is never flattened while the other thread changes it, nor written out of order.
+    _save_lock = threading.Lock()
+
+    def save_json(self, obj, filename):
+        # A run killed mid-write must not leave a truncated run.json or metrics.json.
+        from sacred.serializer import flatten
+
+        with self._save_lock:
+            text = json.dumps(flatten(obj), sort_keys=True, indent=2)
+            write_atomic(os.path.join(self.dir, filename), text)
+
+    resume_id: str | None = None
+
+    def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
+        remove_stale_temps(self.basedir)  # what killed writers left in this store
+        resume = config.get("resume") if isinstance(config, dict) else None
+        if resume is None:
+            return super().started_event(
+                ex_info, command, host_info, start_time, config, meta_info, _id
+            )
+        # Continue the interrupted run in its own folder: same id, metrics appended.
+        previous = read_json(Path(self.basedir) / str(resume) / "run.json")
+        self.resume_id = str(resume)
+        run_id = super().started_event(
+            ex_info, command, host_info, start_time, config, meta_info, self.resume_id
+        )
+        self.run_entry["start_time"] = previous.get("start_time", self.run_entry["start_time"])
+        self.run_entry["artifacts"] = previous.get("artifacts", [])
+        self.run_entry["resumed"] = previous.get("resumed", []) + [start_time.isoformat()]
+        self.save_json(self.run_entry, "run.json")
+        return run_id
+
+    def _make_run_dir(self, _id):
+        if self.resume_id is None:
+            return super()._make_run_dir(_id)
+        self.dir = os.path.join(self.basedir, self.resume_id)
+
+    def artifact_event(self, name, filename, metadata=None, content_type=None):
+        self.save_file(filename, name)
+        if name not in self.run_entry["artifacts"]:  # a resumed run rewrites its artifacts
+            self.run_entry["artifacts"].append(name)
+        self.save_json(self.run_entry, "run.json")
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise StoreError(f"{path}: no such run file") from None
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path}: unreadable run file ({exc})") from None
+
+
+def _object(path: Path) -> dict:
+    value = read_json(path)
+    if not isinstance(value, dict):
+        raise StoreError(f"{path}: holds a JSON {type(value).__name__}; expected an object")
+    return value
+
+
+def _typed(run: dict, key: str, types, default, path: Path):
+    value = run.get(key, default)
+    if value is not None and not isinstance(value, types):
+        raise StoreError(f"{path}: {key} is {value!r}; expected {types.__name__}")
+    return value if value is not None else default
+
+
+def read_file_run(folder: Path, deep: bool = True) -> RunRecord:
+    """One file-store run; `deep=False` reads run.json and config.json only (info and
+    metrics: `read_details`). StoreError names the file at fault; RunBeingCreated when Sacred
+    has not yet written the run's config."""
+    folder = Path(folder)
+    path = folder / "run.json"
+    if not path.exists():
+        raise RunBeingCreated(f"{folder}: no run.json yet")
+    record = run_state(folder, _object(path))
+    if not (folder / "config.json").exists() and record.status in ("RUNNING", "QUEUED"):
+        raise RunBeingCreated(f"{folder}: no config.json yet")
+    record.config = _object(folder / "config.json")
+    return read_details(record) if deep else record
+
+
+def run_state(folder: Path, run: dict) -> RunRecord:
+    """The run folder's record from its run.json (`run`) alone, config left empty: its status,
+    times, heartbeat and meta, typed, for deciding about a run before reading the rest.
+    StoreError names run.json when a value has the wrong type."""
+    folder = Path(folder)
+    path = folder / "run.json"
+    experiment = _typed(run, "experiment", dict, {}, path)
+    artifacts = _typed(run, "artifacts", list, [], path)
+    if not all(isinstance(a, str) for a in artifacts):
+        raise StoreError(f"{path}: artifacts are {artifacts!r}; expected a list of names")
+    resumed = run.get("resumed")
+    return RunRecord(
+        id=folder.name,
+        store=str(folder.parent),
+        status=_typed(run, "status", str, "UNKNOWN", path),
+        experiment=str(experiment.get("name") or ""),
+        command=_typed(run, "command", str, "", path),
+        config={},
+        info={},
+        result=run.get("result"),
+        metrics={},
+        host=_typed(run, "host", dict, {}, path),
+        start_time=_typed(run, "start_time", str, None, path),
+        stop_time=_typed(run, "stop_time", str, None, path),
+        artifacts=list(artifacts),
+        heartbeat=_typed(run, "heartbeat", str, None, path),
+        meta=dict(_typed(run, "meta", dict, {}, path)),
+        resumed=[str(t) for t in resumed] if isinstance(resumed, list) else [],
+        location=folder,
+    )
+
+
+def read_details(record: RunRecord) -> RunRecord:
+    """A file-store record's info and metrics, read in."""
+    folder = record.location
+    info, metrics = folder / "info.json", folder / "metrics.json"
+    record.info = _object(info) if info.exists() else {}
+    try:
+        record.metrics = dedupe_metrics(_object(metrics)) if metrics.exists() else {}
+    except ValueError as exc:
+        raise StoreError(f"{metrics}: {exc}") from None
+    return record
+
+
+def read_file_store(root: Path, keep=None, skipped: Skipped | None = None) -> list[RunRecord]:
+    """Every run in a file store, in id order. A run still being created is left out; a
+    malformed one is left out with one line in `skipped` (printed when no list is given).
+    `keep(record)`, given run.json and config.json only, leaves out runs before the rest of
+    them is read."""
+    root = Path(root)
+    if not root.is_dir():
+        raise StoreError(f"{root}: no such run store (a folder written by `study run`)")
+    folders = run_folders(root)
+    notes: Skipped = [] if skipped is None else skipped
+    records = []
+    for folder in folders:
+        try:
+            record = read_file_run(folder, deep=False)
+            if keep is not None and not keep(record):
+                continue
+            records.append(read_details(record))
+        except RunBeingCreated:
+            continue
+        except StoreError as exc:
+            notes.append(f"skipped a malformed run: {exc}")
+    if skipped is None:
+        print_skipped(notes)
+    return records
+
+
+def run_folders(root: Path) -> list[Path]:
+    """The run folders of a file store (those with a run.json), in run order."""
+    folders = [p for p in Path(root).iterdir() if p.is_dir() and (p / "run.json").exists()]
+    return sorted(folders, key=lambda p: run_order(p.name))
+
+
+def read_run_json(folder: Path) -> dict:
+    """A run's run.json as Sacred wrote it (for copying the run to another store)."""
+    return _object(Path(folder) / "run.json")
+
+
+def read_run_files(folder: Path, run: dict | None = None) -> dict:
+    """Everything a file-store run holds, as Sacred wrote it, for copying it to another store
+    (`study sync`): {run, config, info, metrics, captured_out}; `run` when already read."""
+    folder = Path(folder)
+
+    def optional(name, default):
+        return _object(folder / name) if (folder / name).exists() else default
+
+    cout = folder / "cout.txt"
+    return {
+        "run": run if run is not None else read_run_json(folder),
+        "config": _object(folder / "config.json"),
+        "info": optional("info.json", {}),
+        "metrics": optional("metrics.json", {}),
+        "captured_out": cout.read_text(errors="replace") if cout.exists() else "",
+    }
+
+
+def artifact_path(folder: Path, name: str) -> Path:
+    """Where a file-store run keeps its artifact `name`."""
+    return Path(folder) / name
+
+
+def source_path(root: Path, stored: str) -> Path:
+    """Where a file store keeps a source file Sacred recorded (`_sources/...`)."""
+    return Path(root) / stored
+
+
+def resumable_config(root: Path, run_id: str) -> dict:
+    """The stored config of an interrupted run in this file store, to run it again with
+    `resume=<id>`; StoreError when there is no such run or it already COMPLETED."""
+    root = Path(root)
+    folder = root / str(run_id)
+    if not (folder / "run.json").exists():
+        raise StoreError(f"resume={run_id}: no run {run_id} in {root}; see the folders there")
+    status = read_json(folder / "run.json").get("status")
+    if status == "COMPLETED":
+        raise StoreError(f"resume={run_id}: run {run_id} in {root} already COMPLETED")
+    config = read_json(folder / "config.json")
+    config.pop("resume", None)
+    return config
+
+
+def stored_uid(root: Path, run_id: str | None) -> str | None:
+    """The study_uid of run `run_id` in this file store (a resumed run keeps its name)."""
+    run_json = Path(root) / str(run_id) / "run.json" if run_id is not None else None
+    if run_json is None or not run_json.exists():
+        return None
+    uid = (read_json(run_json).get("meta") or {}).get(UID_KEY)
+    return uid or None
