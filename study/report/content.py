@@ -1,0 +1,223 @@
+"""The template's context: everything the report shows, assembled from the runs."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from collections import defaultdict
+
+from study import stats
+from study.errors import StudyError
+from study.report.figures import FigureCache, reliability_svg
+from study.report.model import (
+    COLLAPSE_CLASS_SHARE,
+    COLLAPSE_TOP_SHARE,
+    CONFUSED_PAIRS,
+    CONFUSION_MAX_CLASSES,
+    CURVE_METRICS,
+    DATASET_ORDER,
+    GALLERY_PER_CELL,
+    TIMING_SPREAD,
+    arm_names,
+    cell_flags,
+    confused_pairs,
+    dataset_title,
+    evaluation_cache,
+    mean_std,
+    model_title,
+    ordered,
+    ordered_models,
+    reliability_data,
+    run_evaluation,
+    run_flags,
+    seed_table,
+)
+from study.report.prose import abstract, conclusions, departures, flagged_text, lowest_ece
+from study.report.tables import (
+    appendix_entry,
+    calibration_rows,
+    comparisons,
+    dataset_rows,
+    efficiency_rows,
+    method_section,
+    results_table,
+    timing_noise,
+)
+from study.stores import RunRecord
+
+
+def report_context(
+    records: list[RunRecord],
+    figures: FigureCache,
+    *,
+    title: str | None = None,
+    today: dt.date | None = None,
+) -> dict:
+    cells: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
+    for r, arm in zip(records, arm_names(records), strict=True):
+        cells[(r.dataset or "?", arm)].append(r)
+    datasets = ordered({d for d, _ in cells}, DATASET_ORDER)
+    models = ordered_models(m for _, m in cells)
+    seed = seed_table()
+    notes: list[str] = []
+
+    evaluate = evaluation_cache()
+    flags = {key: cell_flags(rs, evaluate) for key, rs in cells.items()}
+    table = results_table(cells, datasets, models, seed, flags)
+    best = {row["dataset"]: row["best"] for row in table["rows"] if row["metric"] == "top1"}
+    starts = sorted(r.start_time for r in records if r.start_time)
+    sections = [
+        dataset_section(
+            d, [m for m in models if (d, m) in cells], cells, figures, evaluate, flags
+        )  # fmt: skip
+        for d in datasets
+    ]
+    tests = [
+        comparisons(d, [m for m in models if (d, m) in cells], cells, best.get(d), evaluate)
+        for d in datasets
+    ]
+    for s in sections:
+        notes.extend(s["notes"])
+    efficiency = efficiency_rows(cells, datasets, models)
+    hardware = {e["hardware"] for e in efficiency}
+    departed = departures(records, datasets)
+    # "Reproduction" only where every run follows the seed's protocol on the full data sets.
+    what = "a re-run departing from the seed's protocol" if departed else "a reproduction"
+    return {
+        "title": title or f"Deeper Networks for Image Classification: {what}",
+        "departures": departed,
+        "date": (today or dt.date.today()).isoformat(),
+        "run_span": (starts[0][:10], starts[-1][:10]) if starts else None,
+        "abstract": abstract(records, datasets, models, best, cells, tests, flags, departed),
+        "n_runs": len(records),
+        "models": [{"name": m, "title": model_title(m)} for m in models],
+        "datasets": [{"name": d, "title": dataset_title(d)} for d in datasets],
+        "method": method_section(records, cells),
+        "dataset_rows": dataset_rows(cells, datasets),
+        "table": table,
+        "sections": sections,
+        "efficiency": efficiency,
+        "efficiency_hardware": hardware.pop() if len(hardware) == 1 else None,
+        "timing_noise": timing_noise(records),
+        "timing_spread": f"{TIMING_SPREAD:g}",
+        "tests": tests,
+        "calibration": calibration_rows(cells, datasets, models, evaluate, flags),
+        "calibration_best": lowest_ece(cells, datasets, models, evaluate, flags),
+        "flagged": flagged_text(flags, datasets, models),
+        "conclusions": conclusions(tests, cells),
+        "significance": stats.SIGNIFICANCE,
+        "collapse_top": f"{COLLAPSE_TOP_SHARE:.0%}",
+        "collapse_classes": f"{COLLAPSE_CLASS_SHARE:.0%}",
+        "exact_below": stats.MCNEMAR_EXACT_BELOW,
+        "ece_bins": stats.ECE_BINS,
+        "appendix": [appendix_entry(r, evaluate, run_flags(r, evaluate)) for r in records],
+        "notes": notes,
+        "figures_drawn": figures.drawn,
+    }
+
+
+def dataset_section(d, models, cells, figures: FigureCache, evaluate=None, flags=None) -> dict:
+    notes: list[str] = []
+    title = dataset_title(d)
+    runs = [(m, r) for m in models for r in cells[(d, m)]]
+
+    bars = {
+        "models": [model_title(m) for m in models],
+        "top1": [mean_std(cells[(d, m)], "top1") for m in models],
+        "top5": [mean_std(cells[(d, m)], "top5") for m in models],
+    }
+    bar_chart = figures.get("bars", bars)
+
+    curves = []
+    for m, r in runs:
+        series = {name: r.metric(name) for name in CURVE_METRICS}
+        if not any(series.values()):
+            notes.append(f"Run {r.id} ({model_title(m)} on {title}) recorded no training curves.")
+            continue
+        label = model_title(m) + (f" (run {r.id})" if len(cells[(d, m)]) > 1 else "")
+        curves.append({"label": label, **series})
+    curve_chart = figures.get("curves", {"runs": curves}) if curves else None
+
+    class_names: list[str] = []
+    for _, r in runs:
+        names = (r.info.get("dataset") or {}).get("class_names")
+        if names:
+            class_names = list(names)
+            break
+    num_classes = len(class_names)
+    evaluate = evaluate or run_evaluation
+    confusion = []  # per model: summed confusion matrix over its runs
+    pairs_by_model = []
+    for m in models:
+        total, used = None, []
+        for r in cells[(d, m)]:
+            ev = evaluate(r)
+            if ev is None or "confusion" not in ev:
+                notes.append(
+                    f"Run {r.id} ({model_title(m)} on {title}) has no evaluation artifact: "
+                    "no confusion matrix from it."
+                )
+                continue
+            matrix = ev["confusion"].astype(int).tolist()
+            if total is None:
+                total = matrix
+            elif len(matrix) == len(total):
+                total = [
+                    [a + b for a, b in zip(x, y, strict=True)]
+                    for x, y in zip(total, matrix, strict=True)
+                ]
+            used.append(r.id)
+        if total is None:
+            continue
+        label = model_title(m) + (f" (sum of {len(used)} runs)" if len(used) > 1 else "")
+        confusion.append({"label": label, "matrix": total})
+        pairs_by_model.append(
+            {"model": label, "pairs": confused_pairs(total, class_names, CONFUSED_PAIRS)}
+        )
+    show_matrices = 0 < num_classes <= CONFUSION_MAX_CLASSES or (
+        not num_classes and confusion and len(confusion[0]["matrix"]) <= CONFUSION_MAX_CLASSES
+    )
+    confusion_chart = None
+    if confusion and show_matrices:
+        confusion_chart = figures.get("confusion", {"models": confusion, "classes": class_names})
+
+    gallery = []
+    for m in models:
+        items = []
+        for r in cells[(d, m)]:
+            for g in (r.info.get("misclassified") or [])[:GALLERY_PER_CELL]:
+                try:
+                    data = r.artifact_bytes(g["artifact"])
+                except (StudyError, OSError, KeyError):
+                    notes.append(f"Run {r.id}: misclassified image {g.get('artifact')} is missing.")
+                    continue
+                items.append(
+                    {
+                        "src": "data:image/png;base64," + base64.b64encode(data).decode(),
+                        "true": g.get("true_name", g.get("true")),
+                        "predicted": g.get("predicted_name", g.get("predicted")),
+                        "confidence": g.get("confidence"),
+                        "run": r.id,
+                    }
+                )
+        items.sort(key=lambda i: -(i["confidence"] or 0))
+        gallery.append({"model": model_title(m), "items": items[:GALLERY_PER_CELL]})
+    flags = flags or {}
+    reliability = reliability_data(
+        models, [cells[(d, m)] for m in models], evaluate,
+        [bool(flags.get((d, m), {}).get("flagged")) for m in models],
+    )  # fmt: skip
+    return {
+        "name": d,
+        "title": title,
+        "bar_chart": bar_chart,
+        "reliability_chart": reliability_svg(reliability) if reliability else None,
+        "curve_chart": curve_chart,
+        "confusion_chart": confusion_chart,
+        "pairs": [] if show_matrices else pairs_by_model,
+        "num_classes": num_classes,
+        "gallery": gallery,
+        "notes": notes,
+        "flagged": [f["text"] for f in flagged_text(flags, [d], models)],
+        "aggregated": any(len(cells[(d, m)]) > 1 for m in models),
+    }
