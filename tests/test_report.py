@@ -153,16 +153,16 @@ def test_sections_figures_and_gallery(built):
     assert "The best model by top-1 accuracy is" not in text
 
     # MNIST: bars, curves, confusion matrices; Tiny-ImageNet (25 classes): bars, curves and a
-    # table of the most confused pairs instead of a matrix.
+    # table of the most confused pairs instead of a matrix; accuracy against compute.
     html = built["html"]
-    assert html.count('<img class="figure') == 5
+    assert html.count('<img class="figure') == 6
     assert "most frequent confusions" in html and "confusion matrices" in html
     assert "data:image/svg+xml;base64," in html
 
-    # The gallery: each cell's misclassified thumbnails, as images in the PDF.
+    # The gallery: every misclassified thumbnail each run recorded, as images in the PDF.
     expected = {28: 0, 64: 0}
     for (dataset, _), rs in by_cell(built["records"]).items():
-        n = min(8, sum(len(r.info["misclassified"]) for r in rs))
+        n = sum(len(r.info["misclassified"]) for r in rs)
         expected[28 if dataset == "mnist" else 64] += n
     assert expected[64] > 0 and expected[28] > 0
     assert html.count('<img class="misclassified"') == sum(expected.values())
@@ -273,21 +273,35 @@ def test_a_rebuild_draws_only_what_changed(built, tmp_path):
     records = built["records"]
     build_report(records, tmp_path / "a.html", "html", cache_dir=cache)
     first = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
-    assert len(first) == 5  # one file per figure
+    assert len(first) == 6  # one file per figure
 
     build_report(records, tmp_path / "b.html", "html", cache_dir=cache)
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == first  # nothing drawn
 
-    # Without the ResNet-18 run only MNIST's figures change; Tiny-ImageNet's are reused.
-    fewer = [r for r in records if r.model != "resnet18"]
+    # Without Small CNN's second MNIST seed only MNIST's figures and the compute figure may
+    # change (its curves do: one run has no seed band); Tiny-ImageNet's are reused.
+    fewer = [r for r in records if not (r.dataset == "mnist" and r.config["seed"] == 1)]
+    assert len(fewer) == len(records) - 1
     build_report(fewer, tmp_path / "c.html", "html", cache_dir=cache)
     new = {p.name for p in cache.iterdir()} - set(first)
-    assert len(new) == 3
+    before, after = (
+        (tmp_path / name).read_text().split('id="results-tiny_imagenet"')
+        for name in ("a.html", "c.html")
+    )
+    figures = re.compile(r'<img class="figure[^"]*" src="([^"]+)"')
+    assert figures.findall(after[1].split('id="efficiency"')[0]) == figures.findall(
+        before[1].split('id="efficiency"')[0]
+    )  # Tiny-ImageNet's figures: the cached ones
+    every = {
+        name: set(figures.findall((tmp_path / name).read_text())) for name in ("a.html", "c.html")
+    }
+    changed = every["c.html"] - every["a.html"]
+    assert 1 <= len(new) == len(changed) <= 4  # drawn: exactly the figures that changed
 
 
 def test_the_default_cache_is_next_to_the_report(built):
     figures = list((built["out"] / ".figures").glob("*.svg"))
-    assert len(figures) == 5
+    assert len(figures) == 6
 
 
 def test_records_read_back_match(store, built):
@@ -595,3 +609,87 @@ def test_timing_noise_is_stated_where_a_runs_epochs_disagree(odd, tmp_path):
     assert ("Timing noise" in html) == (
         max(v for _, v in rates) > TIMING_SPREAD * min(v for _, v in rates)
     )
+
+
+def svg_figures(html: str) -> list[str]:
+    """Every SVG figure of a report (matplotlib's and the reliability diagrams), decoded."""
+    import base64
+
+    return [
+        base64.b64decode(data).decode()
+        for data in re.findall(r'src="data:image/svg\+xml;base64,([^"]+)"', html)
+    ]
+
+
+def artist_colours(svg: str) -> list[tuple[str, str, str]]:
+    """(what, model, colour) of every artist the report names by model (`bar-top1--Small-CNN`):
+    matplotlib writes the colour into the style of the group's first path (or marker use);
+    the reliability diagram into the group's fill."""
+    found = re.findall(
+        r'<g id="([a-z0-9_-]+?)--([A-Za-z0-9-]+)"(?: fill="(#[0-9a-f]{6})")?>\s*'
+        r"(?:<defs>.*?</defs>\s*)?(?:<g [^>]*>\s*)?"  # a marker's definition, its clip group
+        r'(?:<(?:path|use)[^>]*?style="[^"]*?(?:stroke|fill): (#[0-9a-f]{6}))?',
+        svg,
+        re.S,
+    )
+    return [(what, model, a or b) for what, model, a, b in found if a or b]
+
+
+def test_each_model_keeps_one_colour_in_every_figure(built):
+    colours: dict[str, set[str]] = {}
+    kinds: dict[str, set[str]] = {}
+    for svg in svg_figures(built["html"]):
+        for what, model, colour in artist_colours(svg):
+            colours.setdefault(model, set()).add(colour)
+            kinds.setdefault(model, set()).add(re.sub(r"-.*", "", what))
+    assert set(colours) == {"Small-CNN", "ResNet-18"}, colours
+    assert all(len(c) == 1 for c in colours.values()), colours  # one colour per model...
+    assert len({c for cs in colours.values() for c in cs}) == len(colours)  # ...each its own
+    for model, seen in kinds.items():  # bars, curves, reliability and compute alike
+        assert {"bar", "test_top1", "train_top1", "reliability", "compute"} <= seen, (model, seen)
+
+
+def test_the_seed_models_keep_their_colours_whatever_else_is_reported():
+    from study.report.figures import model_colours
+
+    seed = model_colours(["vgg16", "inception_v3", "resnet50"])
+    assert len(set(seed.values())) == 3
+    assert model_colours(["resnet50", "small_cnn"])["resnet50"] == seed["resnet50"]
+    assert model_colours(["resnet18", "vgg16"])["vgg16"] == seed["vgg16"]
+
+
+def test_curves_put_train_and_test_in_one_panel_with_a_band_over_seeds(built):
+    (mnist,) = [svg for svg in svg_figures(built["html"]) if "band-test_top1--" in svg]
+    panels = re.split(r'<g id="axes_\d+">', mnist)[1:]
+    accuracy = [p for p in panels if 'id="test_top1--Small-CNN"' in p]
+    assert len(accuracy) == 1 and 'id="train_top1--Small-CNN"' in accuracy[0]  # one panel
+    assert 'id="chance-top-1-accuracy"' in accuracy[0]
+    loss = [p for p in panels if 'id="test_loss--Small-CNN"' in p]
+    assert len(loss) == 1 and 'id="train_loss--Small-CNN"' in loss[0]
+    # Small CNN has two seeds on MNIST: a band; ResNet-18 has one run: a line alone.
+    assert 'id="band-test_top1--Small-CNN"' in mnist
+    assert 'id="test_top1--ResNet-18"' in mnist and "band-test_top1--ResNet-18" not in mnist
+
+
+def test_bar_chart_scales_to_low_accuracy_and_keeps_its_legend_off_the_bars(built):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from study.report.figures import PALETTE, bar_figure
+
+    # Tiny-ImageNet's real run: low accuracy on 25 classes.
+    (tiny,) = [r for r in built["records"] if r.dataset == "tiny_imagenet"]
+    chance = 1 / tiny.info["dataset"]["num_classes"]
+    top1, top5 = tiny.result["top1"], tiny.result["top5"]
+    fig = bar_figure({"models": ["Small CNN"], "colours": [PALETTE[0]], "chance": chance,
+                      "top1": [[top1, 0.0]], "top5": [[top5, 0.0]]})  # fmt: skip
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    (ax,) = fig.axes
+    low, high = ax.get_ylim()
+    tallest = max(top1, top5, min(5 * chance, 1.0))
+    assert low == 0 and tallest < high <= min(1.0, tallest) * 1.2  # scaled to the data
+    chance_lines = [line for line in ax.lines if (line.get_gid() or "").startswith("chance")]
+    assert [line.get_ydata()[0] for line in chance_lines] == [chance, min(5 * chance, 1.0)]
+    assert all(line.get_linestyle() == "--" for line in chance_lines)
+    legend = fig.legends[0].get_window_extent(renderer)
+    assert not legend.overlaps(ax.get_tightbbox(renderer))  # below the bars, labels and ticks

@@ -8,7 +8,7 @@ from collections import defaultdict
 
 from study import stats
 from study.errors import StudyError
-from study.report.figures import FigureCache, reliability_svg
+from study.report.figures import FigureCache, model_colours, reliability_svg
 from study.report.model import (
     COLLAPSE_CLASS_SHARE,
     COLLAPSE_TOP_SHARE,
@@ -16,10 +16,10 @@ from study.report.model import (
     CONFUSION_MAX_CLASSES,
     CURVE_METRICS,
     DATASET_ORDER,
-    GALLERY_PER_CELL,
     TIMING_SPREAD,
     arm_names,
     cell_flags,
+    chance_level,
     confused_pairs,
     dataset_title,
     evaluation_cache,
@@ -37,6 +37,7 @@ from study.report.tables import (
     appendix_entry,
     calibration_rows,
     comparisons,
+    compute_points,
     dataset_rows,
     efficiency_rows,
     method_section,
@@ -66,9 +67,10 @@ def report_context(
     table = results_table(cells, datasets, models, seed, flags)
     best = {row["dataset"]: row["best"] for row in table["rows"] if row["metric"] == "top1"}
     starts = sorted(r.start_time for r in records if r.start_time)
+    colours = model_colours(models)
     sections = [
         dataset_section(
-            d, [m for m in models if (d, m) in cells], cells, figures, evaluate, flags
+            d, [m for m in models if (d, m) in cells], cells, figures, evaluate, flags, colours
         )  # fmt: skip
         for d in datasets
     ]
@@ -79,6 +81,7 @@ def report_context(
     for s in sections:
         notes.extend(s["notes"])
     efficiency = efficiency_rows(cells, datasets, models)
+    compute = compute_points(cells, datasets, models, colours)
     hardware = {e["hardware"] for e in efficiency}
     departed = departures(records, datasets)
     # "Reproduction" only where every run follows the seed's protocol on the full data sets.
@@ -97,6 +100,7 @@ def report_context(
         "table": table,
         "sections": sections,
         "efficiency": efficiency,
+        "compute_chart": figures.get("compute", {"points": compute}) if compute else None,
         "efficiency_hardware": hardware.pop() if len(hardware) == 1 else None,
         "timing_noise": timing_noise(records),
         "timing_spread": f"{TIMING_SPREAD:g}",
@@ -116,27 +120,41 @@ def report_context(
     }
 
 
-def dataset_section(d, models, cells, figures: FigureCache, evaluate=None, flags=None) -> dict:
+def dataset_section(
+    d, models, cells, figures: FigureCache, evaluate=None, flags=None, colours=None
+) -> dict:
     notes: list[str] = []
     title = dataset_title(d)
     runs = [(m, r) for m in models for r in cells[(d, m)]]
 
+    colours = colours or model_colours(models)
+    chance = chance_level(runs)
     bars = {
         "models": [model_title(m) for m in models],
+        "colours": [colours[m] for m in models],
         "top1": [mean_std(cells[(d, m)], "top1") for m in models],
         "top5": [mean_std(cells[(d, m)], "top5") for m in models],
+        "chance": chance,
     }
     bar_chart = figures.get("bars", bars)
 
     curves = []
-    for m, r in runs:
-        series = {name: r.metric(name) for name in CURVE_METRICS}
-        if not any(series.values()):
-            notes.append(f"Run {r.id} ({model_title(m)} on {title}) recorded no training curves.")
-            continue
-        label = model_title(m) + (f" (run {r.id})" if len(cells[(d, m)]) > 1 else "")
-        curves.append({"label": label, **series})
-    curve_chart = figures.get("curves", {"runs": curves}) if curves else None
+    for m in models:
+        recorded = []
+        for r in cells[(d, m)]:
+            series = {name: r.metric(name) for name in CURVE_METRICS}
+            if not any(series.values()):
+                notes.append(
+                    f"Run {r.id} ({model_title(m)} on {title}) recorded no training curves."
+                )
+                continue
+            recorded.append(series)
+        if recorded:
+            label = model_title(m) + (f" ({len(recorded)} seeds)" if len(recorded) > 1 else "")
+            curves.append(
+                {"model": model_title(m), "label": label, "colour": colours[m], "runs": recorded}
+            )
+    curve_chart = figures.get("curves", {"models": curves, "chance": chance}) if curves else None
 
     class_names: list[str] = []
     for _, r in runs:
@@ -185,7 +203,7 @@ def dataset_section(d, models, cells, figures: FigureCache, evaluate=None, flags
     for m in models:
         items = []
         for r in cells[(d, m)]:
-            for g in (r.info.get("misclassified") or [])[:GALLERY_PER_CELL]:
+            for g in r.info.get("misclassified") or []:  # every image the run recorded
                 try:
                     data = r.artifact_bytes(g["artifact"])
                 except (StudyError, OSError, KeyError):
@@ -201,11 +219,12 @@ def dataset_section(d, models, cells, figures: FigureCache, evaluate=None, flags
                     }
                 )
         items.sort(key=lambda i: -(i["confidence"] or 0))
-        gallery.append({"model": model_title(m), "items": items[:GALLERY_PER_CELL]})
+        gallery.append({"model": model_title(m), "items": items})
     flags = flags or {}
     reliability = reliability_data(
         models, [cells[(d, m)] for m in models], evaluate,
         [bool(flags.get((d, m), {}).get("flagged")) for m in models],
+        [colours[m] for m in models],
     )  # fmt: skip
     return {
         "name": d,

@@ -7,13 +7,14 @@ import hashlib
 import io
 import json
 import math
-import textwrap
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from study.atomic import write_atomic
+from study.report.model import MODEL_ORDER
 
-FIGURE_VERSION = "3"  # bump when the drawing code changes: old cache entries stop matching
+FIGURE_VERSION = "4"  # bump when the drawing code changes: old cache entries stop matching
 
 
 @dataclass
@@ -58,26 +59,91 @@ def _svg(fig) -> bytes:
     return buf.getvalue()
 
 
-def draw_bars(data: dict) -> bytes:
+# One colour per model, the same in every figure (bars, curves, reliability, compute): the
+# seed's three models in Okabe-Ito blue, orange and green, any other in one of Paul Tol's
+# "muted" colours (both palettes are colour-blind safe).
+PALETTE = ("#0072b2", "#e69f00", "#009e73", "#332288", "#cc6677", "#88ccee", "#882255",
+           "#999933", "#aa4499", "#44aa99", "#ddcc77", "#117733")  # fmt: skip
+CHANCE_COLOUR = "#555555"
+# Markers that tell data sets apart where one figure holds several.
+MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def model_colours(models: list[str]) -> dict[str, str]:
+    """{model: colour}, the same in every figure of a report. The seed's three models keep
+    the first three colours; any other model (or arm) takes one chosen by its name, so that
+    leaving a model out of a report changes no other model's colour (nor its cached
+    figures); a clash moves on to the next free colour."""
+    colours: dict[str, str] = {}
+    free = list(range(len(PALETTE)))
+    for m in models:
+        if m in MODEL_ORDER:
+            want = MODEL_ORDER.index(m)
+        else:
+            digest = int(hashlib.sha256(m.encode()).hexdigest(), 16)
+            want = len(MODEL_ORDER) + digest % (len(PALETTE) - len(MODEL_ORDER))
+        if not free:  # more models than colours: reuse them in turn
+            free = list(range(len(PALETTE)))
+        later = [i for i in free if i >= want and (i >= len(MODEL_ORDER)) == (want >= 3)]
+        pick = later[0] if later else free[-1]
+        free.remove(pick)
+        colours[m] = PALETTE[pick]
+    return colours
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")
+
+
+def gid(kind: str, model: str) -> str:
+    """An SVG group id naming what an artist draws and for which model: `bar-top1--VGG-16`
+    (the tests read a model's colour in every figure by it)."""
+    return f"{kind}--{slug(model)}"
+
+
+def bar_figure(data: dict):
+    """Top-1 and top-5 per model: a group per metric, a bar per model in its colour, a dashed
+    chance line, the y axis scaled to the data (a low-accuracy data set is not flat), and the
+    legend below the axes where it covers no bar or label."""
+    models, colours = data["models"], data["colours"]
     fig = _figure(6.0, 2.6)
     ax = fig.add_subplot()
-    n = len(data["models"])
-    width = 0.38
-    xs = list(range(n))
-    for offset, metric, label in ((-width / 2, "top1", "top-1"), (width / 2, "top5", "top-5")):
-        means = [v[0] if v[0] is not None else 0 for v in data[metric]]
-        errs = [v[1] for v in data[metric]]
-        bars = ax.bar(
-            [x + offset for x in xs], means, width, yerr=errs if any(errs) else None, label=label
-        )
-        ax.bar_label(bars, labels=[f"{m:.4f}" for m in means], fontsize=7, padding=2)
-    # Arm names can be long ("ResNet-18 (fast, epochs=30)"): wrap them to fit under their bars.
-    ax.set_xticks(xs, [textwrap.fill(m, 22) for m in data["models"]], fontsize=8)
-    ax.set_ylim(0, 1.12)
-    ax.set_ylabel("test accuracy")
-    ax.legend(loc="lower right", fontsize=8)
+    n = len(models)
+    width = min(0.8 / max(n, 1), 0.3)
+    highest = 0.0
+    for i, (model, colour) in enumerate(zip(models, colours, strict=True)):
+        xs = [g + (i - (n - 1) / 2) * width for g in range(2)]
+        values = [data["top1"][i], data["top5"][i]]
+        means = [v[0] if v[0] is not None else 0 for v in values]
+        errs = [v[1] for v in values]
+        bars = ax.bar(xs, means, width * 0.92, yerr=errs if any(errs) else None, color=colour,
+                      label=model, error_kw={"elinewidth": 0.8, "capsize": 2})  # fmt: skip
+        for metric, patch in zip(("top1", "top5"), bars.patches, strict=True):
+            patch.set_gid(gid(f"bar-{metric}", model))
+        ax.bar_label(bars, labels=[f"{m:.3f}" for m in means], fontsize=6, padding=1)
+        highest = max(highest, *(m + e for m, e in zip(means, errs, strict=True)))
+    chance = data.get("chance")
+    if chance:
+        for g, level in enumerate((chance, min(5 * chance, 1.0))):
+            (line,) = ax.plot([g - 0.45, g + 0.45], [level, level], ls="--", lw=0.9,
+                              color=CHANCE_COLOUR, label="chance" if g == 0 else None)  # fmt: skip
+            line.set_gid(f"chance-top{1 if g == 0 else 5}")
+            highest = max(highest, level)
+    # Room above the tallest bar for its label; never past 1 by more than that room.
+    ax.set_ylim(0, min(1.0, highest) * 1.15 if highest > 0 else 1.0)
+    ax.set_xticks([0, 1], ["top-1", "top-5"], fontsize=8)
+    ax.set_xlim(-0.55, 1.55)
+    ax.set_ylabel("test accuracy", fontsize=8)
+    ax.tick_params(labelsize=7)
     ax.spines[["top", "right"]].set_visible(False)
-    return _svg(fig)
+    legend = fig.legend(loc="outside lower center", ncols=min(n + 1, 4), fontsize=7,
+                        frameon=False)  # fmt: skip
+    legend.set_gid("legend")
+    return fig
+
+
+def draw_bars(data: dict) -> bytes:
+    return _svg(bar_figure(data))
 
 
 def _against_training_time(run: dict) -> list[tuple[float, float]]:
@@ -94,39 +160,127 @@ def _against_training_time(run: dict) -> list[tuple[float, float]]:
     return points
 
 
-def draw_curves(data: dict) -> bytes:
-    fig = _figure(7.0, 6.6)
-    axes = fig.subplots(3, 2)
-    panels = (
-        ("train_top1", "train accuracy", "epoch"),
-        ("train_loss", "train loss", "epoch"),
-        ("test_top1", "test accuracy (top-1)", "epoch"),
-        ("epoch_seconds", "epoch time (s)", "epoch"),
-        (_against_training_time, "test accuracy (top-1) against training time", "training (s)"),
-        ("images_per_s", "training images / s", "epoch"),
-    )
-    for ax, (series, label, xlabel) in zip(axes.flat, panels, strict=True):
+def seed_band(runs: list[dict], metric: str):
+    """(epochs, mean, low, high) over the runs of one cell at the epochs every run recorded;
+    low and high are the min and max across seeds. None where no epoch is shared."""
+    series = [dict(r.get(metric) or []) for r in runs]
+    epochs = sorted(set.intersection(*(set(s) for s in series))) if series else []
+    if not epochs:
+        return None
+    values = [[s[e] for s in series] for e in epochs]
+    return (epochs, [sum(v) / len(v) for v in values], [min(v) for v in values],
+            [max(v) for v in values])  # fmt: skip
+
+
+# The training-curve panels: (title, x label, [(metric, line style, what it is)]).
+CURVE_PANELS = (
+    ("top-1 accuracy", "epoch", [("test_top1", "-", "test"), ("train_top1", "--", "train")]),
+    ("loss", "epoch", [("test_loss", "-", "test"), ("train_loss", "--", "train")]),
+    ("test top-1 against training time", "training time (s)",
+     [(_against_training_time, "-", "test")]),
+    ("training images / s", "epoch", [("images_per_s", "-", "train")]),
+)  # fmt: skip
+
+
+def curve_figure(data: dict):
+    """Per data set, 2 x 2 panels: train (dashed) and test (solid) accuracy in one panel, so the
+    gap shows; train and test loss likewise; test accuracy against training time; throughput.
+    A cell with several seeds is drawn as its mean with a band from min to max across them."""
+    from matplotlib.lines import Line2D
+
+    fig = _figure(7.0, 4.9)
+    axes = fig.subplots(2, 2)
+    for ax, (title, xlabel, metrics) in zip(axes.flat, CURVE_PANELS, strict=True):
         drawn = False
-        for run in data["runs"]:
-            points = series(run) if callable(series) else run.get(series) or []
-            if points:
-                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3,
-                        label=run["label"])  # fmt: skip
-                drawn = True
+        for model in data["models"]:
+            colour, runs = model["colour"], model["runs"]
+            for metric, style, _ in metrics:
+                name = metric if isinstance(metric, str) else "test_top1_time"
+                band = (
+                    seed_band(runs, metric) if len(runs) > 1 and isinstance(metric, str) else None
+                )
+                if band:
+                    epochs, mean, low, high = band
+                    (line,) = ax.plot(epochs, mean, ls=style, color=colour, marker="o", ms=2.5,
+                                      lw=1.2)  # fmt: skip
+                    line.set_gid(gid(name, model["model"]))
+                    fill = ax.fill_between(epochs, low, high, color=colour, alpha=0.2, lw=0)
+                    fill.set_gid(gid(f"band-{name}", model["model"]))
+                    drawn = True
+                    continue
+                for run in runs:
+                    points = metric(run) if callable(metric) else run.get(metric) or []
+                    if points:
+                        (line,) = ax.plot([p[0] for p in points], [p[1] for p in points],
+                                          ls=style, color=colour, marker="o", ms=2.5, lw=1.2,
+                                          alpha=1.0 if len(runs) == 1 else 0.7)  # fmt: skip
+                        line.set_gid(gid(name, model["model"]))
+                        drawn = True
+        if "accuracy" in title and data.get("chance") and drawn:
+            line = ax.axhline(data["chance"], ls=":", lw=0.9, color=CHANCE_COLOUR)
+            line.set_gid(f"chance-{slug(title)}")
         if not drawn:  # e.g. runs recorded before study kept per-epoch training seconds
             ax.text(0.5, 0.5, "not recorded by these runs", ha="center", va="center",
                     fontsize=8, color="0.4", transform=ax.transAxes)  # fmt: skip
-        ax.set_title(label, fontsize=9)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.tick_params(labelsize=7)
         if xlabel == "epoch":
             ax.xaxis.get_major_locator().set_params(integer=True)
         ax.spines[["top", "right"]].set_visible(False)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)),
-                   fontsize=7)  # fmt: skip
-    return _svg(fig)
+    handles = [Line2D([], [], color=m["colour"], lw=2, label=m["label"]) for m in data["models"]]
+    handles += [Line2D([], [], color="0.3", ls="-", label="test"),
+                Line2D([], [], color="0.3", ls="--", label="train")]  # fmt: skip
+    if data.get("chance"):
+        handles.append(Line2D([], [], color=CHANCE_COLOUR, ls=":", label="chance"))
+    legend = fig.legend(handles=handles, loc="outside lower center", fontsize=7, frameon=False,
+                        ncols=min(len(handles), 6))  # fmt: skip
+    legend.set_gid("legend")
+    return fig
+
+
+def draw_curves(data: dict) -> bytes:
+    return _svg(curve_figure(data))
+
+
+def compute_figure(data: dict):
+    """Each cell's mean test top-1 against what it cost: training time, and the model's compute
+    (GMACs per image) and size (parameters), where the runs record them. Colour: model;
+    marker: data set."""
+    from matplotlib.lines import Line2D
+
+    axes_spec = [("seconds", "training time (s)"), ("gmacs", "GMACs / image"),
+                 ("params", "parameters")]  # fmt: skip
+    axes_spec = [a for a in axes_spec if any(p.get(a[0]) for p in data["points"])]
+    fig = _figure(7.0, 2.5)
+    axes = fig.subplots(1, len(axes_spec), squeeze=False)[0]
+    datasets = list(dict.fromkeys(p["dataset"] for p in data["points"]))
+    for ax, (key, label) in zip(axes, axes_spec, strict=True):
+        for p in data["points"]:
+            if not p.get(key) or p.get("top1") is None:
+                continue
+            marker = MARKERS[datasets.index(p["dataset"]) % len(MARKERS)]
+            (dot,) = ax.plot([p[key]], [p["top1"]], ls="none", marker=marker, ms=5,
+                             color=p["colour"], mec="white", mew=0.5)  # fmt: skip
+            dot.set_gid(gid(f"compute-{key}-{slug(p['dataset']).lower()}", p["model"]))
+        ax.set_xscale("log")
+        ax.set_xlabel(label, fontsize=8)
+        ax.set_ylim(0, 1.02)
+        ax.tick_params(labelsize=7)
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0].set_ylabel("test top-1", fontsize=8)
+    models = list(dict.fromkeys((p["model"], p["colour"]) for p in data["points"]))
+    handles = [Line2D([], [], color=c, lw=0, marker="o", label=m) for m, c in models]
+    handles += [Line2D([], [], color="0.3", lw=0, marker=MARKERS[i % len(MARKERS)], label=d)
+                for i, d in enumerate(datasets)]  # fmt: skip
+    legend = fig.legend(handles=handles, loc="outside lower center", fontsize=7, frameon=False,
+                        ncols=min(len(handles), 6))  # fmt: skip
+    legend.set_gid("legend")
+    return fig
+
+
+def draw_compute(data: dict) -> bytes:
+    return _svg(compute_figure(data))
 
 
 def draw_confusion(data: dict) -> bytes:
@@ -158,7 +312,12 @@ def draw_confusion(data: dict) -> bytes:
     return _svg(fig)
 
 
-DRAW = {"bars": draw_bars, "curves": draw_curves, "confusion": draw_confusion}
+DRAW = {
+    "bars": draw_bars,
+    "curves": draw_curves,
+    "confusion": draw_confusion,
+    "compute": draw_compute,
+}
 
 
 def reliability_svg(data: dict) -> str:
@@ -187,17 +346,20 @@ def reliability_svg(data: dict) -> str:
         ece = "ECE not meaningful" if p.get("flagged") else f"ECE {p['ece']:.4f}"
         parts.append(f'<text x="{x(0.5):.1f}" y="21" text-anchor="middle">{ece}</text>')
         edges = p["edges"]
+        # The model's colour, as in every other figure; the group names the model for tests.
+        parts.append(f'<g id="{gid("reliability", p["model"])}" fill="{p["colour"]}">')
         for k, (acc, conf) in enumerate(zip(p["accuracy"], p["confidence"], strict=True)):
             if acc is None:
                 continue
             left, w = x(edges[k]), (edges[k + 1] - edges[k]) * size
             parts.append(f'<rect x="{left:.1f}" y="{y(acc):.1f}" width="{w:.1f}" '
-                         f'height="{y(0) - y(acc):.1f}" fill="#4c72b0" stroke="white" '
+                         f'height="{y(0) - y(acc):.1f}" stroke="white" '
                          'stroke-width="0.5"/>')  # fmt: skip
             top, bottom = max(acc, conf), min(acc, conf)
             parts.append(f'<rect x="{left:.1f}" y="{y(top):.1f}" width="{w:.1f}" '
-                         f'height="{y(bottom) - y(top):.1f}" fill="#dd8452" '
-                         'fill-opacity="0.45"/>')  # fmt: skip
+                         f'height="{y(bottom) - y(top):.1f}" fill="#333333" '
+                         'fill-opacity="0.3"/>')  # fmt: skip
+        parts.append("</g>")
         parts.append(f'<line x1="{x(0)}" y1="{y(0)}" x2="{x(1)}" y2="{y(1)}" stroke="#333" '
                      'stroke-dasharray="3 2" stroke-width="0.8"/>')  # fmt: skip
         parts.append(f'<rect x="{x(0)}" y="{y(1)}" width="{size}" height="{size}" '

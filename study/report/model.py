@@ -25,9 +25,6 @@ CONFUSION_MAX_CLASSES = 20
 CONFUSED_PAIRS = 10
 
 
-GALLERY_PER_CELL = 8
-
-
 # Predictions collapse onto a few classes when the most predicted class takes this share of
 # them, or at most this share of the test set's classes is ever predicted: such a cell's
 # accuracy and calibration say nothing about the model's ranking of classes.
@@ -47,7 +44,7 @@ CURVE_METRICS = (
     "train_top1",
     "train_loss",
     "test_top1",
-    "epoch_seconds",
+    "test_loss",
     "train_seconds",
     "images_per_s",
 )
@@ -372,13 +369,23 @@ def run_ece(r: RunRecord, evaluate) -> float | None:
     return stats.expected_calibration_error(stats.top1_confidence(ev), stats.correctness(ev))
 
 
-def reliability_data(models, runs_per_model, evaluate, flagged=None) -> dict | None:
+def chance_level(runs) -> float | None:
+    """1 / classes of the data set the (model, run) pairs trained on, where recorded."""
+    for _, r in runs:
+        k = (r.info.get("dataset") or {}).get("num_classes")
+        if isinstance(k, int) and k > 0:
+            return 1.0 / k
+    return None
+
+
+def reliability_data(models, runs_per_model, evaluate, flagged=None, colours=None) -> dict | None:
     """Per model: the reliability bins of its runs' test predictions, pooled."""
     import numpy as np
 
     panels = []
     flagged = flagged or [False] * len(models)
-    for m, rs, flag in zip(models, runs_per_model, flagged, strict=True):
+    colours = colours or ["#4c72b0"] * len(models)
+    for m, rs, flag, colour in zip(models, runs_per_model, flagged, colours, strict=True):
         evs = [ev for ev in (evaluate(r) for r in rs) if ev is not None and "topk_prob" in ev]
         if not evs:
             continue
@@ -391,6 +398,7 @@ def reliability_data(models, runs_per_model, evaluate, flagged=None) -> dict | N
 
         panels.append(
             {
+                "model": model_title(m),
                 "label": model_title(m) + (f" ({len(evs)} runs)" if len(evs) > 1 else ""),
                 "edges": listed(rel.edges),
                 "count": [int(c) for c in rel.count],
@@ -398,6 +406,7 @@ def reliability_data(models, runs_per_model, evaluate, flagged=None) -> dict | N
                 "confidence": listed(rel.confidence),
                 "ece": round(stats.expected_calibration_error(conf, right), 6),
                 "flagged": flag,
+                "colour": colour,
             }
         )
     return {"models": panels} if panels else None

@@ -326,3 +326,29 @@ def appendix_entry(r: RunRecord, evaluate=None, flags=None) -> dict:
         "flagged": flag_reasons(flags or {}),
         "missing": missing,
     }
+
+
+def compute_points(cells, datasets, models, colours) -> list[dict]:
+    """Per cell, mean test top-1 beside its mean training seconds, GMACs per image and
+    parameters: the accuracy-versus-compute figure's points."""
+    points = []
+    for d in datasets:
+        for m in models:
+            rs = cells.get((d, m))
+            if not rs:
+                continue
+            top1 = stat(rs, lambda r: r.result["top1"]).mean
+            if top1 is None:
+                continue
+            points.append(
+                {
+                    "model": model_title(m),
+                    "colour": colours[m],
+                    "dataset": dataset_title(d),
+                    "top1": top1,
+                    "seconds": stat(rs, lambda r: training_totals(r)[1]).mean,
+                    "gmacs": stat(rs, lambda r: r.info["model"]["gmacs_per_image"]).mean,
+                    "params": stat(rs, lambda r: r.info["model"]["params"]).mean,
+                }
+            )
+    return points
