@@ -144,9 +144,10 @@ def test_sections_figures_and_gallery(built):
     from pypdf import PdfReader
 
     text = pdf_text(built["pdf"])
-    titles = ["Abstract", "1. Method", "Training protocol", "2. Data sets", "3. Results",
-              "Table 1", "MNIST results", "Misclassified test images", "Tiny-ImageNet results",
-              "4. Efficiency", "GMACs", "Appendix: runs"]  # fmt: skip
+    titles = ["Abstract", "1. Method", "Training protocol", "Table 1", "2. Data sets",
+              "3. Results", "MNIST results", "Misclassified test images", "Tiny-ImageNet results",
+              "4. Efficiency", "GMACs", "5. Conclusions", "6. Limitations", "7. References",
+              "Appendix A: per-class", "Appendix B: runs"]  # fmt: skip
     positions = [text.find(t) for t in titles]
     assert all(p >= 0 for p in positions), dict(zip(titles, positions, strict=True))
     assert positions == sorted(positions)
@@ -319,6 +320,10 @@ def test_the_seeds_published_values_stand_beside_ours(built, tmp_path):
     html = build_report(records, tmp_path / "r.html", "html").read_text()
     cell = re.search(r'data-cell="mnist/resnet50/top1">(.*?)</td>', html, re.S).group(1)
     assert '<span class="seed">seed 0.9923</span>' in cell
+    # Beside it, labelled Δ: ours minus the seed's (the caption says the protocols differ).
+    (ours,) = [r.result["top1"] for r in records if r.model == "resnet50"]
+    assert f"Δ {ours - 0.9923:+.4f}".replace("-", "−") in cell
+    assert "Δ</i>, our value minus the seed's" in html
     cell = re.search(r'data-cell="mnist/resnet50/top5">(.*?)</td>', html, re.S).group(1)
     assert '<span class="seed">seed 0.9999</span>' in cell
     cell = re.search(r'data-cell="mnist/small_cnn/top1">(.*?)</td>', html, re.S).group(1)
@@ -352,7 +357,7 @@ def verdicts(html: str) -> dict[str, list[str]]:
 def test_claims_follow_the_paired_tests(built, tmp_path, capsys):
     text = pdf_text(built["pdf"])
     abstract = section(text, "Abstract", "1. Method")
-    closing = section(text, "5. Conclusions", "Appendix: runs")
+    closing = section(text, "5. Conclusions", "6. Limitations")
     for d, found in verdicts(built["html"]).items():
         title = {"mnist": "MNIST", "tiny_imagenet": "Tiny-ImageNet"}[d]
         if all(v == "differs" for v in found):
@@ -372,7 +377,7 @@ def test_claims_follow_the_paired_tests(built, tmp_path, capsys):
     pdf = build_report([run, twin], tmp_path / "twin.pdf", "pdf")
     text = pdf_text(pdf)
     abstract = section(text, "Abstract", "1. Method")
-    closing = section(text, "5. Conclusions", "Appendix: runs")
+    closing = section(text, "5. Conclusions", "6. Limitations")
     assert "On MNIST the models do not differ significantly" in abstract
     assert "has the highest top-1" not in abstract and "best model on" not in closing
     assert "No model is shown best on MNIST" in closing
@@ -423,7 +428,7 @@ def test_chance_and_collapsed_cells_are_flagged_everywhere(odd):
     assert title in ranking and "excluded: flagged" in ranking  # ... and said to be left out
     uris = re.findall(r'<img class="reliability" src="data:image/svg\+xml;base64,([^"]+)"', html)
     assert "ECE not meaningful" in base64.b64decode(uris[0]).decode()
-    appendix = text[text.index("Appendix: runs") :]
+    appendix = text[text.index("Appendix B: runs") :]
     assert "ECE not meaningful (at chance; predictions collapsed)" in appendix
 
     # A cell that learned (the two seeds of Small CNN at lr 0.003, 2 epochs) is not flagged.
@@ -517,7 +522,7 @@ def test_efficiency_is_images_over_seconds_and_budget_runs_are_named_by_what_the
     label = f"{trained:.2g} epochs, budget 0.05 s"
     assert f"Small CNN (lr=0.003, {label})" in text
     assert by_arm[f"mnist/small_cnn [lr=0.003, {label}]"]["trained"] == label
-    assert "epochs=25" not in text[: text.index("Appendix: runs")]
+    assert "epochs=25" not in text[: text.index("Appendix B: runs")]
 
 
 def layout(html: str):
@@ -693,3 +698,93 @@ def test_bar_chart_scales_to_low_accuracy_and_keeps_its_legend_off_the_bars(buil
     assert all(line.get_linestyle() == "--" for line in chance_lines)
     legend = fig.legends[0].get_window_extent(renderer)
     assert not legend.overlaps(ax.get_tightbbox(renderer))  # below the bars, labels and ticks
+
+
+def test_every_figure_and_table_is_numbered_captioned_and_referred_to(built):
+    html, text = built["html"], pdf_text(built["pdf"])
+    for kind in ("Figure", "Table"):
+        numbers = [int(n) for n in re.findall(rf"<b>{kind} (\d+):</b>", html)]
+        assert numbers == list(range(1, len(numbers) + 1)), (kind, numbers)  # in order
+        for n in numbers:  # each named in the text as well as in its own caption
+            assert len(re.findall(rf"\b{kind} {n}\b(?!:)", text)) >= 1, (kind, n)
+    # Every table but the appendix's per-run records has a caption; every figure too.
+    tables = len(re.findall(r'<table class="(?!kv)', html))
+    assert tables == len(re.findall(r"<b>Table \d+:</b>", html))
+    figures = html.count('<img class="figure') + html.count('<img class="reliability"')
+    galleries = html.count('<figure class="galleries">')
+    assert galleries == 2 and figures + galleries == len(re.findall(r"<b>Figure \d+:</b>", html))
+
+
+def test_each_data_set_has_prose_that_follows_from_its_numbers(built):
+    from study.report import model_title
+
+    html = built["html"]
+    tested = verdicts(html)
+    for d in ("mnist", "tiny_imagenet"):
+        prose = re.search(rf'id="results-{d}">.*?<p class="prose">(.*?)</p>', html, re.S).group(1)
+        top1 = {k.split("/")[1]: v for k, v in cells(html).items() if k.startswith(f"{d}/")
+                and k.endswith("/top1") and v}  # fmt: skip
+        best = max(top1, key=lambda m: float(top1[m].split(" ")[0]))
+        assert f"{model_title(best)}&#39;s {top1[best].split(' ')[0]}" in prose
+        if len(tested.get(d, [])) == 0:
+            assert "nothing to compare" in prose
+        elif all(v == "differs" for v in tested[d]):
+            assert "differs significantly from every other model" in prose
+        else:
+            assert "name no best model" in prose and "differs significantly" not in prose
+        # The train-test gap at the last epoch, per model, as the runs recorded it.
+        for model, rs in by_cell(built["records"]).items():
+            if model[0] != d:
+                continue
+            gaps = []
+            for r in rs:
+                train, test = dict(r.metric("train_top1")), dict(r.metric("test_top1"))
+                last = max(set(train) & set(test))
+                gaps.append(train[last] - test[last])
+            gap = f"{statistics.fmean(gaps):+.3f}".replace("-", "−")
+            assert f"{model_title(model[1])} {gap}" in prose, (model, gap, prose)
+
+
+def test_per_class_precision_recall_and_f1_come_from_the_predictions(built):
+    import numpy as np
+
+    html = built["html"]
+    # MNIST's ResNet-18 cell is one run: its per-class table is its own predictions.
+    (run,) = [r for r in built["records"] if r.model == "resnet18"]
+    ev = run.evaluation()
+    labels, predicted = ev["labels"], ev["topk"][:, 0]
+    table = re.search(r"MNIST: precision \(P\), recall.*?</table>", html, re.S).group(0)
+    models = re.findall(r'<th colspan="3" class="model">(.*?)</th>', table)
+    column = 1 + 3 * [i for i, m in enumerate(models) if "ResNet-18" in m][0]
+    names = run.info["dataset"]["class_names"]
+    for c, name in enumerate(names):
+        row = re.search(rf'data-class="mnist/{re.escape(str(name))}">(.*?)</tr>', table, re.S)
+        values = re.findall(r'<td class="num">([^<]*)</td>', row.group(1))
+        hit = int(((predicted == c) & (labels == c)).sum())
+        precision = hit / (predicted == c).sum() if (predicted == c).any() else None
+        recall = hit / (labels == c).sum()
+        images = values[0].split(" / ")  # one count per model where they differ
+        assert images[column // 3 if len(images) > 1 else 0] == f"{(labels == c).sum():,}"
+        assert values[column] == ("–" if precision is None else f"{precision:.3f}")
+        assert values[column + 1] == f"{recall:.3f}"
+        if precision is not None and precision + recall:
+            f1 = 2 * precision * recall / (precision + recall)
+            assert values[column + 2] == f"{f1:.3f}"
+    # Tiny-ImageNet (25 classes): the 5 best and 5 worst classes by F1, not all 25.
+    tiny = re.search(r"Tiny-ImageNet \(25 classes\).*?</table>", html, re.S).group(0)
+    assert len(re.findall(r'data-class="tiny_imagenet/best/', tiny)) == 5
+    assert len(re.findall(r'data-class="tiny_imagenet/worst/', tiny)) == 5
+    assert np.unique(labels).size == len(names)
+
+
+def test_limitations_and_references_are_stated(built):
+    text = pdf_text(built["pdf"])
+    limitations = section(text, "6. Limitations", "7. References")
+    # MNIST's Small CNN has two seeds; the other cells one run each.
+    assert "2 of 3 cells hold one trained model" in limitations
+    assert "test images only" in limitations
+    assert "images/s compares models only roughly" in limitations
+    references = section(text, "7. References", "Appendix A: per-class")
+    for cited in ("Simonyan", "Deep Residual Learning", "Rethinking the Inception", "McNemar",
+                  "Wilson", "Tiny ImageNet", "CIFAR", "MNIST", "Deeper Networks"):  # fmt: skip
+        assert cited in references, cited

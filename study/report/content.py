@@ -16,8 +16,11 @@ from study.report.model import (
     CONFUSION_MAX_CLASSES,
     CURVE_METRICS,
     DATASET_ORDER,
+    PER_CLASS_ALL_UP_TO,
+    PER_CLASS_EXTREMES,
     TIMING_SPREAD,
     arm_names,
+    best_and_worst,
     cell_flags,
     chance_level,
     confused_pairs,
@@ -27,12 +30,20 @@ from study.report.model import (
     model_title,
     ordered,
     ordered_models,
+    per_class_scores,
     reliability_data,
     run_evaluation,
     run_flags,
     seed_table,
 )
-from study.report.prose import abstract, conclusions, departures, flagged_text, lowest_ece
+from study.report.prose import (
+    abstract,
+    conclusions,
+    dataset_prose,
+    departures,
+    flagged_text,
+    lowest_ece,
+)
 from study.report.tables import (
     appendix_entry,
     calibration_rows,
@@ -84,6 +95,15 @@ def report_context(
     compute = compute_points(cells, datasets, models, colours)
     hardware = {e["hardware"] for e in efficiency}
     departed = departures(records, datasets)
+    method = method_section(records, cells)
+    compute_chart = figures.get("compute", {"points": compute}) if compute else None
+    ref = numbering(method, sections, compute_chart)
+    rows = {row["dataset"]: row for row in table["rows"] if row["metric"] == "top1"}
+    for section, t in zip(sections, tests, strict=True):
+        d = section["name"]
+        section["prose"] = dataset_prose(
+            t, rows[d], cells, d, [m for m in models if (d, m) in cells], flags, efficiency, ref
+        )
     # "Reproduction" only where every run follows the seed's protocol on the full data sets.
     what = "a re-run departing from the seed's protocol" if departed else "a reproduction"
     return {
@@ -95,12 +115,18 @@ def report_context(
         "n_runs": len(records),
         "models": [{"name": m, "title": model_title(m)} for m in models],
         "datasets": [{"name": d, "title": dataset_title(d)} for d in datasets],
-        "method": method_section(records, cells),
+        "method": method,
+        "ref": ref,
+        "limitations": {
+            "single": sum(1 for rs in cells.values() if len(rs) == 1),
+            "cells": len(cells),
+            "noisy": bool(timing_noise(records)),
+        },
         "dataset_rows": dataset_rows(cells, datasets),
         "table": table,
         "sections": sections,
         "efficiency": efficiency,
-        "compute_chart": figures.get("compute", {"points": compute}) if compute else None,
+        "compute_chart": compute_chart,
         "efficiency_hardware": hardware.pop() if len(hardware) == 1 else None,
         "timing_noise": timing_noise(records),
         "timing_spread": f"{TIMING_SPREAD:g}",
@@ -118,6 +144,52 @@ def report_context(
         "notes": notes,
         "figures_drawn": figures.drawn,
     }
+
+
+def numbering(method: dict, sections: list[dict], compute_chart) -> dict:
+    """Table and figure numbers in the order they appear, so that captions and text refer to
+    them by number: {"t": {key: n}, "f": {key: n}}."""
+    tables = ["protocol", *(["differences"] if method["rows"] else []), "datasets", "results",
+              "tests", "calibration"]  # fmt: skip
+    tables += [f"pairs:{s['name']}" for s in sections if s["pairs"]]
+    tables.append("efficiency")
+    tables += [f"per_class:{s['name']}" for s in sections if s["per_class"]]  # the appendix
+    figures = []
+    for s in sections:
+        figures.append(f"bars:{s['name']}")
+        figures += [f"{kind}:{s['name']}" for kind, chart in (("curves", "curve_chart"),
+                    ("confusion", "confusion_chart"), ("reliability", "reliability_chart"))
+                    if s[chart]]  # fmt: skip
+        figures.append(f"gallery:{s['name']}")
+    figures += ["compute"] if compute_chart else []
+    return {"t": {k: n for n, k in enumerate(tables, 1)},
+            "f": {k: n for n, k in enumerate(figures, 1)}}  # fmt: skip
+
+
+def per_class_table(per_class: list[tuple[str, list[dict]]]) -> dict | None:
+    """The per-class table of one data set: every class, one precision/recall/F1 column group
+    per model, where it has few classes; else per model its best and worst classes by F1."""
+    if not per_class:
+        return None
+    if all(len(scores) <= PER_CLASS_ALL_UP_TO for _, scores in per_class) and (
+        len({len(scores) for _, scores in per_class}) == 1
+    ):
+        first = per_class[0][1]
+        rows = []
+        for c, s in enumerate(first):
+            # A model with several runs sums their test images: then one count per model.
+            supports = [scores[c]["support"] for _, scores in per_class]
+            rows.append({"class": s["class"],
+                         "support": supports[0] if len(set(supports)) == 1
+                         else " / ".join(f"{n:,}" for n in supports),
+                         "scores": [scores[c] for _, scores in per_class]})  # fmt: skip
+        return {"kind": "all", "models": [label for label, _ in per_class], "rows": rows}
+    blocks = []
+    for label, scores in per_class:
+        best, worst = best_and_worst(scores, PER_CLASS_EXTREMES)
+        blocks.append({"model": label, "best": best, "worst": worst})
+    return {"kind": "extremes", "n": PER_CLASS_EXTREMES, "blocks": blocks,
+            "classes": max(len(scores) for _, scores in per_class)}  # fmt: skip
 
 
 def dataset_section(
@@ -166,6 +238,7 @@ def dataset_section(
     evaluate = evaluate or run_evaluation
     confusion = []  # per model: summed confusion matrix over its runs
     pairs_by_model = []
+    per_class = []  # per model: precision, recall and F1 per class, from its summed matrix
     for m in models:
         total, used = None, []
         for r in cells[(d, m)]:
@@ -189,6 +262,7 @@ def dataset_section(
             continue
         label = model_title(m) + (f" (sum of {len(used)} runs)" if len(used) > 1 else "")
         confusion.append({"label": label, "matrix": total})
+        per_class.append((label, per_class_scores(total, class_names)))
         pairs_by_model.append(
             {"model": label, "pairs": confused_pairs(total, class_names, CONFUSED_PAIRS)}
         )
@@ -234,6 +308,7 @@ def dataset_section(
         "curve_chart": curve_chart,
         "confusion_chart": confusion_chart,
         "pairs": [] if show_matrices else pairs_by_model,
+        "per_class": per_class_table(per_class),
         "num_classes": num_classes,
         "gallery": gallery,
         "notes": notes,

@@ -248,6 +248,7 @@ def compute_figure(data: dict):
     (GMACs per image) and size (parameters), where the runs record them. Colour: model;
     marker: data set."""
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import NullFormatter
 
     axes_spec = [("seconds", "training time (s)"), ("gmacs", "GMACs / image"),
                  ("params", "parameters")]  # fmt: skip
@@ -264,6 +265,8 @@ def compute_figure(data: dict):
                              color=p["colour"], mec="white", mew=0.5)  # fmt: skip
             dot.set_gid(gid(f"compute-{key}-{slug(p['dataset']).lower()}", p["model"]))
         ax.set_xscale("log")
+        # Major decades only: minor tick labels on a short log axis run into each other.
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(label, fontsize=8)
         ax.set_ylim(0, 1.02)
         ax.tick_params(labelsize=7)

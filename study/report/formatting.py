@@ -131,3 +131,9 @@ def ratio(images, seconds) -> float | None:
 
 def version_text(value) -> str:
     return value if isinstance(value, str) else "not recorded"
+
+
+def signed(value: float, digits: int) -> str:
+    """`+0.0180`, `−0.0370`: a difference with its sign, the minus a typographic one."""
+    text = f"{value:+.{digits}f}"
+    return "−" + text[1:] if text.startswith("-") else text

@@ -429,3 +429,47 @@ def confused_pairs(matrix, class_names, k) -> list[dict]:
         {"true": name(t), "predicted": name(p), "count": c, "share": c / total if total else 0}
         for c, t, p, total in pairs[:k]
     ]
+
+
+# Per-class precision, recall and F1: every class where a data set has at most this many, else
+# the PER_CLASS_EXTREMES best and worst by F1 (Tiny-ImageNet's 200 would fill pages).
+PER_CLASS_ALL_UP_TO = 10
+PER_CLASS_EXTREMES = 5
+
+
+def per_class_scores(matrix, class_names) -> list[dict]:
+    """Precision, recall and F1 of each class from a confusion matrix (rows: true class,
+    columns: predicted). A class never predicted has no precision (None), and so no F1."""
+    k = len(matrix)
+    predicted = [sum(matrix[t][p] for t in range(k)) for p in range(k)]
+    rows = []
+    for c in range(k):
+        support, hit = sum(matrix[c]), matrix[c][c]
+        precision = hit / predicted[c] if predicted[c] else None
+        recall = hit / support if support else None
+        f1 = (
+            2 * precision * recall / (precision + recall)
+            if precision is not None and recall is not None and precision + recall > 0
+            else (0.0 if precision is not None and recall is not None else None)
+        )
+        name = str(class_names[c]) if c < len(class_names) else str(c)
+        rows.append({"class": name, "precision": precision, "recall": recall, "f1": f1,
+                     "support": support})  # fmt: skip
+    return rows
+
+
+def best_and_worst(scores: list[dict], n: int) -> tuple[list[dict], list[dict]]:
+    """The n classes with the highest and the n with the lowest F1 (classes with test images
+    only; a class without F1 ranks lowest), ties by name."""
+    ranked = sorted(
+        (s for s in scores if s["support"]),
+        key=lambda s: (-(s["f1"] if s["f1"] is not None else -1), s["class"]),
+    )
+    return ranked[:n], ranked[::-1][:n][::-1] if len(ranked) > n else []
+
+
+def last_epoch_gap(r: RunRecord) -> tuple[float, float] | None:
+    """(training top-1, test top-1) at a run's last epoch with both recorded."""
+    train, test = dict(r.metric("train_top1")), dict(r.metric("test_top1"))
+    shared = sorted(set(train) & set(test))
+    return (train[shared[-1]], test[shared[-1]]) if shared else None

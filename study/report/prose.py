@@ -3,10 +3,19 @@ from the seed and conclusions."""
 
 from __future__ import annotations
 
+import statistics
 from collections import defaultdict
 
 from study import stats
-from study.report.formatting import epochs_text, fmt_num, plural, span_text, stat, value_text
+from study.report.formatting import (
+    epochs_text,
+    fmt_num,
+    plural,
+    signed,
+    span_text,
+    stat,
+    value_text,
+)
 from study.report.model import (
     MODEL_ORDER,
     base_model,
@@ -293,4 +302,87 @@ def lowest_ece(cells, datasets, models, evaluate, flags) -> list[str]:
             out.append(f"{dataset_title(d)}: {title} ({s.text(4)}){note}")
         elif excluded:
             out.append(f"{dataset_title(d)}: not ranked{note}")
+    return out
+
+
+def dataset_prose(t: dict, row: dict, cells, d, models, flags, efficiency, ref) -> list[str]:
+    """A short paragraph for a data set's results section: what the best model reached, what
+    McNemar's test supports, the train-test gap at the last epoch and speed against accuracy.
+    Every number is one the report shows (Tables and Figures named by number)."""
+    from study.report.model import last_epoch_gap
+
+    best = row["best"]
+    if best is None:
+        return []
+    title, tab = t["title"], ref["t"]
+    cell = next(c for c in row["cells"] if c["model"] == best["model"])
+    s = best["stat"]
+    how = f"a mean of {s.n} runs, " if s.n > 1 else ""
+    out = [
+        f"The highest top-1 accuracy on {title} is {model_title(best['model'])}'s "
+        f"{fmt_num(s.mean)} ({how}95% CI {cell['ci']}; Table {tab['results']})."
+        if cell["ci"]
+        else f"The highest top-1 accuracy on {title} is {model_title(best['model'])}'s "
+        f"{fmt_num(s.mean)} (Table {tab['results']})."
+    ]
+    kind = verdict(t)
+    alpha = stats.SIGNIFICANCE
+    if kind == "single":
+        out.append(f"Only {t['best']} was run on {title}: there is nothing to compare.")
+    elif kind == "best":
+        out.append(
+            f"It differs significantly from every other model (McNemar, p < {alpha}; "
+            f"Table {tab['tests']})."
+        )
+    elif kind == "none":
+        same = [r for r in t["rows"] if r["test"] is not None and not r["test"].significant]
+        untested = [r for r in t["rows"] if r["test"] is None]
+        parts = []
+        if same:
+            parts.append(
+                "it does not differ significantly from "
+                + ", ".join(f"{r['model']} ({r['p']})" for r in same)
+            )
+        if untested:
+            parts.append("it cannot be tested against " + ", ".join(r["model"] for r in untested))
+        out.append(
+            f"{'; '.join(parts).capitalize()} (McNemar, Table {tab['tests']}), so these runs "
+            "name no best model."
+        )
+    for m in models:
+        f = flags.get((d, m)) or {}
+        if f.get("flagged"):
+            out.append(
+                f"{model_title(m)} is flagged ({flag_reasons(f)}): its accuracy is no evidence "
+                "for or against it."
+            )
+    gaps = []
+    for m in models:
+        pairs = [g for r in cells[(d, m)] if (g := last_epoch_gap(r)) is not None]
+        if pairs:
+            gap = statistics.fmean(train - test for train, test in pairs)
+            gaps.append(f"{model_title(m)} {signed(gap, 3)}")
+    if gaps and ref["f"].get(f"curves:{d}"):
+        out.append(
+            "Training top-1 (the mean over the last epoch) minus test top-1 after it: "
+            + ", ".join(gaps)
+            + f" (Figure {ref['f'][f'curves:{d}']}); a positive gap is overfitting or the "
+            "training-time randomness (dropout, BatchNorm batch statistics) that testing lacks."
+        )
+    rates = [
+        (e["rate"].mean, e["model"]) for e in efficiency
+        if e["key"].split("/", 1)[0] == d and e["rate"].mean is not None
+    ]  # fmt: skip
+    if len(rates) > 1:
+        (slow, slow_model), (fast, fast_model) = min(rates), max(rates)
+        same = fast_model == model_title(best["model"])
+        out.append(
+            f"Training speed ranges from {slow:,.1f} images/s ({slow_model}) to {fast:,.1f} "
+            f"({fast_model}; Table {tab['efficiency']}); the fastest model "
+            + (
+                "is also the one with the highest top-1."
+                if same
+                else "is not the one with the highest top-1."
+            )  # fmt: skip
+        )
     return out

@@ -15,6 +15,7 @@ from study.report.formatting import (
     interval_text,
     p_text,
     ratio,
+    signed,
     stat,
     value_text,
     version_text,
@@ -143,6 +144,10 @@ def results_table(cells, datasets, models, seed, flags=None) -> dict:
                         "n": s.n,
                         "ran": bool(rs),
                         "seed": fmt_num(published) if published is not None and rs else None,
+                        # Ours minus the seed's published value (the protocols differ).
+                        "diff": signed(s.mean - published, 4)
+                        if published is not None and s.mean is not None
+                        else None,
                         "best": False,
                         "marks": "".join(
                             mark
