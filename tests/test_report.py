@@ -788,3 +788,36 @@ def test_limitations_and_references_are_stated(built):
     for cited in ("Simonyan", "Deep Residual Learning", "Rethinking the Inception", "McNemar",
                   "Wilson", "Tiny ImageNet", "CIFAR", "MNIST", "Deeper Networks"):  # fmt: skip
         assert cited in references, cited
+
+
+def test_table_cells_wrap_between_words_never_inside_one(odd):
+    """The statistics, calibration, efficiency and results tables have column widths to fit
+    their content: a header or number may wrap between words, never inside one."""
+
+    def walk(box):
+        yield box
+        for child in getattr(box, "children", None) or []:
+            yield from walk(child)
+
+    def words(text):
+        return {w for w in re.split(r"[\s\-/]+", text) if w}
+
+    checked = set()
+    for _, boxes in layout(odd["html"]):
+        for table in boxes:
+            kind = table.element.get("class") if type(table).__name__ == "TableBox" else None
+            if kind not in ("tests", "calibration", "efficiency", "table1"):
+                continue
+            checked.add(kind)
+            for cell in walk(table):
+                if type(cell).__name__ != "TableCellBox":
+                    continue
+                lines = [
+                    "".join(t.text for t in walk(line) if type(t).__name__ == "TextBox")
+                    for line in walk(cell)
+                    if type(line).__name__ == "LineBox"
+                ]
+                whole = set().union(*(words(line) for line in lines)) if lines else set()
+                text = " ".join(cell.element.itertext())  # <br> separates too
+                assert words(text) <= whole, (kind, text, lines)
+    assert checked == {"tests", "calibration", "efficiency", "table1"}
