@@ -301,7 +301,7 @@ def test_a_rebuild_draws_only_what_changed(built, tmp_path):
 
 
 def test_the_default_cache_is_next_to_the_report(built):
-    figures = list((built["out"] / ".figures").glob("*.svg"))
+    figures = list((built["out"] / ".figures").glob("*.*"))
     assert len(figures) == 6
 
 

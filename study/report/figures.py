@@ -14,7 +14,11 @@ from pathlib import Path
 from study.atomic import write_atomic
 from study.report.model import MODEL_ORDER
 
-FIGURE_VERSION = "4"  # bump when the drawing code changes: old cache entries stop matching
+FIGURE_VERSION = "5"
+# Figures drawn as PNG at RASTER_DPI rather than SVG: a confusion matrix's hundreds of count
+# labels made WeasyPrint shape and draw each as text, a large share of a build's time.
+RASTER = {"confusion"}
+RASTER_DPI = 220  # bump when the drawing code changes: old cache entries stop matching
 
 
 @dataclass
@@ -34,16 +38,18 @@ class FigureCache:
             default=str,
         )
         digest = hashlib.sha256(key.encode()).hexdigest()[:24]
-        path = self.folder / f"{digest}.svg"
+        suffix = "png" if kind in RASTER else "svg"
+        path = self.folder / f"{digest}.{suffix}"
         self.used.append(path.name)
         try:
-            svg = path.read_bytes()
+            image = path.read_bytes()
         except OSError:
-            svg = DRAW[kind](data)
+            image = DRAW[kind](data)
             self.drawn += 1
             self.folder.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, svg)
-        return "data:image/svg+xml;base64," + base64.b64encode(svg).decode()
+            write_atomic(path, image)
+        mime = "image/png" if suffix == "png" else "image/svg+xml"
+        return f"data:{mime};base64," + base64.b64encode(image).decode()
 
 
 def _figure(width: float, height: float):
@@ -53,9 +59,20 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _svg(fig) -> bytes:
+def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="svg", metadata={"Date": None})
+    fig.savefig(buf, format="png", dpi=RASTER_DPI, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _svg(fig) -> bytes:
+    import matplotlib
+
+    buf = io.BytesIO()
+    # Text as SVG text, not one path per glyph: WeasyPrint draws a figure's paths one by one,
+    # and the glyph outlines were most of a build's time.
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
     return buf.getvalue()
 
 
@@ -312,7 +329,7 @@ def draw_confusion(data: dict) -> bytes:
         ax.set_xlabel("predicted", fontsize=7)
         ax.set_ylabel("true", fontsize=7)
         ax.set_title(entry["label"], fontsize=8)
-    return _svg(fig)
+    return _png(fig)
 
 
 DRAW = {
