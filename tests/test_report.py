@@ -791,7 +791,7 @@ def test_limitations_and_references_are_stated(built):
 
 
 def test_table_cells_wrap_between_words_never_inside_one(odd):
-    """The statistics, calibration, efficiency and results tables have column widths to fit
+    """The statistics, calibration, efficiency, data-set and results tables have widths to fit
     their content: a header or number may wrap between words, never inside one."""
 
     def walk(box):
@@ -806,7 +806,7 @@ def test_table_cells_wrap_between_words_never_inside_one(odd):
     for _, boxes in layout(odd["html"]):
         for table in boxes:
             kind = table.element.get("class") if type(table).__name__ == "TableBox" else None
-            if kind not in ("tests", "calibration", "efficiency", "table1"):
+            if kind not in ("tests", "calibration", "efficiency", "table1", "datasets"):
                 continue
             checked.add(kind)
             for cell in walk(table):
@@ -820,4 +820,4 @@ def test_table_cells_wrap_between_words_never_inside_one(odd):
                 whole = set().union(*(words(line) for line in lines)) if lines else set()
                 text = " ".join(cell.element.itertext())  # <br> separates too
                 assert words(text) <= whole, (kind, text, lines)
-    assert checked == {"tests", "calibration", "efficiency", "table1"}
+    assert checked == {"tests", "calibration", "efficiency", "table1", "datasets"}

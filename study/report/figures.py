@@ -205,7 +205,7 @@ def curve_figure(data: dict):
     A cell with several seeds is drawn as its mean with a band from min to max across them."""
     from matplotlib.lines import Line2D
 
-    fig = _figure(7.0, 4.9)
+    fig = _figure(7.0, 4.3)
     axes = fig.subplots(2, 2)
     for ax, (title, xlabel, metrics) in zip(axes.flat, CURVE_PANELS, strict=True):
         drawn = False

@@ -345,8 +345,9 @@ def dataset_prose(t: dict, row: dict, cells, d, models, flags, efficiency, ref) 
             )
         if untested:
             parts.append("it cannot be tested against " + ", ".join(r["model"] for r in untested))
+        text = "; ".join(parts)  # str.capitalize would lower-case the model names
         out.append(
-            f"{'; '.join(parts).capitalize()} (McNemar, Table {tab['tests']}), so these runs "
+            f"{text[:1].upper()}{text[1:]} (McNemar, Table {tab['tests']}), so these runs "
             "name no best model."
         )
     for m in models:
