@@ -14,7 +14,7 @@ from pathlib import Path
 from study.atomic import write_atomic
 from study.report.model import MODEL_ORDER
 
-FIGURE_VERSION = "5"
+FIGURE_VERSION = "6"
 # Figures drawn as PNG at RASTER_DPI rather than SVG: a confusion matrix's hundreds of count
 # labels made WeasyPrint shape and draw each as text, a large share of a build's time.
 RASTER = {"confusion"}
@@ -118,6 +118,13 @@ def gid(kind: str, model: str) -> str:
     return f"{kind}--{slug(model)}"
 
 
+def legend_columns(labels: list[str], most: int) -> int:
+    """Columns for a legend below a figure: fewer where the labels are long (arm names such
+    as `ResNet-18 (paper, 1.2 epochs, budget 600 s)`), so that it stays within the figure."""
+    per_row = max(1, 90 // max(12, max((len(label) for label in labels), default=0) + 6))
+    return max(1, min(most, len(labels), per_row))
+
+
 def bar_figure(data: dict):
     """Top-1 and top-5 per model: a group per metric, a bar per model in its colour, a dashed
     chance line, the y axis scaled to the data (a low-accuracy data set is not flat), and the
@@ -153,8 +160,8 @@ def bar_figure(data: dict):
     ax.set_ylabel("test accuracy", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.spines[["top", "right"]].set_visible(False)
-    legend = fig.legend(loc="outside lower center", ncols=min(n + 1, 4), fontsize=7,
-                        frameon=False)  # fmt: skip
+    legend = fig.legend(loc="outside lower center", ncols=legend_columns(models, n + 1),
+                        fontsize=7, frameon=False)  # fmt: skip
     legend.set_gid("legend")
     return fig
 
@@ -251,7 +258,7 @@ def curve_figure(data: dict):
     if data.get("chance"):
         handles.append(Line2D([], [], color=CHANCE_COLOUR, ls=":", label="chance"))
     legend = fig.legend(handles=handles, loc="outside lower center", fontsize=7, frameon=False,
-                        ncols=min(len(handles), 6))  # fmt: skip
+                        ncols=legend_columns([h.get_label() for h in handles], 6))  # fmt: skip
     legend.set_gid("legend")
     return fig
 
