@@ -144,25 +144,26 @@ def test_sections_figures_and_gallery(built):
     from pypdf import PdfReader
 
     text = pdf_text(built["pdf"])
-    titles = ["Abstract", "1. Method", "Training protocol", "2. Data sets", "3. Results",
-              "Table 1", "MNIST results", "Misclassified test images", "Tiny-ImageNet results",
-              "4. Efficiency", "GMACs", "Appendix: runs"]  # fmt: skip
+    titles = ["Abstract", "1. Method", "Training protocol", "Table 1", "2. Data sets",
+              "3. Results", "MNIST results", "Misclassified test images", "Tiny-ImageNet results",
+              "4. Efficiency", "GMACs", "5. Conclusions", "6. Limitations", "7. References",
+              "Appendix A: per-class", "Appendix B: runs"]  # fmt: skip
     positions = [text.find(t) for t in titles]
     assert all(p >= 0 for p in positions), dict(zip(titles, positions, strict=True))
     assert positions == sorted(positions)
     assert "The best model by top-1 accuracy is" not in text
 
     # MNIST: bars, curves, confusion matrices; Tiny-ImageNet (25 classes): bars, curves and a
-    # table of the most confused pairs instead of a matrix.
+    # table of the most confused pairs instead of a matrix; accuracy against compute.
     html = built["html"]
-    assert html.count('<img class="figure') == 5
+    assert html.count('<img class="figure') == 6
     assert "most frequent confusions" in html and "confusion matrices" in html
     assert "data:image/svg+xml;base64," in html
 
-    # The gallery: each cell's misclassified thumbnails, as images in the PDF.
+    # The gallery: every misclassified thumbnail each run recorded, as images in the PDF.
     expected = {28: 0, 64: 0}
     for (dataset, _), rs in by_cell(built["records"]).items():
-        n = min(8, sum(len(r.info["misclassified"]) for r in rs))
+        n = sum(len(r.info["misclassified"]) for r in rs)
         expected[28 if dataset == "mnist" else 64] += n
     assert expected[64] > 0 and expected[28] > 0
     assert html.count('<img class="misclassified"') == sum(expected.values())
@@ -273,21 +274,35 @@ def test_a_rebuild_draws_only_what_changed(built, tmp_path):
     records = built["records"]
     build_report(records, tmp_path / "a.html", "html", cache_dir=cache)
     first = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
-    assert len(first) == 5  # one file per figure
+    assert len(first) == 6  # one file per figure
 
     build_report(records, tmp_path / "b.html", "html", cache_dir=cache)
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == first  # nothing drawn
 
-    # Without the ResNet-18 run only MNIST's figures change; Tiny-ImageNet's are reused.
-    fewer = [r for r in records if r.model != "resnet18"]
+    # Without Small CNN's second MNIST seed only MNIST's figures and the compute figure may
+    # change (its curves do: one run has no seed band); Tiny-ImageNet's are reused.
+    fewer = [r for r in records if not (r.dataset == "mnist" and r.config["seed"] == 1)]
+    assert len(fewer) == len(records) - 1
     build_report(fewer, tmp_path / "c.html", "html", cache_dir=cache)
     new = {p.name for p in cache.iterdir()} - set(first)
-    assert len(new) == 3
+    before, after = (
+        (tmp_path / name).read_text().split('id="results-tiny_imagenet"')
+        for name in ("a.html", "c.html")
+    )
+    figures = re.compile(r'<img class="figure[^"]*" src="([^"]+)"')
+    assert figures.findall(after[1].split('id="efficiency"')[0]) == figures.findall(
+        before[1].split('id="efficiency"')[0]
+    )  # Tiny-ImageNet's figures: the cached ones
+    every = {
+        name: set(figures.findall((tmp_path / name).read_text())) for name in ("a.html", "c.html")
+    }
+    changed = every["c.html"] - every["a.html"]
+    assert 1 <= len(new) == len(changed) <= 4  # drawn: exactly the figures that changed
 
 
 def test_the_default_cache_is_next_to_the_report(built):
-    figures = list((built["out"] / ".figures").glob("*.svg"))
-    assert len(figures) == 5
+    figures = list((built["out"] / ".figures").glob("*.*"))
+    assert len(figures) == 6
 
 
 def test_records_read_back_match(store, built):
@@ -305,6 +320,10 @@ def test_the_seeds_published_values_stand_beside_ours(built, tmp_path):
     html = build_report(records, tmp_path / "r.html", "html").read_text()
     cell = re.search(r'data-cell="mnist/resnet50/top1">(.*?)</td>', html, re.S).group(1)
     assert '<span class="seed">seed 0.9923</span>' in cell
+    # Beside it, labelled Δ: ours minus the seed's (the caption says the protocols differ).
+    (ours,) = [r.result["top1"] for r in records if r.model == "resnet50"]
+    assert f"Δ {ours - 0.9923:+.4f}".replace("-", "−") in cell
+    assert "Δ</i>, our value minus the seed's" in html
     cell = re.search(r'data-cell="mnist/resnet50/top5">(.*?)</td>', html, re.S).group(1)
     assert '<span class="seed">seed 0.9999</span>' in cell
     cell = re.search(r'data-cell="mnist/small_cnn/top1">(.*?)</td>', html, re.S).group(1)
@@ -338,7 +357,7 @@ def verdicts(html: str) -> dict[str, list[str]]:
 def test_claims_follow_the_paired_tests(built, tmp_path, capsys):
     text = pdf_text(built["pdf"])
     abstract = section(text, "Abstract", "1. Method")
-    closing = section(text, "5. Conclusions", "Appendix: runs")
+    closing = section(text, "5. Conclusions", "6. Limitations")
     for d, found in verdicts(built["html"]).items():
         title = {"mnist": "MNIST", "tiny_imagenet": "Tiny-ImageNet"}[d]
         if all(v == "differs" for v in found):
@@ -358,7 +377,7 @@ def test_claims_follow_the_paired_tests(built, tmp_path, capsys):
     pdf = build_report([run, twin], tmp_path / "twin.pdf", "pdf")
     text = pdf_text(pdf)
     abstract = section(text, "Abstract", "1. Method")
-    closing = section(text, "5. Conclusions", "Appendix: runs")
+    closing = section(text, "5. Conclusions", "6. Limitations")
     assert "On MNIST the models do not differ significantly" in abstract
     assert "has the highest top-1" not in abstract and "best model on" not in closing
     assert "No model is shown best on MNIST" in closing
@@ -409,7 +428,7 @@ def test_chance_and_collapsed_cells_are_flagged_everywhere(odd):
     assert title in ranking and "excluded: flagged" in ranking  # ... and said to be left out
     uris = re.findall(r'<img class="reliability" src="data:image/svg\+xml;base64,([^"]+)"', html)
     assert "ECE not meaningful" in base64.b64decode(uris[0]).decode()
-    appendix = text[text.index("Appendix: runs") :]
+    appendix = text[text.index("Appendix B: runs") :]
     assert "ECE not meaningful (at chance; predictions collapsed)" in appendix
 
     # A cell that learned (the two seeds of Small CNN at lr 0.003, 2 epochs) is not flagged.
@@ -503,7 +522,7 @@ def test_efficiency_is_images_over_seconds_and_budget_runs_are_named_by_what_the
     label = f"{trained:.2g} epochs, budget 0.05 s"
     assert f"Small CNN (lr=0.003, {label})" in text
     assert by_arm[f"mnist/small_cnn [lr=0.003, {label}]"]["trained"] == label
-    assert "epochs=25" not in text[: text.index("Appendix: runs")]
+    assert "epochs=25" not in text[: text.index("Appendix B: runs")]
 
 
 def layout(html: str):
@@ -595,3 +614,210 @@ def test_timing_noise_is_stated_where_a_runs_epochs_disagree(odd, tmp_path):
     assert ("Timing noise" in html) == (
         max(v for _, v in rates) > TIMING_SPREAD * min(v for _, v in rates)
     )
+
+
+def svg_figures(html: str) -> list[str]:
+    """Every SVG figure of a report (matplotlib's and the reliability diagrams), decoded."""
+    import base64
+
+    return [
+        base64.b64decode(data).decode()
+        for data in re.findall(r'src="data:image/svg\+xml;base64,([^"]+)"', html)
+    ]
+
+
+def artist_colours(svg: str) -> list[tuple[str, str, str]]:
+    """(what, model, colour) of every artist the report names by model (`bar-top1--Small-CNN`):
+    matplotlib writes the colour into the style of the group's first path (or marker use);
+    the reliability diagram into the group's fill."""
+    found = re.findall(
+        r'<g id="([a-z0-9_-]+?)--([A-Za-z0-9-]+)"(?: fill="(#[0-9a-f]{6})")?>\s*'
+        r"(?:<defs>.*?</defs>\s*)?(?:<g [^>]*>\s*)?"  # a marker's definition, its clip group
+        r'(?:<(?:path|use)[^>]*?style="[^"]*?(?:stroke|fill): (#[0-9a-f]{6}))?',
+        svg,
+        re.S,
+    )
+    return [(what, model, a or b) for what, model, a, b in found if a or b]
+
+
+def test_each_model_keeps_one_colour_in_every_figure(built):
+    colours: dict[str, set[str]] = {}
+    kinds: dict[str, set[str]] = {}
+    for svg in svg_figures(built["html"]):
+        for what, model, colour in artist_colours(svg):
+            colours.setdefault(model, set()).add(colour)
+            kinds.setdefault(model, set()).add(re.sub(r"-.*", "", what))
+    assert set(colours) == {"Small-CNN", "ResNet-18"}, colours
+    assert all(len(c) == 1 for c in colours.values()), colours  # one colour per model...
+    assert len({c for cs in colours.values() for c in cs}) == len(colours)  # ...each its own
+    for model, seen in kinds.items():  # bars, curves, reliability and compute alike
+        assert {"bar", "test_top1", "train_top1", "reliability", "compute"} <= seen, (model, seen)
+
+
+def test_the_seed_models_keep_their_colours_whatever_else_is_reported():
+    from study.report.figures import model_colours
+
+    seed = model_colours(["vgg16", "inception_v3", "resnet50"])
+    assert len(set(seed.values())) == 3
+    assert model_colours(["resnet50", "small_cnn"])["resnet50"] == seed["resnet50"]
+    assert model_colours(["resnet18", "vgg16"])["vgg16"] == seed["vgg16"]
+
+
+def test_curves_put_train_and_test_in_one_panel_with_a_band_over_seeds(built):
+    (mnist,) = [svg for svg in svg_figures(built["html"]) if "band-test_top1--" in svg]
+    panels = re.split(r'<g id="axes_\d+">', mnist)[1:]
+    accuracy = [p for p in panels if 'id="test_top1--Small-CNN"' in p]
+    assert len(accuracy) == 1 and 'id="train_top1--Small-CNN"' in accuracy[0]  # one panel
+    assert 'id="chance-top-1-accuracy"' in accuracy[0]
+    loss = [p for p in panels if 'id="test_loss--Small-CNN"' in p]
+    assert len(loss) == 1 and 'id="train_loss--Small-CNN"' in loss[0]
+    # Small CNN has two seeds on MNIST: a band; ResNet-18 has one run: a line alone.
+    assert 'id="band-test_top1--Small-CNN"' in mnist
+    assert 'id="test_top1--ResNet-18"' in mnist and "band-test_top1--ResNet-18" not in mnist
+
+
+def test_bar_chart_scales_to_low_accuracy_and_keeps_its_legend_off_the_bars(built):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from study.report.figures import PALETTE, bar_figure
+
+    # Tiny-ImageNet's real run: low accuracy on 25 classes.
+    (tiny,) = [r for r in built["records"] if r.dataset == "tiny_imagenet"]
+    chance = 1 / tiny.info["dataset"]["num_classes"]
+    top1, top5 = tiny.result["top1"], tiny.result["top5"]
+    fig = bar_figure({"models": ["Small CNN"], "colours": [PALETTE[0]], "chance": chance,
+                      "top1": [[top1, 0.0]], "top5": [[top5, 0.0]]})  # fmt: skip
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    (ax,) = fig.axes
+    low, high = ax.get_ylim()
+    tallest = max(top1, top5, min(5 * chance, 1.0))
+    assert low == 0 and tallest < high <= min(1.0, tallest) * 1.2  # scaled to the data
+    chance_lines = [line for line in ax.lines if (line.get_gid() or "").startswith("chance")]
+    assert [line.get_ydata()[0] for line in chance_lines] == [chance, min(5 * chance, 1.0)]
+    assert all(line.get_linestyle() == "--" for line in chance_lines)
+    legend = fig.legends[0].get_window_extent(renderer)
+    assert not legend.overlaps(ax.get_tightbbox(renderer))  # below the bars, labels and ticks
+
+
+def test_every_figure_and_table_is_numbered_captioned_and_referred_to(built):
+    html, text = built["html"], pdf_text(built["pdf"])
+    for kind in ("Figure", "Table"):
+        numbers = [int(n) for n in re.findall(rf"<b>{kind} (\d+):</b>", html)]
+        assert numbers == list(range(1, len(numbers) + 1)), (kind, numbers)  # in order
+        for n in numbers:  # each named in the text as well as in its own caption
+            assert len(re.findall(rf"\b{kind} {n}\b(?!:)", text)) >= 1, (kind, n)
+    # Every table but the appendix's per-run records has a caption; every figure too.
+    tables = len(re.findall(r'<table class="(?!kv)', html))
+    assert tables == len(re.findall(r"<b>Table \d+:</b>", html))
+    figures = html.count('<img class="figure') + html.count('<img class="reliability"')
+    galleries = html.count('<figure class="galleries">')
+    assert galleries == 2 and figures + galleries == len(re.findall(r"<b>Figure \d+:</b>", html))
+
+
+def test_each_data_set_has_prose_that_follows_from_its_numbers(built):
+    from study.report import model_title
+
+    html = built["html"]
+    tested = verdicts(html)
+    for d in ("mnist", "tiny_imagenet"):
+        prose = re.search(rf'id="results-{d}">.*?<p class="prose">(.*?)</p>', html, re.S).group(1)
+        top1 = {k.split("/")[1]: v for k, v in cells(html).items() if k.startswith(f"{d}/")
+                and k.endswith("/top1") and v}  # fmt: skip
+        best = max(top1, key=lambda m: float(top1[m].split(" ")[0]))
+        assert f"{model_title(best)}&#39;s {top1[best].split(' ')[0]}" in prose
+        if len(tested.get(d, [])) == 0:
+            assert "nothing to compare" in prose
+        elif all(v == "differs" for v in tested[d]):
+            assert "differs significantly from every other model" in prose
+        else:
+            assert "name no best model" in prose and "differs significantly" not in prose
+        # The train-test gap at the last epoch, per model, as the runs recorded it.
+        for model, rs in by_cell(built["records"]).items():
+            if model[0] != d:
+                continue
+            gaps = []
+            for r in rs:
+                train, test = dict(r.metric("train_top1")), dict(r.metric("test_top1"))
+                last = max(set(train) & set(test))
+                gaps.append(train[last] - test[last])
+            gap = f"{statistics.fmean(gaps):+.3f}".replace("-", "−")
+            assert f"{model_title(model[1])} {gap}" in prose, (model, gap, prose)
+
+
+def test_per_class_precision_recall_and_f1_come_from_the_predictions(built):
+    import numpy as np
+
+    html = built["html"]
+    # MNIST's ResNet-18 cell is one run: its per-class table is its own predictions.
+    (run,) = [r for r in built["records"] if r.model == "resnet18"]
+    ev = run.evaluation()
+    labels, predicted = ev["labels"], ev["topk"][:, 0]
+    table = re.search(r"MNIST: precision \(P\), recall.*?</table>", html, re.S).group(0)
+    models = re.findall(r'<th colspan="3" class="model">(.*?)</th>', table)
+    column = 1 + 3 * [i for i, m in enumerate(models) if "ResNet-18" in m][0]
+    names = run.info["dataset"]["class_names"]
+    for c, name in enumerate(names):
+        row = re.search(rf'data-class="mnist/{re.escape(str(name))}">(.*?)</tr>', table, re.S)
+        values = re.findall(r'<td class="num">([^<]*)</td>', row.group(1))
+        hit = int(((predicted == c) & (labels == c)).sum())
+        precision = hit / (predicted == c).sum() if (predicted == c).any() else None
+        recall = hit / (labels == c).sum()
+        images = values[0].split(" / ")  # one count per model where they differ
+        assert images[column // 3 if len(images) > 1 else 0] == f"{(labels == c).sum():,}"
+        assert values[column] == ("–" if precision is None else f"{precision:.3f}")
+        assert values[column + 1] == f"{recall:.3f}"
+        if precision is not None and precision + recall:
+            f1 = 2 * precision * recall / (precision + recall)
+            assert values[column + 2] == f"{f1:.3f}"
+    # Tiny-ImageNet (25 classes): the 5 best and 5 worst classes by F1, not all 25.
+    tiny = re.search(r"Tiny-ImageNet \(25 classes\).*?</table>", html, re.S).group(0)
+    assert len(re.findall(r'data-class="tiny_imagenet/best/', tiny)) == 5
+    assert len(re.findall(r'data-class="tiny_imagenet/worst/', tiny)) == 5
+    assert np.unique(labels).size == len(names)
+
+
+def test_limitations_and_references_are_stated(built):
+    text = pdf_text(built["pdf"])
+    limitations = section(text, "6. Limitations", "7. References")
+    # MNIST's Small CNN has two seeds; the other cells one run each.
+    assert "2 of 3 cells hold one trained model" in limitations
+    assert "test images only" in limitations
+    assert "images/s compares models only roughly" in limitations
+    references = section(text, "7. References", "Appendix A: per-class")
+    for cited in ("Simonyan", "Deep Residual Learning", "Rethinking the Inception", "McNemar",
+                  "Wilson", "Tiny ImageNet", "CIFAR", "MNIST", "Deeper Networks"):  # fmt: skip
+        assert cited in references, cited
+
+
+def test_table_cells_wrap_between_words_never_inside_one(odd):
+    """The statistics, calibration, efficiency, data-set and results tables have widths to fit
+    their content: a header or number may wrap between words, never inside one."""
+
+    def walk(box):
+        yield box
+        for child in getattr(box, "children", None) or []:
+            yield from walk(child)
+
+    def words(text):
+        return {w for w in re.split(r"[\s\-/]+", text) if w}
+
+    checked = set()
+    for _, boxes in layout(odd["html"]):
+        for table in boxes:
+            kind = table.element.get("class") if type(table).__name__ == "TableBox" else None
+            if kind not in ("tests", "calibration", "efficiency", "table1", "datasets"):
+                continue
+            checked.add(kind)
+            for cell in walk(table):
+                if type(cell).__name__ != "TableCellBox":
+                    continue
+                lines = [
+                    "".join(t.text for t in walk(line) if type(t).__name__ == "TextBox")
+                    for line in walk(cell)
+                    if type(line).__name__ == "LineBox"
+                ]
+                whole = set().union(*(words(line) for line in lines)) if lines else set()
+                text = " ".join(cell.element.itertext())  # <br> separates too
+                assert words(text) <= whole, (kind, text, lines)
+    assert checked == {"tests", "calibration", "efficiency", "table1", "datasets"}

@@ -1,0 +1,62 @@
+"""How long `study report` takes to build a PDF: the committed sample runs (report/sample-runs,
+9 runs) by default. Each build is timed twice: cold (an empty figure cache: every figure is
+drawn) and warm (the figures come from the cache, as on a rebuild), each the best of --repeat
+builds. Prints the seconds and the machine.
+
+    python benchmarks/report_speed.py [--runs report/sample-runs] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+from pypdf import PdfReader
+
+from study.report import build_report, select_runs
+from study.stores import read_file_store
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default=str(ROOT / "report" / "sample-runs"))
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    records = select_runs(read_file_store(args.runs))
+    cold, warm = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in range(args.repeat):
+            cache = Path(tmp) / f"figures-{n}"  # a fresh cache: every figure drawn
+            start = time.perf_counter()
+            build_report(records, Path(tmp) / "cold.pdf", "pdf", cache_dir=cache)
+            cold.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            build_report(records, Path(tmp) / "warm.pdf", "pdf", cache_dir=cache)
+            warm.append(time.perf_counter() - start)
+        pages = len(PdfReader(Path(tmp) / "warm.pdf").pages)
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(f"runs: {len(records)} from {args.runs}")
+    print(f"cold build (every figure drawn): best {min(cold):.2f} s of {len(cold)}")
+    print(f"warm build (figures cached):     best {min(warm):.2f} s of {len(warm)}")
+    print(f"pages: {pages}")
+
+
+if __name__ == "__main__":
+    main()

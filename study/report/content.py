@@ -1,0 +1,317 @@
+"""The template's context: everything the report shows, assembled from the runs."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from collections import defaultdict
+
+from study import stats
+from study.errors import StudyError
+from study.report.figures import FigureCache, model_colours, reliability_svg
+from study.report.model import (
+    COLLAPSE_CLASS_SHARE,
+    COLLAPSE_TOP_SHARE,
+    CONFUSED_PAIRS,
+    CONFUSION_MAX_CLASSES,
+    CURVE_METRICS,
+    DATASET_ORDER,
+    PER_CLASS_ALL_UP_TO,
+    PER_CLASS_EXTREMES,
+    TIMING_SPREAD,
+    arm_names,
+    best_and_worst,
+    cell_flags,
+    chance_level,
+    confused_pairs,
+    dataset_title,
+    evaluation_cache,
+    mean_std,
+    model_title,
+    ordered,
+    ordered_models,
+    per_class_scores,
+    reliability_data,
+    run_evaluation,
+    run_flags,
+    seed_table,
+)
+from study.report.prose import (
+    abstract,
+    conclusions,
+    dataset_prose,
+    departures,
+    flagged_text,
+    lowest_ece,
+)
+from study.report.tables import (
+    appendix_entry,
+    calibration_rows,
+    comparisons,
+    compute_points,
+    dataset_rows,
+    efficiency_rows,
+    method_section,
+    results_table,
+    timing_noise,
+)
+from study.stores import RunRecord
+
+
+def report_context(
+    records: list[RunRecord],
+    figures: FigureCache,
+    *,
+    title: str | None = None,
+    today: dt.date | None = None,
+) -> dict:
+    cells: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
+    for r, arm in zip(records, arm_names(records), strict=True):
+        cells[(r.dataset or "?", arm)].append(r)
+    datasets = ordered({d for d, _ in cells}, DATASET_ORDER)
+    models = ordered_models(m for _, m in cells)
+    seed = seed_table()
+    notes: list[str] = []
+
+    evaluate = evaluation_cache()
+    flags = {key: cell_flags(rs, evaluate) for key, rs in cells.items()}
+    table = results_table(cells, datasets, models, seed, flags)
+    best = {row["dataset"]: row["best"] for row in table["rows"] if row["metric"] == "top1"}
+    starts = sorted(r.start_time for r in records if r.start_time)
+    colours = model_colours(models)
+    sections = [
+        dataset_section(
+            d, [m for m in models if (d, m) in cells], cells, figures, evaluate, flags, colours
+        )  # fmt: skip
+        for d in datasets
+    ]
+    tests = [
+        comparisons(d, [m for m in models if (d, m) in cells], cells, best.get(d), evaluate)
+        for d in datasets
+    ]
+    for s in sections:
+        notes.extend(s["notes"])
+    efficiency = efficiency_rows(cells, datasets, models)
+    compute = compute_points(cells, datasets, models, colours)
+    hardware = {e["hardware"] for e in efficiency}
+    departed = departures(records, datasets)
+    method = method_section(records, cells)
+    compute_chart = figures.get("compute", {"points": compute}) if compute else None
+    ref = numbering(method, sections, compute_chart)
+    rows = {row["dataset"]: row for row in table["rows"] if row["metric"] == "top1"}
+    for section, t in zip(sections, tests, strict=True):
+        d = section["name"]
+        section["prose"] = dataset_prose(
+            t, rows[d], cells, d, [m for m in models if (d, m) in cells], flags, efficiency, ref
+        )
+    # "Reproduction" only where every run follows the seed's protocol on the full data sets.
+    what = "a re-run departing from the seed's protocol" if departed else "a reproduction"
+    return {
+        "title": title or f"Deeper Networks for Image Classification: {what}",
+        "departures": departed,
+        "date": (today or dt.date.today()).isoformat(),
+        "run_span": (starts[0][:10], starts[-1][:10]) if starts else None,
+        "abstract": abstract(records, datasets, models, best, cells, tests, flags, departed),
+        "n_runs": len(records),
+        "models": [{"name": m, "title": model_title(m)} for m in models],
+        "datasets": [{"name": d, "title": dataset_title(d)} for d in datasets],
+        "method": method,
+        "ref": ref,
+        "limitations": {
+            "single": sum(1 for rs in cells.values() if len(rs) == 1),
+            "cells": len(cells),
+            "noisy": bool(timing_noise(records)),
+        },
+        "dataset_rows": dataset_rows(cells, datasets),
+        "table": table,
+        "sections": sections,
+        "efficiency": efficiency,
+        "compute_chart": compute_chart,
+        "efficiency_hardware": hardware.pop() if len(hardware) == 1 else None,
+        "timing_noise": timing_noise(records),
+        "timing_spread": f"{TIMING_SPREAD:g}",
+        "tests": tests,
+        "calibration": calibration_rows(cells, datasets, models, evaluate, flags),
+        "calibration_best": lowest_ece(cells, datasets, models, evaluate, flags),
+        "flagged": flagged_text(flags, datasets, models),
+        "conclusions": conclusions(tests, cells),
+        "significance": stats.SIGNIFICANCE,
+        "collapse_top": f"{COLLAPSE_TOP_SHARE:.0%}",
+        "collapse_classes": f"{COLLAPSE_CLASS_SHARE:.0%}",
+        "exact_below": stats.MCNEMAR_EXACT_BELOW,
+        "ece_bins": stats.ECE_BINS,
+        "appendix": [appendix_entry(r, evaluate, run_flags(r, evaluate)) for r in records],
+        "notes": notes,
+        "figures_drawn": figures.drawn,
+    }
+
+
+def numbering(method: dict, sections: list[dict], compute_chart) -> dict:
+    """Table and figure numbers in the order they appear, so that captions and text refer to
+    them by number: {"t": {key: n}, "f": {key: n}}."""
+    tables = ["protocol", *(["differences"] if method["rows"] else []), "datasets", "results",
+              "tests", "calibration"]  # fmt: skip
+    tables += [f"pairs:{s['name']}" for s in sections if s["pairs"]]
+    tables.append("efficiency")
+    tables += [f"per_class:{s['name']}" for s in sections if s["per_class"]]  # the appendix
+    figures = []
+    for s in sections:
+        figures.append(f"bars:{s['name']}")
+        figures += [f"{kind}:{s['name']}" for kind, chart in (("curves", "curve_chart"),
+                    ("confusion", "confusion_chart"), ("reliability", "reliability_chart"))
+                    if s[chart]]  # fmt: skip
+        figures.append(f"gallery:{s['name']}")
+    figures += ["compute"] if compute_chart else []
+    return {"t": {k: n for n, k in enumerate(tables, 1)},
+            "f": {k: n for n, k in enumerate(figures, 1)}}  # fmt: skip
+
+
+def per_class_table(per_class: list[tuple[str, list[dict]]]) -> dict | None:
+    """The per-class table of one data set: every class, one precision/recall/F1 column group
+    per model, where it has few classes; else per model its best and worst classes by F1."""
+    if not per_class:
+        return None
+    if all(len(scores) <= PER_CLASS_ALL_UP_TO for _, scores in per_class) and (
+        len({len(scores) for _, scores in per_class}) == 1
+    ):
+        first = per_class[0][1]
+        rows = []
+        for c, s in enumerate(first):
+            # A model with several runs sums their test images: then one count per model.
+            supports = [scores[c]["support"] for _, scores in per_class]
+            rows.append({"class": s["class"],
+                         "support": supports[0] if len(set(supports)) == 1
+                         else " / ".join(f"{n:,}" for n in supports),
+                         "scores": [scores[c] for _, scores in per_class]})  # fmt: skip
+        return {"kind": "all", "models": [label for label, _ in per_class], "rows": rows}
+    blocks = []
+    for label, scores in per_class:
+        best, worst = best_and_worst(scores, PER_CLASS_EXTREMES)
+        blocks.append({"model": label, "best": best, "worst": worst})
+    return {"kind": "extremes", "n": PER_CLASS_EXTREMES, "blocks": blocks,
+            "classes": max(len(scores) for _, scores in per_class)}  # fmt: skip
+
+
+def dataset_section(
+    d, models, cells, figures: FigureCache, evaluate=None, flags=None, colours=None
+) -> dict:
+    notes: list[str] = []
+    title = dataset_title(d)
+    runs = [(m, r) for m in models for r in cells[(d, m)]]
+
+    colours = colours or model_colours(models)
+    chance = chance_level(runs)
+    bars = {
+        "models": [model_title(m) for m in models],
+        "colours": [colours[m] for m in models],
+        "top1": [mean_std(cells[(d, m)], "top1") for m in models],
+        "top5": [mean_std(cells[(d, m)], "top5") for m in models],
+        "chance": chance,
+    }
+    bar_chart = figures.get("bars", bars)
+
+    curves = []
+    for m in models:
+        recorded = []
+        for r in cells[(d, m)]:
+            series = {name: r.metric(name) for name in CURVE_METRICS}
+            if not any(series.values()):
+                notes.append(
+                    f"Run {r.id} ({model_title(m)} on {title}) recorded no training curves."
+                )
+                continue
+            recorded.append(series)
+        if recorded:
+            label = model_title(m) + (f" ({len(recorded)} seeds)" if len(recorded) > 1 else "")
+            curves.append(
+                {"model": model_title(m), "label": label, "colour": colours[m], "runs": recorded}
+            )
+    curve_chart = figures.get("curves", {"models": curves, "chance": chance}) if curves else None
+
+    class_names: list[str] = []
+    for _, r in runs:
+        names = (r.info.get("dataset") or {}).get("class_names")
+        if names:
+            class_names = list(names)
+            break
+    num_classes = len(class_names)
+    evaluate = evaluate or run_evaluation
+    confusion = []  # per model: summed confusion matrix over its runs
+    pairs_by_model = []
+    per_class = []  # per model: precision, recall and F1 per class, from its summed matrix
+    for m in models:
+        total, used = None, []
+        for r in cells[(d, m)]:
+            ev = evaluate(r)
+            if ev is None or "confusion" not in ev:
+                notes.append(
+                    f"Run {r.id} ({model_title(m)} on {title}) has no evaluation artifact: "
+                    "no confusion matrix from it."
+                )
+                continue
+            matrix = ev["confusion"].astype(int).tolist()
+            if total is None:
+                total = matrix
+            elif len(matrix) == len(total):
+                total = [
+                    [a + b for a, b in zip(x, y, strict=True)]
+                    for x, y in zip(total, matrix, strict=True)
+                ]
+            used.append(r.id)
+        if total is None:
+            continue
+        label = model_title(m) + (f" (sum of {len(used)} runs)" if len(used) > 1 else "")
+        confusion.append({"label": label, "matrix": total})
+        per_class.append((label, per_class_scores(total, class_names)))
+        pairs_by_model.append(
+            {"model": label, "pairs": confused_pairs(total, class_names, CONFUSED_PAIRS)}
+        )
+    show_matrices = 0 < num_classes <= CONFUSION_MAX_CLASSES or (
+        not num_classes and confusion and len(confusion[0]["matrix"]) <= CONFUSION_MAX_CLASSES
+    )
+    confusion_chart = None
+    if confusion and show_matrices:
+        confusion_chart = figures.get("confusion", {"models": confusion, "classes": class_names})
+
+    gallery = []
+    for m in models:
+        items = []
+        for r in cells[(d, m)]:
+            for g in r.info.get("misclassified") or []:  # every image the run recorded
+                try:
+                    data = r.artifact_bytes(g["artifact"])
+                except (StudyError, OSError, KeyError):
+                    notes.append(f"Run {r.id}: misclassified image {g.get('artifact')} is missing.")
+                    continue
+                items.append(
+                    {
+                        "src": "data:image/png;base64," + base64.b64encode(data).decode(),
+                        "true": g.get("true_name", g.get("true")),
+                        "predicted": g.get("predicted_name", g.get("predicted")),
+                        "confidence": g.get("confidence"),
+                        "run": r.id,
+                    }
+                )
+        items.sort(key=lambda i: -(i["confidence"] or 0))
+        gallery.append({"model": model_title(m), "items": items})
+    flags = flags or {}
+    reliability = reliability_data(
+        models, [cells[(d, m)] for m in models], evaluate,
+        [bool(flags.get((d, m), {}).get("flagged")) for m in models],
+        [colours[m] for m in models],
+    )  # fmt: skip
+    return {
+        "name": d,
+        "title": title,
+        "bar_chart": bar_chart,
+        "reliability_chart": reliability_svg(reliability) if reliability else None,
+        "curve_chart": curve_chart,
+        "confusion_chart": confusion_chart,
+        "pairs": [] if show_matrices else pairs_by_model,
+        "per_class": per_class_table(per_class),
+        "num_classes": num_classes,
+        "gallery": gallery,
+        "notes": notes,
+        "flagged": [f["text"] for f in flagged_text(flags, [d], models)],
+        "aggregated": any(len(cells[(d, m)]) > 1 for m in models),
+    }

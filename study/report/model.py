@@ -1,0 +1,475 @@
+"""The runs as the report sees them: arms (model, plus what sets a protocol apart), cells of
+runs per model x data set, their evaluations, flags (chance, collapse) and the derived numbers
+(epochs trained, images/s totals, paired runs, reliability bins, confused pairs)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import statistics
+from collections import defaultdict
+from importlib import resources
+from typing import Any
+
+from study import stats
+from study.errors import StudyError
+from study.identity import PLACE_KEYS, run_order
+from study.report.formatting import epochs_label, epochs_text, stat, value_text
+from study.stores import RunRecord
+
+CONFUSION_MAX_CLASSES = 20
+
+
+CONFUSED_PAIRS = 10
+
+
+# Predictions collapse onto a few classes when the most predicted class takes this share of
+# them, or at most this share of the test set's classes is ever predicted: such a cell's
+# accuracy and calibration say nothing about the model's ranking of classes.
+COLLAPSE_TOP_SHARE = 0.9
+
+
+COLLAPSE_CLASS_SHARE = 0.3
+
+
+# A run whose fastest full epoch trained this many times faster than its slowest was disturbed
+# (other load on the machine): its images/s is not the model's speed alone.
+TIMING_SPREAD = 1.5
+
+
+# Per-epoch metrics the training-curve figure draws.
+CURVE_METRICS = (
+    "train_top1",
+    "train_loss",
+    "test_top1",
+    "test_loss",
+    "train_seconds",
+    "images_per_s",
+)
+
+
+# The seed's order; models and data sets it did not have follow, alphabetically.
+MODEL_ORDER = ("vgg16", "inception_v3", "resnet50")
+
+
+DATASET_ORDER = ("mnist", "fashion_mnist", "cifar10", "tiny_imagenet")
+
+
+# The training protocol, as the Method section lists it: (config key, label).
+PROTOCOL_KEYS = (
+    ("optimizer", "optimizer"),
+    ("lr", "learning rate"),
+    ("momentum", "momentum (sgd)"),
+    ("weight_decay", "weight decay"),
+    ("batch_size", "batch size"),
+    ("epochs", "epochs"),
+    ("time_budget", "training time budget (s)"),
+    ("image_size", "input size (px)"),
+    ("augment", "augmentation"),
+    ("pretrained", "pretrained weights"),
+    ("head", "head"),
+    ("aux_logits", "auxiliary classifier"),
+    ("schedule", "learning-rate schedule"),
+    ("label_smoothing", "label smoothing"),
+    ("precise_bn", "precise BatchNorm (images)"),
+    ("amp", "bf16 autocast"),
+    ("compile", "torch.compile"),
+    ("compile_mode", "torch.compile mode"),
+    ("sync_bn", "SyncBatchNorm (torchrun)"),
+    ("grad_compression", "gradient compression (torchrun)"),
+    ("protocol", "protocol"),
+    ("train_limit", "training subset"),
+    ("test_limit", "test subset"),
+    ("seed", "seed"),
+    ("device", "device"),
+)
+
+
+# Keys in which runs of one arm may differ: repeats of the same training, pooled as mean ± std
+# (PLACE_KEYS say where a run ran, not what it trained).
+REPEAT_KEYS = ("seed", *PLACE_KEYS)
+
+
+def ordered(names, order) -> list[str]:
+    names = set(names)
+    return [n for n in order if n in names] + sorted(n for n in names if n not in order)
+
+
+def arm_names(records: list[RunRecord]) -> list[str]:
+    """Each run's arm of the comparison: its model, plus, where runs of the same model on the
+    same data set were trained differently (not only with another seed), what sets it apart,
+    e.g. `resnet18 [fast]` beside `resnet18 [paper]`. Pooling such runs as if they were seeds
+    would average two protocols into one number."""
+    names = [r.model or "?" for r in records]
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        groups[(r.dataset, r.model)].append(i)
+    rank = {key: n for n, (key, _) in enumerate(PROTOCOL_KEYS)}
+    for members in groups.values():
+        # A key a run's config lacks (recorded before the key existed) counts as null.
+        keys = {k for i in members for k in records[i].config} - set(REPEAT_KEYS)
+        configs = [
+            {k: json.dumps(records[i].config.get(k), sort_keys=True) for k in keys} for i in members
+        ]
+        differing = [k for k in keys if len({c[k] for c in configs}) > 1]
+        # The protocol first, then in the Method table's order each further key that is still
+        # needed to tell two arms apart.
+        chosen: list[str] = []
+        for key in sorted(differing, key=lambda k: (k != "protocol", rank.get(k, len(rank)), k)):
+            values_by_label = defaultdict(set)
+            for c in configs:
+                values_by_label[tuple(c[k] for k in chosen)].add(c[key])
+            if any(len(v) > 1 for v in values_by_label.values()):
+                chosen.append(key)
+        for pos, i in enumerate(members if chosen else []):
+            config = records[i].config
+            parts: list[str] = []
+            for k in chosen:
+                if k in ("epochs", "time_budget") and stopped_by_budget(records[i]):
+                    # Named by what it trained, not by the epochs it planned; the runs of
+                    # one arm share one name (their mean).
+                    same = [records[j] for q, j in enumerate(members)
+                            if all(configs[q][c] == configs[pos][c] for c in chosen)]  # fmt: skip
+                    text = budget_text([r for r in same if stopped_by_budget(r)])
+                elif k == "protocol":
+                    text = value_text(config.get(k))
+                else:
+                    text = f"{k}={value_text(config.get(k))}"
+                if text not in parts:
+                    parts.append(text)
+            names[i] = f"{names[i]} [{', '.join(parts)}]"
+    return names
+
+
+def stopped_by_budget(r: RunRecord) -> bool:
+    return bool((r.info.get("training") or {}).get("stopped_by_budget"))
+
+
+def budget_text(rs: list[RunRecord]) -> str:
+    """`1.2 epochs, budget 600 s`: what budget-stopped runs trained (their mean)."""
+    trained = [e for r in rs if (e := trained_epochs(r)) is not None]
+    budgets = sorted({r.config.get("time_budget") for r in rs}, key=str)
+    epochs = epochs_text([statistics.fmean(trained)]) if trained else "?"
+    return f"{epochs_label(epochs)}, budget {', '.join(f'{b:g}' for b in budgets)} s"
+
+
+def training_totals(r: RunRecord) -> tuple[float | None, float | None]:
+    """(training images seen, training seconds) over the whole run: images/s is their ratio,
+    not a mean of per-epoch rates (an epoch slowed by other load would weigh as one epoch)."""
+    images = [v for _, v in r.metric("train_images")]
+    seconds = (r.info.get("training") or {}).get("train_seconds")
+    if not isinstance(seconds, int | float):
+        per_epoch = [v for _, v in r.metric("train_seconds")]
+        seconds = sum(per_epoch) if per_epoch else None
+    return (sum(images) if images else None), seconds
+
+
+def base_model(arm: str) -> str:
+    return arm.split(" [", 1)[0]
+
+
+def ordered_models(arms) -> list[str]:
+    """The seed's model order, then other models alphabetically; arms of a model together."""
+    order = {m: n for n, m in enumerate(MODEL_ORDER)}
+
+    def natural(text: str) -> tuple:  # epochs=5 before epochs=30
+        return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))
+
+    return sorted(
+        set(arms), key=lambda a: (order.get(base_model(a), len(order)), base_model(a), natural(a))
+    )
+
+
+def model_title(name: str) -> str:
+    """`resnet50` -> `ResNet-50` (the plugin's display name); an arm `resnet18 [fast]` ->
+    `ResNet-18 (fast)`."""
+    base, _, label = name.partition(" [")
+    title = plugin_title("models", base)
+    return f"{title} ({label[:-1]})" if label else title
+
+
+def dataset_title(name: str) -> str:
+    return plugin_title("datasets", name)
+
+
+def plugin_title(kind: str, name: str) -> str:
+    """A plugin's display name; the raw name where no installed plugin provides it (runs
+    read back long after, or from another machine)."""
+    from study.errors import StudyError
+    from study.registry import registry
+
+    try:
+        provided = getattr(registry(), kind).get(name)
+    except StudyError:
+        provided = None
+    return provided.spec.title if provided is not None else name
+
+
+def seed_table() -> dict[tuple[str, str], dict[str, float]]:
+    """The seed report's Table 1: {(dataset, model): {top1, top5}}."""
+    text = resources.files("study.templates").joinpath("seed_table1.csv").read_text()
+    rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
+    return {
+        (row["dataset"], row["model"]): {"top1": float(row["top1"]), "top5": float(row["top5"])}
+        for row in rows
+    }
+
+
+def cell_flags(rs: list[RunRecord], evaluate) -> dict:
+    """Whether a cell's pooled test predictions are at chance or collapsed (see
+    COLLAPSE_*), with the numbers that say so; {} where no run has an evaluation."""
+    import numpy as np
+
+    evs = [ev for ev in (evaluate(r) for r in rs) if ev is not None and "topk" in ev]
+    if not evs:
+        return {}
+    num_classes = next(
+        (c for r in rs if isinstance(c := (r.info.get("dataset") or {}).get("num_classes"), int)),
+        None,
+    )
+    labels = np.concatenate([ev["labels"] for ev in evs])
+    predicted = np.concatenate([ev["topk"][:, 0] for ev in evs])
+    n = int(predicted.size)
+    num_classes = num_classes or int(max(labels.max(), predicted.max())) + 1
+    counts = np.bincount(predicted, minlength=num_classes)
+    present = len(np.unique(labels))  # a test subset may hold fewer classes than the data set
+    correct = int((predicted == labels).sum())
+    chance = 1.0 / num_classes
+    ci = stats.wilson_interval(correct, n)
+    top = int(counts.argmax())
+    out = {
+        "chance": ci.low <= chance,  # not significantly better than guessing
+        "collapse": bool(
+            counts[top] >= COLLAPSE_TOP_SHARE * n
+            or (counts > 0).sum() <= COLLAPSE_CLASS_SHARE * present
+        ),
+        "top1": correct / n,
+        "chance_level": chance,
+        "ci_low": ci.low,
+        "top_class": top,
+        "top_share": counts[top] / n,
+        "predicted_classes": int((counts > 0).sum()),
+        "classes": present,
+        "n": n,
+    }
+    names = next(
+        (names for r in rs if (names := (r.info.get("dataset") or {}).get("class_names"))), []
+    )
+    out["top_name"] = str(names[top]) if top < len(names) else str(top)
+    out["flagged"] = out["chance"] or out["collapse"]
+    return out
+
+
+def run_flags(r: RunRecord, evaluate) -> dict:
+    return cell_flags([r], evaluate)
+
+
+FLAG_MARKS = {"chance": "†", "collapse": "‡"}
+
+
+def flag_reasons(f: dict) -> str:
+    """`at chance; collapsed` for a flagged cell."""
+    words = {"chance": "at chance", "collapse": "predictions collapsed"}
+    return "; ".join(words[k] for k in ("chance", "collapse") if f.get(k))
+
+
+def plugin_spec(kind: str, name: str | None):
+    """The installed plugin's spec, or None (runs read back where the plugin is missing)."""
+    from study.registry import registry
+
+    try:
+        provided = getattr(registry(), kind).get(name)
+    except StudyError:
+        provided = None
+    return provided.spec if provided is not None else None
+
+
+def trained_epochs(r: RunRecord) -> float | None:
+    """Epochs a run trained: the images it saw over the training split's size (a run stopped
+    by its time budget trained a fraction of its last epoch); else the epochs recorded."""
+    images = [v for _, v in r.metric("train_images")]
+    count = (r.info.get("dataset") or {}).get("train_count")
+    if images and isinstance(count, int) and count > 0:
+        return sum(images) / count
+    done = (r.info.get("training") or {}).get("epochs_completed", r.config.get("epochs"))
+    return float(done) if isinstance(done, int | float) else None
+
+
+def test_count(rs: list[RunRecord]) -> int | None:
+    """The test-set size of a cell's runs (for a Wilson interval), when recorded."""
+    for r in rs:
+        count = (r.info.get("dataset") or {}).get("test_count")
+        if isinstance(count, int) and count > 0:
+            return count
+    return None
+
+
+def mean_std(rs, metric) -> list[float | None]:
+    s = stat(rs, lambda r: r.result[metric])
+    return [s.mean, s.std or 0.0]
+
+
+def run_evaluation(r: RunRecord):
+    try:
+        return r.evaluation()
+    except (StudyError, OSError, ValueError):
+        return None
+
+
+def evaluation_cache():
+    """run_evaluation, reading each run's evaluation.npz once per report."""
+    cache: dict[int, Any] = {}
+
+    def evaluate(r: RunRecord):
+        if id(r) not in cache:
+            cache[id(r)] = run_evaluation(r)
+        return cache[id(r)]
+
+    return evaluate
+
+
+def paired_runs(best_runs, other_runs, evaluate):
+    """The pair McNemar's test compares: the runs of the two models with the lowest seed both
+    ran (seed-matched: same subset, same initialisation stream), evaluated on the same test
+    images; failing that, any two runs on the same test images. (pair, why-not)."""
+
+    def seed_of(r):
+        seed = r.config.get("seed")
+        return seed if isinstance(seed, int) else math.inf
+
+    matched = [(seed_of(a), a, b) for a in best_runs for b in other_runs
+               if seed_of(a) == seed_of(b)]  # fmt: skip
+    unmatched = [(math.inf, a, b) for a in best_runs for b in other_runs
+                 if seed_of(a) != seed_of(b)]  # fmt: skip
+    order = sorted(matched, key=lambda x: (x[0], _id_key(x[1]), _id_key(x[2])))
+    order += sorted(unmatched, key=lambda x: (seed_of(x[1]), _id_key(x[1]), _id_key(x[2])))
+    reason = "no evaluation artifact"
+    for _, a, b in order:
+        ea, eb = evaluate(a), evaluate(b)
+        if ea is None or eb is None:
+            continue
+        ia, ib = ea.get("test_indices"), eb.get("test_indices")
+        if ia is None or ib is None or len(ia) != len(ib) or (ia != ib).any():
+            reason = "their runs were evaluated on different test images"
+            continue
+        return (a, b, ea, eb), None
+    return None, reason
+
+
+def _id_key(r: RunRecord):
+    return run_order(r.id)
+
+
+def run_ece(r: RunRecord, evaluate) -> float | None:
+    ev = evaluate(r)
+    if ev is None or "topk_prob" not in ev:
+        return None
+    return stats.expected_calibration_error(stats.top1_confidence(ev), stats.correctness(ev))
+
+
+def chance_level(runs) -> float | None:
+    """1 / classes of the data set the (model, run) pairs trained on, where recorded."""
+    for _, r in runs:
+        k = (r.info.get("dataset") or {}).get("num_classes")
+        if isinstance(k, int) and k > 0:
+            return 1.0 / k
+    return None
+
+
+def reliability_data(models, runs_per_model, evaluate, flagged=None, colours=None) -> dict | None:
+    """Per model: the reliability bins of its runs' test predictions, pooled."""
+    import numpy as np
+
+    panels = []
+    flagged = flagged or [False] * len(models)
+    colours = colours or ["#4c72b0"] * len(models)
+    for m, rs, flag, colour in zip(models, runs_per_model, flagged, colours, strict=True):
+        evs = [ev for ev in (evaluate(r) for r in rs) if ev is not None and "topk_prob" in ev]
+        if not evs:
+            continue
+        conf = np.concatenate([stats.top1_confidence(ev) for ev in evs])
+        right = np.concatenate([stats.correctness(ev) for ev in evs])
+        rel = stats.reliability_bins(conf, right)
+
+        def listed(a):
+            return [None if not np.isfinite(x) else round(float(x), 6) for x in a]
+
+        panels.append(
+            {
+                "model": model_title(m),
+                "label": model_title(m) + (f" ({len(evs)} runs)" if len(evs) > 1 else ""),
+                "edges": listed(rel.edges),
+                "count": [int(c) for c in rel.count],
+                "accuracy": listed(rel.accuracy),
+                "confidence": listed(rel.confidence),
+                "ece": round(stats.expected_calibration_error(conf, right), 6),
+                "flagged": flag,
+                "colour": colour,
+            }
+        )
+    return {"models": panels} if panels else None
+
+
+def confused_pairs(matrix, class_names, k) -> list[dict]:
+    """The k most frequent (true, predicted) confusions, off the diagonal."""
+    pairs = []
+    for t, row in enumerate(matrix):
+        total = sum(row)
+        for p, count in enumerate(row):
+            if t != p and count:
+                pairs.append((count, t, p, total))
+    pairs.sort(key=lambda x: (-x[0], x[1], x[2]))
+
+    def name(i):
+        return class_names[i] if i < len(class_names) else str(i)
+
+    return [
+        {"true": name(t), "predicted": name(p), "count": c, "share": c / total if total else 0}
+        for c, t, p, total in pairs[:k]
+    ]
+
+
+# Per-class precision, recall and F1: every class where a data set has at most this many, else
+# the PER_CLASS_EXTREMES best and worst by F1 (Tiny-ImageNet's 200 would fill pages).
+PER_CLASS_ALL_UP_TO = 10
+PER_CLASS_EXTREMES = 5
+
+
+def per_class_scores(matrix, class_names) -> list[dict]:
+    """Precision, recall and F1 of each class from a confusion matrix (rows: true class,
+    columns: predicted). A class never predicted has no precision (None), and so no F1."""
+    k = len(matrix)
+    predicted = [sum(matrix[t][p] for t in range(k)) for p in range(k)]
+    rows = []
+    for c in range(k):
+        support, hit = sum(matrix[c]), matrix[c][c]
+        precision = hit / predicted[c] if predicted[c] else None
+        recall = hit / support if support else None
+        f1 = (
+            2 * precision * recall / (precision + recall)
+            if precision is not None and recall is not None and precision + recall > 0
+            else (0.0 if precision is not None and recall is not None else None)
+        )
+        name = str(class_names[c]) if c < len(class_names) else str(c)
+        rows.append({"class": name, "precision": precision, "recall": recall, "f1": f1,
+                     "support": support})  # fmt: skip
+    return rows
+
+
+def best_and_worst(scores: list[dict], n: int) -> tuple[list[dict], list[dict]]:
+    """The n classes with the highest and the n with the lowest F1 (classes with test images
+    only; a class without F1 ranks lowest), ties by name."""
+    ranked = sorted(
+        (s for s in scores if s["support"]),
+        key=lambda s: (-(s["f1"] if s["f1"] is not None else -1), s["class"]),
+    )
+    return ranked[:n], ranked[::-1][:n][::-1] if len(ranked) > n else []
+
+
+def last_epoch_gap(r: RunRecord) -> tuple[float, float] | None:
+    """(training top-1, test top-1) at a run's last epoch with both recorded."""
+    train, test = dict(r.metric("train_top1")), dict(r.metric("test_top1"))
+    shared = sorted(set(train) & set(test))
+    return (train[shared[-1]], test[shared[-1]]) if shared else None

@@ -1,0 +1,389 @@
+"""Generated text: the abstract, claims (only what McNemar's test backs), flags, departures
+from the seed and conclusions."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+
+from study import stats
+from study.report.formatting import (
+    epochs_text,
+    fmt_num,
+    plural,
+    signed,
+    span_text,
+    stat,
+    value_text,
+)
+from study.report.model import (
+    MODEL_ORDER,
+    base_model,
+    dataset_title,
+    flag_reasons,
+    model_title,
+    ordered,
+    plugin_spec,
+    run_ece,
+    trained_epochs,
+)
+from study.stores import RunRecord
+
+
+def abstract(records, datasets, models, best, cells, tests, flags, departed=()) -> str:
+    architectures = ordered({base_model(m) for m in models}, MODEL_ORDER)
+    variants = (
+        f", trained as {len(models)} variants ({', '.join(model_title(m) for m in models)}),"
+        if len(models) > len(architectures)
+        else ""
+    )
+    text = (
+        f"We train and evaluate {plural(len(architectures), 'network architecture')} "
+        f"({', '.join(model_title(m) for m in architectures)}){variants} on "
+        f"{plural(len(datasets), 'image data set')} "
+        f"({', '.join(dataset_title(d) for d in datasets)}), {plural(len(records), 'recorded run')}"
+        f" in {plural(len(cells), 'model × data set cell')}, and report top-1 and top-5 test "
+        "accuracy, training behaviour, class confusion and cost."
+    )
+    if departed:
+        text += (
+            " The runs depart from the seed's protocol (Section 1.3): "
+            + "; ".join(d["short"] for d in departed if d["short"])
+            + "."
+        )
+    by_dataset = {t["dataset"]: t for t in tests}
+    claims = [claim(by_dataset[d], best.get(d)) for d in datasets if d in by_dataset]
+    flagged = flagged_text(flags, datasets, models)
+    if flagged:
+        claims.append(
+            f"{plural(len(flagged), 'cell')} "
+            f"{'is' if len(flagged) == 1 else 'are'} flagged as not a working classifier "
+            f"({'; '.join(f['short'] for f in flagged)}): "
+            "their accuracy is no evidence for or against the model, and their calibration is "
+            "not ranked."
+        )
+    return " ".join([text, *(c for c in claims if c)])
+
+
+def flagged_text(flags, datasets, models) -> list[dict]:
+    """Each flagged cell, with a sentence giving the numbers behind its flags."""
+    out = []
+    for d in datasets:
+        for m in models:
+            f = flags.get((d, m)) or {}
+            if not f.get("flagged"):
+                continue
+            parts = []
+            if f["chance"]:
+                parts.append(
+                    f"top-1 {fmt_num(f['top1'])} is not significantly above chance "
+                    f"({fmt_num(f['chance_level'])}: the 95% Wilson interval of top-1 starts at "
+                    f"{fmt_num(f['ci_low'])})"
+                )
+            if f["collapse"]:
+                parts.append(
+                    f"its predictions collapse: class {f['top_name']} takes "
+                    f"{f['top_share']:.0%} of {f['n']:,} predictions and "
+                    f"{f['predicted_classes']} of {f['classes']} classes are ever predicted"
+                )
+            who = f"{model_title(m)} on {dataset_title(d)}"
+            out.append(
+                {
+                    "short": f"{who}: {flag_reasons(f)}",
+                    "text": f"{who}: {'; '.join(parts)}. Its ECE is not meaningful.",
+                }
+            )
+    return out
+
+
+def verdict(t: dict) -> str | None:
+    """What the paired tests let the report say about a data set: `best` (the highest mean
+    top-1 differs significantly from every other model), `none` (it does not, or cannot be
+    tested), `single` (one model only), None (no results)."""
+    if not t["best"]:
+        return None
+    if not t["rows"]:
+        return "single"
+    if all(row["test"] is not None and row["test"].significant for row in t["rows"]):
+        return "best"
+    return "none"
+
+
+def claim(t: dict, best: dict | None) -> str | None:
+    """One sentence per data set: a best model only where McNemar's test backs it."""
+    kind = verdict(t)
+    if kind is None or best is None:
+        return None
+    s = best["stat"]
+    how = f"top-1 {s.text()}" + (f", mean of {s.n} runs" if s.n > 1 else "")
+    alpha = stats.SIGNIFICANCE
+    if kind == "single":
+        return f"On {t['title']} only {t['best']} was run ({how}): no comparison."
+    if kind == "best":
+        return (
+            f"On {t['title']}, {t['best']} has the highest top-1 accuracy ({how}) and differs "
+            f"significantly from every other model (McNemar, p < {alpha})."
+        )
+    return (
+        f"On {t['title']} the models do not differ significantly (McNemar, p ≥ {alpha} or "
+        f"untestable for at least one pair with the highest top-1, {t['best']}, {how}), so "
+        "no best model is named."
+    )
+
+
+def departures(records: list[RunRecord], datasets: list[str]) -> list[dict]:
+    """How far the runs are from the seed, one item per aspect where they differ: input size,
+    epochs, training and test images (against the official split sizes), the protocol's
+    settings (info.departures) and hardware. Each item: a sentence and a short form."""
+    out = []
+    by_dataset = defaultdict(list)
+    for r in records:
+        by_dataset[r.dataset].append(r)
+
+    sizes, seed_sizes = defaultdict(set), {}
+    for r in records:
+        spec, data = plugin_spec("models", r.model), plugin_spec("datasets", r.dataset)
+        used = r.config.get("image_size")
+        if spec is None or data is None or not isinstance(used, int):
+            continue
+        seed = spec.default_input_size("paper", data.image_size)
+        if used != seed:
+            sizes[model_title(r.model)].add(used)
+            seed_sizes[model_title(r.model)] = seed
+    if sizes:
+        used = "; ".join(
+            f"{m} {span_text(v)} px (seed {seed_sizes[m]} px)" for m, v in sizes.items()
+        )
+        out.append({
+            "aspect": "input size",
+            "text": f"Input size: {used}.",
+            "short": f"inputs of {span_text(v for vs in sizes.values() for v in vs)} px instead of "
+                     f"{' / '.join(str(v) for v in sorted(set(seed_sizes.values())))} px",
+        })  # fmt: skip
+
+    epochs, seed_epochs = [], []
+    for d in datasets:
+        data = plugin_spec("datasets", d)
+        if data is None or data.paper_epochs is None:
+            continue
+        trained = [e for r in by_dataset[d] if (e := trained_epochs(r)) is not None]
+        if trained and any(abs(e - data.paper_epochs) > 1e-9 for e in trained):
+            epochs.append(f"{dataset_title(d)} {epochs_text(trained)} (seed {data.paper_epochs})")
+            seed_epochs.append(data.paper_epochs)
+    if epochs:
+        all_trained = [e for r in records if (e := trained_epochs(r)) is not None]
+        out.append({
+            "aspect": "epochs",
+            "text": f"Epochs trained: {'; '.join(epochs)}.",
+            "short": f"{epochs_text(all_trained)} epochs instead of "
+                     f"{' / '.join(str(e) for e in sorted(set(seed_epochs)))}",
+        })  # fmt: skip
+
+    for split, official in (("train", "train_size"), ("test", "test_size")):
+        parts, used_all, official_all = [], [], []
+        for d in datasets:
+            data = plugin_spec("datasets", d)
+            infos = [r.info.get("dataset") or {} for r in by_dataset[d]]
+            counts = [c for i in infos if isinstance(c := i.get(f"{split}_count"), int)]
+            if data is None or not counts or set(counts) == {getattr(data, official)}:
+                continue
+            size = getattr(data, official)
+            held = sorted({a for i in infos if isinstance(a := i.get(f"{split}_available"), int)})
+            local = f", the local copy holding {span_text(held)}" if held and held != [size] else ""
+            parts.append(f"{dataset_title(d)} {span_text(counts)} of the official {size:,}{local}")
+            used_all += counts
+            official_all.append(size)
+        if parts:
+            name = "training" if split == "train" else "test"
+            out.append({
+                "aspect": f"{name} images",
+                "text": f"{name.capitalize()} images used: {'; '.join(parts)}.",
+                "short": f"{span_text(used_all)} {name} images instead of "
+                         f"{span_text(official_all)}",
+            })  # fmt: skip
+
+    protocols = defaultdict(int)
+    keys: dict[str, dict] = defaultdict(lambda: {"values": set(), "protocol": set()})
+    for r in records:
+        protocols[value_text(r.config.get("protocol"))] += 1
+        for key, d in (r.info.get("departures") or {}).items():
+            keys[key]["values"].add(value_text(d.get("value")))
+            keys[key]["protocol"].add(value_text(d.get("protocol")))
+    named = ", ".join(f"{p} ({plural(n, 'run')})" for p, n in sorted(protocols.items()))
+    if keys or set(protocols) != {"paper"}:
+        changed = "; ".join(
+            f"{k} {', '.join(sorted(v['values']))} (protocol {', '.join(sorted(v['protocol']))})"
+            for k, v in sorted(keys.items())
+        )
+        out.append({
+            "aspect": "protocol",
+            "text": f"Protocol named: {named}."
+                    + (f" Settings that depart from the named protocol: {changed}." if keys
+                       else ""),
+            "short": "protocol settings changed ("
+                     + ", ".join(sorted(keys) or ["protocol " + ", ".join(sorted(protocols))])
+                     + ")",
+        })  # fmt: skip
+
+    hardware = defaultdict(int)
+    for r in records:
+        t = r.info.get("training") or {}
+        if t.get("device_name"):
+            hardware[f"{t['device_name']} ({t.get('device', '?')})"] += 1
+    if hardware:
+        # The seed's hardware is not part of its protocol: stated so timings can be read.
+        out.append({
+            "aspect": "hardware",
+            "text": "Hardware: "
+                    + "; ".join(f"{h}, {plural(n, 'run')}" for h, n in sorted(hardware.items()))
+                    + ".",
+            "short": None,
+        })  # fmt: skip
+    # Hardware alone is not a departure from the protocol.
+    return out if any(d["short"] for d in out) else []
+
+
+def conclusions(tests, cells) -> list[str]:
+    """One paragraph per data set: a difference is called one only when McNemar's p < 0.05."""
+    out = []
+    alpha = stats.SIGNIFICANCE
+    for t in tests:
+        if not t["best"]:
+            continue
+        if not t["rows"]:
+            out.append(f"On {t['title']} only {t['best']} was run, so there is no comparison.")
+            continue
+        sentences = [
+            f"{t['best']} is the best model on {t['title']}: it differs significantly from "
+            "every other model."
+            if verdict(t) == "best"
+            else f"No model is shown best on {t['title']}: the highest mean top-1 does not "
+            "differ significantly from every other model."
+        ]
+        for row in t["rows"]:
+            test = row["test"]
+            if test is None:
+                sentences.append(
+                    f"{row['best']} and {row['model']} cannot be compared by a paired test "
+                    f"({row['reason']})."
+                )
+            elif test.significant:
+                sentences.append(
+                    f"{row['best']} (top-1 {row['best_top1']}) differs significantly from "
+                    f"{row['model']} ({row['top1']}): McNemar {test.method}, {row['p']}, "
+                    f"below {alpha}."
+                )
+            else:
+                sentences.append(
+                    f"{row['best']} (top-1 {row['best_top1']}) and {row['model']} "
+                    f"({row['top1']}) show no significant difference (McNemar {test.method}, "
+                    f"{row['p']} ≥ {alpha}); these runs do not establish which is better."
+                )
+        out.append(" ".join(sentences))
+    return out
+
+
+def lowest_ece(cells, datasets, models, evaluate, flags) -> list[str]:
+    """Per data set, the lowest mean ECE among cells that are not flagged: a constant
+    predictor's near-zero ECE is not calibration."""
+    out = []
+    for d in datasets:
+        ranked = []
+        for m in models:
+            rs = cells.get((d, m))
+            if rs and not flags.get((d, m), {}).get("flagged"):
+                s = stat(rs, lambda r: run_ece(r, evaluate))
+                if s.mean is not None:
+                    ranked.append((s.mean, model_title(m), s))
+        excluded = [model_title(m) for m in models if flags.get((d, m), {}).get("flagged")]
+        note = f" ({', '.join(excluded)} excluded: flagged)" if excluded else ""
+        if len(ranked) > 1:
+            mean, title, s = min(ranked, key=lambda x: x[0])
+            out.append(f"{dataset_title(d)}: {title} ({s.text(4)}){note}")
+        elif excluded:
+            out.append(f"{dataset_title(d)}: not ranked{note}")
+    return out
+
+
+def dataset_prose(t: dict, row: dict, cells, d, models, flags, efficiency, ref) -> list[str]:
+    """A short paragraph for a data set's results section: what the best model reached, what
+    McNemar's test supports, the train-test gap at the last epoch and speed against accuracy.
+    Every number is one the report shows (Tables and Figures named by number)."""
+    from study.report.model import last_epoch_gap
+
+    best = row["best"]
+    if best is None:
+        return []
+    title, tab = t["title"], ref["t"]
+    cell = next(c for c in row["cells"] if c["model"] == best["model"])
+    s = best["stat"]
+    how = f"a mean of {s.n} runs, " if s.n > 1 else ""
+    out = [
+        f"The highest top-1 accuracy on {title} is {model_title(best['model'])}'s "
+        f"{fmt_num(s.mean)} ({how}95% CI {cell['ci']}; Table {tab['results']})."
+        if cell["ci"]
+        else f"The highest top-1 accuracy on {title} is {model_title(best['model'])}'s "
+        f"{fmt_num(s.mean)} (Table {tab['results']})."
+    ]
+    kind = verdict(t)
+    alpha = stats.SIGNIFICANCE
+    if kind == "single":
+        out.append(f"Only {t['best']} was run on {title}: there is nothing to compare.")
+    elif kind == "best":
+        out.append(
+            f"It differs significantly from every other model (McNemar, p < {alpha}; "
+            f"Table {tab['tests']})."
+        )
+    elif kind == "none":
+        same = [r for r in t["rows"] if r["test"] is not None and not r["test"].significant]
+        untested = [r for r in t["rows"] if r["test"] is None]
+        parts = []
+        if same:
+            parts.append(
+                "it does not differ significantly from "
+                + ", ".join(f"{r['model']} ({r['p']})" for r in same)
+            )
+        if untested:
+            parts.append("it cannot be tested against " + ", ".join(r["model"] for r in untested))
+        text = "; ".join(parts)  # str.capitalize would lower-case the model names
+        out.append(
+            f"{text[:1].upper()}{text[1:]} (McNemar, Table {tab['tests']}), so these runs "
+            "name no best model."
+        )
+    for m in models:
+        f = flags.get((d, m)) or {}
+        if f.get("flagged"):
+            out.append(
+                f"{model_title(m)} is flagged ({flag_reasons(f)}): its accuracy is no evidence "
+                "for or against it."
+            )
+    gaps = []
+    for m in models:
+        pairs = [g for r in cells[(d, m)] if (g := last_epoch_gap(r)) is not None]
+        if pairs:
+            gap = statistics.fmean(train - test for train, test in pairs)
+            gaps.append(f"{model_title(m)} {signed(gap, 3)}")
+    if gaps and ref["f"].get(f"curves:{d}"):
+        out.append(
+            "Training top-1 (the mean over the last epoch) minus test top-1 after it: "
+            + ", ".join(gaps)
+            + f" (Figure {ref['f'][f'curves:{d}']}); a positive gap is overfitting or the "
+            "training-time randomness (dropout, BatchNorm batch statistics) that testing lacks."
+        )
+    rates = [
+        (e["rate"].mean, e["model"]) for e in efficiency
+        if e["key"].split("/", 1)[0] == d and e["rate"].mean is not None
+    ]  # fmt: skip
+    if len(rates) > 1:
+        (slow, slow_model), (fast, fast_model) = min(rates), max(rates)
+        same = fast_model == model_title(best["model"])
+        out.append(
+            f"Training speed ranges from {slow:,.1f} images/s ({slow_model}) to {fast:,.1f} "
+            f"({fast_model}; Table {tab['efficiency']}); the fastest model "
+            + (
+                "is also the one with the highest top-1."
+                if same
+                else "is not the one with the highest top-1."
+            )  # fmt: skip
+        )
+    return out

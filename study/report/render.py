@@ -1,0 +1,59 @@
+"""HTML from the Jinja2 template, PDF from the HTML (WeasyPrint), and where the output may go."""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+from study.errors import StudyError
+from study.report.formatting import count_text, fmt_num, no_break
+
+
+def check_output_path(out: Path) -> None:
+    """One line, before any work, where the report cannot be written to `out`."""
+    if out.is_dir():
+        raise StudyError(f"--out {out}: is a folder; give a file path, e.g. {out / 'study.pdf'}")
+    folder = out.parent
+    for ancestor in (folder, *folder.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise StudyError(f"--out {out}: {ancestor} is a file, not a folder")
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StudyError(f"--out {out}: cannot create {folder} ({exc.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise StudyError(f"--out {out}: {folder} is not writable")
+
+
+def render_html(context: dict) -> str:
+    import jinja2
+
+    templates = resources.files("study.templates")
+
+    def load(name: str) -> str:
+        return templates.joinpath(name).read_text(encoding="utf-8")
+
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(load),
+        autoescape=True,  # every run-derived string is text, never markup
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["num"] = fmt_num
+    env.filters["count"] = count_text
+    env.filters["nb"] = no_break
+    return env.get_template("report.html.j2").render(css=load("report.css"), **context)
+
+
+def render_pdf(html: str) -> bytes:
+    import logging
+
+    from weasyprint import HTML
+
+    logging.getLogger("weasyprint").setLevel(logging.ERROR)
+    logging.getLogger("fontTools").setLevel(logging.ERROR)
+    return HTML(string=html, base_url=".").write_pdf()
