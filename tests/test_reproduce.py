@@ -274,3 +274,21 @@ def test_runs_long_shows_the_provenance(stored, tmp_path):
     assert any(line.startswith("determinism: ") and "cudnn_benchmark=" in line for line in lines)
     digest = run.info["dataset"]["content"]["MNIST/raw/train-images-idx3-ubyte.gz"]
     assert f"data: MNIST/raw/train-images-idx3-ubyte.gz {digest[:19]}" in lines
+
+
+def test_the_report_leaves_reproductions_out_and_names_the_data(stored, tmp_path):
+    runs = _copy_store(stored, tmp_path)
+    run_study("reproduce", "1", "--runs", runs, cwd=tmp_path)
+    proc = run_study("report", "--runs", runs, "--format", "html", "--out", "r.html", cwd=tmp_path)
+    assert "study report: 1 run -> r.html" in proc.stdout
+    html = (tmp_path / "r.html").read_text()
+    assert "Reproductions left out" in html
+    assert f"run 2 reproduces run 1 of {runs} (`study reproduce`)" in html
+    (run,) = [r for r in read_file_store(runs) if r.id == "1"]
+    root = run.info["dataset"]["data_root"]
+    assert f"data_root {root['typed']} (resolved {root['resolved']}); content fingerprint " in html
+    both = run_study(
+        "report", "--runs", runs, "--ids", "1,2", "--format", "html", "--out", "b.html",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert "study report: 2 runs -> b.html" in both.stdout

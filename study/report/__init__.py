@@ -39,7 +39,7 @@ from study.report.model import (
 
 # build_report calls render_pdf through this module, so a test can replace it here.
 from study.report.render import check_output_path, render_html, render_pdf
-from study.report.runs import run_filter, select_runs, usable_runs
+from study.report.runs import run_filter, select_runs, split_reproductions, usable_runs
 from study.stores import RunRecord, print_skipped, read_runs
 
 # The names other modules and the tests import from `study.report`.
@@ -113,9 +113,12 @@ def main(argv: list[str]) -> int:
 
     where, stored = read_runs(args.runs, args.mongo, args.db, keep=keep, skipped=skipped)
     records = select_runs(stored, where=where, holds=statuses or None, **filters)
+    records, left_out = split_reproductions(records, filters["ids"])
+    if not records:
+        raise StudyError(f"no runs to report on: {'; '.join(left_out)}")
     records = usable_runs(records, skipped)
     print_skipped(skipped)
-    written = build_report(records, out, fmt, title=args.title, skipped=skipped)
+    written = build_report(records, out, fmt, title=args.title, skipped=skipped, left_out=left_out)
     print(
         f"study report: {plural(len(records), 'run')} -> {written}"
         + (f" ({len(skipped)} skipped)" if skipped else "")
@@ -138,6 +141,7 @@ def build_report(
     cache_dir: str | Path | None = None,
     today: dt.date | None = None,
     skipped: list[str] = (),
+    left_out: list[str] = (),
 ) -> Path:
     """Render `records` to `out` (pdf or html), atomically; return the path written."""
     if fmt not in FORMATS:
@@ -149,6 +153,7 @@ def build_report(
     figures = FigureCache(Path(cache_dir) if cache_dir else out.parent / ".figures")
     context = report_context(records, figures, title=title, today=today)
     context["skipped"] = list(skipped)  # named in the appendix: a reader sees what is missing
+    context["left_out"] = list(left_out)
     html = render_html(context)
     # Rendered in memory first, so a failed build leaves the earlier report as it was.
     document = html if fmt == "html" else render_pdf(html)

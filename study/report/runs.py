@@ -89,3 +89,21 @@ def usable_runs(records: list[RunRecord], skipped: list[str]) -> list[RunRecord]
     if not usable:
         raise StudyError(f"no runs to report on: {'; '.join(skipped)}")
     return usable
+
+
+def split_reproductions(
+    records: list[RunRecord], ids: list[str] | None = None
+) -> tuple[list[RunRecord], list[str]]:
+    """(the runs to report, a line per run left out): a `study reproduce` run re-ran another
+    run's config, so pooling it would count one seed twice. Named with --ids, it is kept."""
+    kept, left_out = [], []
+    for r in records:
+        original = r.meta.get("reproduces") if isinstance(r.meta, dict) else None
+        if isinstance(original, dict) and not (ids and r.id in ids):
+            left_out.append(
+                f"run {r.id} reproduces run {original.get('id')} of {original.get('store')} "
+                "(`study reproduce`): a check, not another repeat"
+            )
+        else:
+            kept.append(r)
+    return kept, left_out

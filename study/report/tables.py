@@ -119,7 +119,10 @@ def dataset_rows(cells, datasets) -> list[dict]:
                 "train_available": values("train_available"),
                 "test": values("test_count"),
                 "test_available": values("test_available"),
-                "fingerprint": values("fingerprint"),
+                # What the data held (content), else the older cache key of its files.
+                "fingerprint": ", ".join(
+                    dict.fromkeys(content_digest(i) or i.get("fingerprint") or "–" for i in infos)
+                ),
             }
         )
     return rows
@@ -295,6 +298,28 @@ def code_text(prov) -> str:
     return code
 
 
+def data_root_text(dataset) -> str | None:
+    """Where the run read its data: data_root as typed and as it resolved, and the digest of
+    its content fingerprints (what `study reproduce` checks)."""
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("data_root"), dict):
+        return None
+    root = dataset["data_root"]
+    text = f"data_root {root.get('typed')} (resolved {root.get('resolved')})"
+    digest = content_digest(dataset)
+    return text + (f"; content fingerprint {digest}" if digest else "")
+
+
+def content_digest(dataset: dict) -> str | None:
+    """One short digest of a run's data content fingerprints (None: not recorded)."""
+    import hashlib
+
+    content = dataset.get("content")
+    if not isinstance(content, dict) or not content:
+        return None
+    text = "\n".join(f"{k}\t{v}" for k, v in sorted(content.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def appendix_entry(r: RunRecord, evaluate=None, flags=None) -> dict:
     host = r.host or {}
     libs = host.get("study") if isinstance(host.get("study"), dict) else {}
@@ -325,6 +350,7 @@ def appendix_entry(r: RunRecord, evaluate=None, flags=None) -> dict:
         "os": " ".join(map(str, host.get("os") or [])) or "–",
         "versions": versions,
         "code": code_text(r.info.get("provenance") if isinstance(r.info, dict) else None),
+        "data_root": data_root_text(r.info.get("dataset") if isinstance(r.info, dict) else None),
         "config": [(k, json.dumps(v)) for k, v in sorted(r.config.items())],
         "result": r.result,
         "ece": run_ece(r, evaluate or run_evaluation),
