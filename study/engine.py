@@ -405,6 +405,8 @@ def fit(
             )
         except TrainingFailed as exc:
             raise TrainingFailed(f"epoch {epoch}: {exc}") from None
+        # The learning rate in force when the epoch ended (a float: reading it never syncs).
+        metrics["lr"] = float(setup.optimizer.param_groups[0]["lr"])
         recompute_batchnorm(
             setup.plain_model,
             setup.train,

@@ -28,6 +28,7 @@ EPOCH_METRICS = (
     "train_seconds",  # the epoch's training steps alone (epoch_seconds adds the evaluation)
     "train_images",  # fewer than the split where a time budget ended the epoch
     "images_per_s",
+    "lr",  # the learning rate at the end of the epoch (schedules step per batch)
 )
 EVALUATION_ARTIFACT = "evaluation.npz"
 
@@ -197,7 +198,8 @@ def _cpu_name() -> str:
 
 def log_epoch(run, epoch: int, metrics: dict) -> None:
     for name in EPOCH_METRICS:
-        run.log_scalar(name, float(metrics[name]), epoch)
+        if name in metrics:  # a checkpoint from an older study lacks the newer metrics
+            run.log_scalar(name, float(metrics[name]), epoch)
 
 
 def write_results(

@@ -35,6 +35,7 @@ def test_a_run_records_config_metrics_results_and_artifacts(mnist_root, tmp_path
         assert [step for step, _ in rec.metric(name)] == [1, 2], name
     assert set(rec.result) == {"top1", "top5", "test_loss"}
     assert rec.metric("test_top1")[-1][1] == rec.result["top1"]
+    assert [lr for _, lr in rec.metric("lr")] == [0.003, 0.003]  # a constant schedule
 
     ds = rec.info["dataset"]
     assert (ds["train_count"], ds["test_count"], ds["test_available"]) == (600, 100, 200)

@@ -671,6 +671,8 @@ def test_curves_put_train_and_test_in_one_panel_with_a_band_over_seeds(built):
     assert 'id="chance-top-1-accuracy"' in accuracy[0]
     loss = [p for p in panels if 'id="test_loss--Small-CNN"' in p]
     assert len(loss) == 1 and 'id="train_loss--Small-CNN"' in loss[0]
+    rate = [p for p in panels if 'id="lr--Small-CNN"' in p]  # the learning rate: its own panel
+    assert len(rate) == 1 and "test_top1" not in rate[0]
     # Small CNN has two seeds on MNIST: a band; ResNet-18 has one run: a line alone.
     assert 'id="band-test_top1--Small-CNN"' in mnist
     assert 'id="test_top1--ResNet-18"' in mnist and "band-test_top1--ResNet-18" not in mnist

@@ -259,6 +259,15 @@ def test_a_mongo_run_is_reproduced_in_mongo_with_its_provenance(mnist_root, tmp_
         again = {r.id: r for r in records}[new]
         assert again.meta["reproduces"]["id"] == str(run.id)
         assert not (tmp_path / "runs").exists()  # recorded in MongoDB, not a file store
+
+        # An export from MongoDB carries each run's GridFS artifacts in the file layout.
+        out = tmp_path / "mongo.tar.gz"
+        run_study("export", out, "--mongo", url, cwd=tmp_path, env=env)
+        _, copies = read_runs(str(out))
+        assert sorted(r.id for r in copies) == sorted([str(run.id), new])
+        for copy in copies:
+            assert copy.evaluation()["labels"].shape == (100,)
+            assert copy.info["provenance"] == {r.id: r for r in records}[copy.id].info["provenance"]
     finally:
         server.stop()
 

@@ -200,6 +200,7 @@ def seed_band(runs: list[dict], metric: str):
 CURVE_PANELS = (
     ("top-1 accuracy", "epoch", [("test_top1", "-", "test"), ("train_top1", "--", "train")]),
     ("loss", "epoch", [("test_loss", "-", "test"), ("train_loss", "--", "train")]),
+    ("learning rate (end of epoch)", "epoch", [("lr", "-", "train")]),
     ("test top-1 against training time", "training time (s)",
      [(_against_training_time, "-", "test")]),
     ("training images / s", "epoch", [("images_per_s", "-", "train")]),
@@ -207,14 +208,16 @@ CURVE_PANELS = (
 
 
 def curve_figure(data: dict):
-    """Per data set, 2 x 2 panels: train (dashed) and test (solid) accuracy in one panel, so the
-    gap shows; train and test loss likewise; test accuracy against training time; throughput.
-    A cell with several seeds is drawn as its mean with a band from min to max across them."""
+    """Per data set, five panels: train (dashed) and test (solid) accuracy in one panel, so the
+    gap shows; train and test loss likewise; the learning rate; test accuracy against training
+    time; throughput. A cell with several seeds is drawn as its mean with a band from min to
+    max across them."""
     from matplotlib.lines import Line2D
 
     fig = _figure(7.0, 4.3)
-    axes = fig.subplots(2, 2)
-    for ax, (title, xlabel, metrics) in zip(axes.flat, CURVE_PANELS, strict=True):
+    mosaic = fig.subplot_mosaic("AABBCC;DDDEEE")  # three panels over two
+    axes = [mosaic[k] for k in "ABCDE"]
+    for ax, (title, xlabel, metrics) in zip(axes, CURVE_PANELS, strict=True):
         drawn = False
         for model in data["models"]:
             colour, runs = model["colour"], model["runs"]

@@ -47,6 +47,7 @@ CURVE_METRICS = (
     "test_loss",
     "train_seconds",
     "images_per_s",
+    "lr",
 )
 
 
