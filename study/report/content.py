@@ -149,7 +149,7 @@ def report_context(
 def numbering(method: dict, sections: list[dict], compute_chart) -> dict:
     """Table and figure numbers in the order they appear, so that captions and text refer to
     them by number: {"t": {key: n}, "f": {key: n}}."""
-    tables = ["protocol", *(["differences"] if method["rows"] else []), "datasets", "results",
+    tables = ["protocol", *(["differences"] if method["blocks"] else []), "datasets", "results",
               "tests", "calibration"]  # fmt: skip
     tables += [f"pairs:{s['name']}" for s in sections if s["pairs"]]
     tables.append("efficiency")

@@ -39,6 +39,8 @@ from study.report.model import (
 )
 from study.stores import RunRecord
 
+RUNS_PER_BLOCK = 8  # run columns per block of the differing-settings table
+
 
 def method_section(records, cells) -> dict:
     """The protocol: values every run shares, and per run the values that differ."""
@@ -61,14 +63,25 @@ def method_section(records, cells) -> dict:
         }
     )
     differing += [(k, k) for k in other]
-    rows = [
+    per_block = -(-len(records) // -(-len(records) // RUNS_PER_BLOCK))  # blocks of equal size
+    # One column per run and a row per setting: settings outnumber runs, and a column per
+    # setting broke names mid-word. Wide studies continue in blocks of RUNS_PER_BLOCK runs.
+    blocks = [
         {
-            "id": r.id,
-            "model": model_title(r.model or "?"),
-            "dataset": dataset_title(r.dataset or "?"),
-            "values": [value_text(r.config.get(k)) for k, _ in differing],
+            "runs": [
+                {
+                    "id": r.id,
+                    "model": model_title(r.model or "?"),
+                    "dataset": dataset_title(r.dataset or "?"),
+                }  # fmt: skip
+                for r in chunk
+            ],
+            "rows": [
+                {"label": label, "values": [value_text(r.config.get(k)) for r in chunk]}
+                for k, label in differing
+            ],
         }
-        for r in records
+        for chunk in (records[i : i + per_block] for i in range(0, len(records), per_block))
     ]
     multi = [
         {
@@ -86,8 +99,7 @@ def method_section(records, cells) -> dict:
     return {
         "arms": arms,
         "common": common,
-        "differing": [label for _, label in differing],
-        "rows": rows if differing else [],
+        "blocks": blocks if differing else [],
         "multi": multi,
         "heads": heads,
     }
