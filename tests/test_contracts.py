@@ -312,7 +312,9 @@ def test_an_unknown_command_is_one_line_naming_it(tmp_path):
     proc = run_study("reprodce", "1", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "dummy" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("study: error: unknown command 'reprodce'; commands: list, ")
+    assert line.startswith(
+        "study: error: unknown command 'reprodce' (did you mean reproduce?); commands: export, "
+    )
 
 
 def test_a_file_named_like_a_protocol_does_not_replace_it(tmp_path):

@@ -8,7 +8,7 @@ from collections import defaultdict
 
 from study import stats
 from study.errors import StudyError
-from study.report.figures import FigureCache, model_colours, reliability_svg
+from study.report.figures import COMPUTE_AXES, FigureCache, model_colours, reliability_svg
 from study.report.model import (
     COLLAPSE_CLASS_SHARE,
     COLLAPSE_TOP_SHARE,
@@ -96,7 +96,9 @@ def report_context(
     hardware = {e["hardware"] for e in efficiency}
     departed = departures(records, datasets)
     method = method_section(records, cells)
-    compute_chart = figures.get("compute", {"points": compute}) if compute else None
+    # Only where some run recorded what the figure's axes need (synthetic runs may not).
+    drawable = any(p.get(k) for p in compute for k in COMPUTE_AXES)
+    compute_chart = figures.get("compute", {"points": compute}) if drawable else None
     ref = numbering(method, sections, compute_chart)
     rows = {row["dataset"]: row for row in table["rows"] if row["metric"] == "top1"}
     for section, t in zip(sections, tests, strict=True):

@@ -270,6 +270,10 @@ def draw_curves(data: dict) -> bytes:
     return _svg(curve_figure(data))
 
 
+# The accuracy-versus-compute figure's x axes: point key -> axis label.
+COMPUTE_AXES = {"seconds": "training time (s)", "gmacs": "GMACs / image", "params": "parameters"}
+
+
 def compute_figure(data: dict):
     """Each cell's mean test top-1 against what it cost: training time, and the model's compute
     (GMACs per image) and size (parameters), where the runs record them. Colour: model;
@@ -277,9 +281,7 @@ def compute_figure(data: dict):
     from matplotlib.lines import Line2D
     from matplotlib.ticker import NullFormatter
 
-    axes_spec = [("seconds", "training time (s)"), ("gmacs", "GMACs / image"),
-                 ("params", "parameters")]  # fmt: skip
-    axes_spec = [a for a in axes_spec if any(p.get(a[0]) for p in data["points"])]
+    axes_spec = [a for a in COMPUTE_AXES.items() if any(p.get(a[0]) for p in data["points"])]
     fig = _figure(7.0, 2.5)
     axes = fig.subplots(1, len(axes_spec), squeeze=False)[0]
     datasets = list(dict.fromkeys(p["dataset"] for p in data["points"]))
