@@ -17,20 +17,11 @@ from pathlib import Path
 
 from pypdf import PdfReader
 
+from study.record import cpu_name
 from study.report import build_report, select_runs
 from study.stores import read_file_store
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -85,6 +85,16 @@ def _check_command(first: str) -> None:
         raise StudyError(f"unknown command {first!r}{hint}; commands: {', '.join(commands)}")
 
 
+def parse_booleans(updates: dict) -> dict:
+    """Sacred parses Python literals: `compile=false` would arrive as the string 'false'."""
+    return {
+        k: {"true": True, "false": False}.get(v.lower(), v)
+        if k in BOOLEAN_KEYS and isinstance(v, str)
+        else v
+        for k, v in updates.items()
+    }
+
+
 def _named_configs_over_files(updates: dict, named_configs: list[str]) -> tuple[dict, list]:
     """Sacred reads `with NAME` as a config file whenever a path NAME exists, so a file named
     `fast` in the working folder would replace the `fast` protocol. study's named configs set
@@ -255,13 +265,7 @@ def run_experiment(
     command = args.get("COMMAND") or ex.default_command
     updates, named_configs = get_config_updates(args["UPDATE"])
     updates, named_configs = _named_configs_over_files(updates, named_configs)
-    # Sacred parses Python literals: `compile=false` would arrive as the string 'false'.
-    updates = {
-        k: {"true": True, "false": False}.get(v.lower(), v)
-        if k in BOOLEAN_KEYS and isinstance(v, str)
-        else v
-        for k, v in updates.items()
-    }
+    updates = parse_booleans(updates)
     err = sacred_api.command_error(ex, command)
     if not args["help"] and err:
         raise StudyError(f"{err.strip()}; commands: run, {', '.join(ex.commands)}, list")

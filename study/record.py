@@ -86,7 +86,7 @@ def describe_run(
     run.info["training"] = {
         "device": str(device),
         "device_name": (
-            torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+            torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
         ),
         "torch_threads": torch.get_num_threads(),
         "processes": world_size,  # torchrun ranks, each on its own device
@@ -184,7 +184,7 @@ def _git_state(folder: Path) -> dict | None:
         return None
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

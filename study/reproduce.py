@@ -141,7 +141,7 @@ def parse_updates(tokens: list[str]) -> dict:
     """`with KEY=VALUE ...` as the values Sacred will give the run."""
     from sacred.arg_parser import get_config_updates
 
-    from study.cli import BOOLEAN_KEYS
+    from study.cli import parse_booleans
 
     updates, named = get_config_updates(tokens)
     if named:
@@ -149,12 +149,7 @@ def parse_updates(tokens: list[str]) -> dict:
             f"reproduce takes KEY=VALUE updates only, not named configs ({', '.join(named)}): "
             "the original's config already holds its protocol"
         )
-    return {
-        k: {"true": True, "false": False}.get(v.lower(), v)
-        if k in BOOLEAN_KEYS and isinstance(v, str)
-        else v
-        for k, v in updates.items()
-    }
+    return parse_booleans(updates)
 
 
 def plan(

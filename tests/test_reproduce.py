@@ -304,3 +304,32 @@ def test_the_report_leaves_reproductions_out_and_names_the_data(stored, tmp_path
         cwd=tmp_path,
     )  # fmt: skip
     assert "study report: 2 runs -> b.html" in both.stdout
+
+
+def test_stop_after_beyond_the_epochs_is_one_line(tmp_path):
+    proc = run_study(
+        "print_config", "with", "model=small_cnn", "dataset=mnist", "epochs=2", "stop_after=3",
+        cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "study: error: stop_after=3 is invalid; expected 1..2 (the run's epochs): it trains that "
+        "many epochs of the schedule and stops"
+    )
+
+
+def test_content_fingerprints_follow_the_bytes_not_the_place(tmp_path):
+    from study.data import content_fingerprints
+
+    def tree(root, pixel=b"\x00"):
+        (root / "set" / "train").mkdir(parents=True)
+        (root / "set" / "train" / "a.jpg").write_bytes(b"jpeg" + pixel)
+        (root / "set" / "labels.txt").write_text("cat\n")
+        return [root / "set" / "train", root / "set" / "labels.txt"]
+
+    here = content_fingerprints(tree(tmp_path / "a"), tmp_path / "a")
+    assert sorted(here) == ["set/labels.txt", "set/train"]  # a folder is one source
+    assert content_fingerprints(tree(tmp_path / "b"), tmp_path / "b") == here  # elsewhere
+    changed = content_fingerprints(tree(tmp_path / "c", pixel=b"\x01"), tmp_path / "c")
+    assert changed["set/labels.txt"] == here["set/labels.txt"]
+    assert changed["set/train"] != here["set/train"]  # one byte of one file in the folder
