@@ -407,6 +407,8 @@ def fit(
             raise TrainingFailed(f"epoch {epoch}: {exc}") from None
         # The learning rate in force when the epoch ended (a float: reading it never syncs).
         metrics["lr"] = float(setup.optimizer.param_groups[0]["lr"])
+        if hasattr(os, "getloadavg"):  # other work on the machine explains a slow epoch
+            metrics["load_avg"] = os.getloadavg()[0]
         recompute_batchnorm(
             setup.plain_model,
             setup.train,

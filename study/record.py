@@ -13,6 +13,7 @@ Large things go to artifacts, not to the run document, so a MongoDB record stays
 from __future__ import annotations
 
 import io
+import os
 import tempfile
 from pathlib import Path
 
@@ -29,6 +30,7 @@ EPOCH_METRICS = (
     "train_images",  # fewer than the split where a time budget ended the epoch
     "images_per_s",
     "lr",  # the learning rate at the end of the epoch (schedules step per batch)
+    "load_avg",  # the machine's 1-minute load average as the epoch's training ended
 )
 EVALUATION_ARTIFACT = "evaluation.npz"
 
@@ -89,6 +91,9 @@ def describe_run(
             torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
         ),
         "torch_threads": torch.get_num_threads(),
+        "cpus": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
         "processes": world_size,  # torchrun ranks, each on its own device
         "batch_per_process": config["batch_size"] // world_size,
         "data_on_device": data_on_device,  # False: batches copied from pinned host memory

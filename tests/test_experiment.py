@@ -36,6 +36,9 @@ def test_a_run_records_config_metrics_results_and_artifacts(mnist_root, tmp_path
     assert set(rec.result) == {"top1", "top5", "test_loss"}
     assert rec.metric("test_top1")[-1][1] == rec.result["top1"]
     assert [lr for _, lr in rec.metric("lr")] == [0.003, 0.003]  # a constant schedule
+    # The machine's load as each epoch ended (Linux has it), and the CPUs it is out of.
+    assert all(load >= 0 for _, load in rec.metric("load_avg"))
+    assert rec.info["training"]["cpus"] == len(os.sched_getaffinity(0))
 
     ds = rec.info["dataset"]
     assert (ds["train_count"], ds["test_count"], ds["test_available"]) == (600, 100, 200)

@@ -214,7 +214,7 @@ def test_a_run_without_evaluation_or_curves_gets_a_note(built, tmp_path):
         first, id="99", status="FAILED", result=None, info={}, metrics={}, artifacts=[]
     )
     html = build_report([*records, bare], tmp_path / "r.html", "html").read_text()
-    assert "Run 99: small_cnn on mnist (FAILED)" in html
+    assert "Run 99, small_cnn on mnist (FAILED)" in html
     assert "this run recorded no training curves, evaluation artifact, result" in html
 
 
@@ -237,7 +237,7 @@ def test_filters_and_html_format(store, tmp_path, capsys):
     html = out.read_text()
     assert set(cells(html)) == {f"mnist/{m}/{k}" for m in ("resnet18", "small_cnn")
                                 for k in ("top1", "top5")}  # fmt: skip
-    assert "Run 1:" in html and "Run 3:" in html and "Run 2:" not in html
+    assert "Run 1," in html and "Run 3," in html and "Run 2," not in html
     assert "2 runs" in capsys.readouterr().out
 
 
@@ -610,6 +610,14 @@ def test_timing_noise_is_stated_where_a_runs_epochs_disagree(odd, tmp_path):
     low, high = min(v for _, v in slowed), max(v for _, v in slowed)
     who = f"run {run.id} (Small CNN on Tiny-ImageNet)"
     assert f"Timing noise: {who} trained at {low:.1f} to {high:.1f} images/s" in html
+    # With the load the run recorded per epoch, the note gives its range and the CPUs.
+    loads = [(e, 0.5 + e) for e, _ in slowed]
+    busy = dataclasses.replace(loaded, metrics={**loaded.metrics, "load_avg": loads},
+                               info={**loaded.info, "training": {**loaded.info["training"],
+                                                                "cpus": 2}})  # fmt: skip
+    html = build_report([busy], tmp_path / "r.html", "html").read_text()
+    span = f"{min(v for _, v in loads):.1f} to {max(v for _, v in loads):.1f}"
+    assert f"images/s across its epochs (load average {span} on 2 CPUs)" in html
     html = build_report([run], tmp_path / "r.html", "html").read_text()
     assert ("Timing noise" in html) == (
         max(v for _, v in rates) > TIMING_SPREAD * min(v for _, v in rates)
@@ -707,10 +715,12 @@ def test_every_figure_and_table_is_numbered_captioned_and_referred_to(built):
     for kind in ("Figure", "Table"):
         numbers = [int(n) for n in re.findall(rf"<b>{kind} (\d+):</b>", html)]
         assert numbers == list(range(1, len(numbers) + 1)), (kind, numbers)  # in order
-        for n in numbers:  # each named in the text as well as in its own caption
-            assert len(re.findall(rf"\b{kind} {n}\b(?!:)", text)) >= 1, (kind, n)
-    # Every table but the appendix's per-run records has a caption; every figure too.
-    tables = len(re.findall(r'<table class="(?!kv)', html))
+        named = set()  # in the text as well as in its own caption: "Table 3", "Tables 9–17"
+        for first, last in re.findall(rf"\b{kind}s? (\d+)(?:–(\d+))?\b(?!:)", text):
+            named.update(range(int(first), int(last or first) + 1))
+        assert set(numbers) <= named, (kind, sorted(set(numbers) - named))
+    # Every table has a caption (the appendix's per-run records too); every figure too.
+    tables = len(re.findall(r"<table class=", html))
     assert tables == len(re.findall(r"<b>Table \d+:</b>", html))
     figures = html.count('<img class="figure') + html.count('<img class="reliability"')
     galleries = html.count('<figure class="galleries">')

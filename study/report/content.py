@@ -99,7 +99,7 @@ def report_context(
     # Only where some run recorded what the figure's axes need (synthetic runs may not).
     drawable = any(p.get(k) for p in compute for k in COMPUTE_AXES)
     compute_chart = figures.get("compute", {"points": compute}) if drawable else None
-    ref = numbering(method, sections, compute_chart)
+    ref = numbering(method, sections, compute_chart, [r.id for r in records])
     rows = {row["dataset"]: row for row in table["rows"] if row["metric"] == "top1"}
     for section, t in zip(sections, tests, strict=True):
         d = section["name"]
@@ -148,7 +148,7 @@ def report_context(
     }
 
 
-def numbering(method: dict, sections: list[dict], compute_chart) -> dict:
+def numbering(method: dict, sections: list[dict], compute_chart, run_ids=()) -> dict:
     """Table and figure numbers in the order they appear, so that captions and text refer to
     them by number: {"t": {key: n}, "f": {key: n}}."""
     tables = ["protocol", *(["differences"] if method["blocks"] else []), "datasets", "results",
@@ -156,6 +156,7 @@ def numbering(method: dict, sections: list[dict], compute_chart) -> dict:
     tables += [f"pairs:{s['name']}" for s in sections if s["pairs"]]
     tables.append("efficiency")
     tables += [f"per_class:{s['name']}" for s in sections if s["per_class"]]  # the appendix
+    tables += [f"run:{i}" for i in run_ids]  # one record per run, last
     figures = []
     for s in sections:
         figures.append(f"bars:{s['name']}")

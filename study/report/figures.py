@@ -14,7 +14,7 @@ from pathlib import Path
 from study.atomic import write_atomic
 from study.report.model import MODEL_ORDER
 
-FIGURE_VERSION = "6"
+FIGURE_VERSION = "7"
 # Figures drawn as PNG at RASTER_DPI rather than SVG: a confusion matrix's hundreds of count
 # labels made WeasyPrint shape and draw each as text, a large share of a build's time.
 RASTER = {"confusion"}
@@ -55,8 +55,30 @@ class FigureCache:
 def _figure(width: float, height: float):
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), layout="constrained")
-    return fig
+    # A fixed layout (_grid), not matplotlib's constrained one: constrained layout measures
+    # every label's extent and took a third of a cold report build; these margins are known.
+    return Figure(figsize=(width, height))
+
+
+def _grid(fig, rows: int, cols: int, *, left, right, top, bottom, wgap=0.0, hgap=0.0) -> dict:
+    """GridSpec keywords for margins and gaps given in inches."""
+    width, height = fig.get_size_inches()
+    axis_w = (width - left - right - (cols - 1) * wgap) / cols
+    axis_h = (height - top - bottom - (rows - 1) * hgap) / rows
+    return {"left": left / width, "right": 1 - right / width, "top": 1 - top / height,
+            "bottom": bottom / height, "wspace": wgap / axis_w,
+            "hspace": hgap / axis_h}  # fmt: skip
+
+
+def _legend_below(fig, ncols: int, handles=None) -> float:
+    """A legend along the figure's bottom edge, outside every axes; returns its height in
+    inches, which the caller keeps free below the axes."""
+    handles = handles if handles is not None else fig.axes[0].get_legend_handles_labels()[0]
+    rows = math.ceil(len(handles) / max(ncols, 1))
+    legend = fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.0),
+                        ncols=ncols, fontsize=7, frameon=False, borderaxespad=0.2)  # fmt: skip
+    legend.set_gid("legend")
+    return 0.08 + 0.16 * rows
 
 
 def _png(fig) -> bytes:
@@ -160,9 +182,8 @@ def bar_figure(data: dict):
     ax.set_ylabel("test accuracy", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.spines[["top", "right"]].set_visible(False)
-    legend = fig.legend(loc="outside lower center", ncols=legend_columns(models, n + 1),
-                        fontsize=7, frameon=False)  # fmt: skip
-    legend.set_gid("legend")
+    below = _legend_below(fig, legend_columns(models, n + 1))
+    fig.subplots_adjust(**_grid(fig, 1, 1, left=0.55, right=0.1, top=0.1, bottom=0.3 + below))
     return fig
 
 
@@ -215,7 +236,7 @@ def curve_figure(data: dict):
     from matplotlib.lines import Line2D
 
     fig = _figure(7.0, 4.3)
-    mosaic = fig.subplot_mosaic("AABBCC;DDDEEE")  # three panels over two
+    mosaic = fig.subplot_mosaic("AABBCC;DDDEEE")  # three panels over two, on a 2 x 6 grid
     axes = [mosaic[k] for k in "ABCDE"]
     for ax, (title, xlabel, metrics) in zip(axes, CURVE_PANELS, strict=True):
         drawn = False
@@ -260,9 +281,9 @@ def curve_figure(data: dict):
                 Line2D([], [], color="0.3", ls="--", label="train")]  # fmt: skip
     if data.get("chance"):
         handles.append(Line2D([], [], color=CHANCE_COLOUR, ls=":", label="chance"))
-    legend = fig.legend(handles=handles, loc="outside lower center", fontsize=7, frameon=False,
-                        ncols=legend_columns([h.get_label() for h in handles], 6))  # fmt: skip
-    legend.set_gid("legend")
+    below = _legend_below(fig, legend_columns([h.get_label() for h in handles], 6), handles)
+    fig.subplots_adjust(**_grid(fig, 2, 6, left=0.5, right=0.1, top=0.22, bottom=0.4 + below,
+                                wgap=0.55, hgap=0.62))  # fmt: skip
     return fig
 
 
@@ -305,9 +326,9 @@ def compute_figure(data: dict):
     handles = [Line2D([], [], color=c, lw=0, marker="o", label=m) for m, c in models]
     handles += [Line2D([], [], color="0.3", lw=0, marker=MARKERS[i % len(MARKERS)], label=d)
                 for i, d in enumerate(datasets)]  # fmt: skip
-    legend = fig.legend(handles=handles, loc="outside lower center", fontsize=7, frameon=False,
-                        ncols=min(len(handles), 6))  # fmt: skip
-    legend.set_gid("legend")
+    below = _legend_below(fig, min(len(handles), 6), handles)
+    fig.subplots_adjust(**_grid(fig, 1, len(axes_spec), left=0.5, right=0.1, top=0.1,
+                                bottom=0.4 + below, wgap=0.35))  # fmt: skip
     return fig
 
 
@@ -341,6 +362,10 @@ def draw_confusion(data: dict) -> bytes:
         ax.set_xlabel("predicted", fontsize=7)
         ax.set_ylabel("true", fontsize=7)
         ax.set_title(entry["label"], fontsize=8)
+    longest = max((len(str(n)) for n in names), default=2)  # the rotated class names' room
+    room = 0.3 + 0.045 * min(longest, 16)
+    fig.subplots_adjust(**_grid(fig, rows, cols, left=room, right=0.1, top=0.2, bottom=room,
+                                wgap=room, hgap=room + 0.2))  # fmt: skip
     return _png(fig)
 
 

@@ -284,9 +284,13 @@ def timing_noise(records: list[RunRecord]) -> list[str]:
         if stopped_by_budget(r):
             rates = rates[:-1]  # the last epoch was cut short
         if len(rates) > 1 and max(rates) > TIMING_SPREAD * min(rates):
+            load = [v for _, v in r.metric("load_avg")]
+            cpus = (r.info.get("training") or {}).get("cpus")
+            on = f" on {cpus} CPUs" if cpus else ""
             out.append(
                 f"run {r.id} ({model_title(r.model or '?')} on {dataset_title(r.dataset or '?')})"
                 f" trained at {min(rates):.1f} to {max(rates):.1f} images/s across its epochs"
+                + (f" (load average {min(load):.1f} to {max(load):.1f}{on})" if load else "")
             )
     return out
 
