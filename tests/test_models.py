@@ -68,6 +68,19 @@ def test_head_append_keeps_imagenet_head_and_adds_a_linear(name):
     assert forward(model, SPECS[name].min_input_size).shape == (2, 10)
 
 
+def test_vgg16_bn_is_vgg16_with_batchnorm_after_each_convolution():
+    plain, bn = build("vgg16"), build("vgg16_bn", head="append")
+    convs = [m for m in bn.features if isinstance(m, nn.Conv2d)]
+    norms = [m for m in bn.features if isinstance(m, nn.BatchNorm2d)]
+    assert len(convs) == len(norms) == 13 and not any(
+        isinstance(m, nn.BatchNorm2d) for m in plain.modules()
+    )
+    assert forward(bn, 32, train=True).shape == (2, 10)
+    fast = build("vgg16_bn", protocol="fast")  # the small-image stem: 512 features into the head
+    assert fast.classifier[0].in_features == 512 and forward(fast, 32).shape == (2, 10)
+    assert SPECS["vgg16_bn"].display_name == "VGG-16-BN"
+
+
 def test_head_replace_swaps_the_last_layer():
     assert build("vgg16").classifier[6].out_features == 10
     fc = build("resnet18").fc

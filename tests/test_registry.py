@@ -63,7 +63,7 @@ def test_a_plugin_that_fails_to_import_is_named(tmp_path, monkeypatch):
 def test_study_list_names_each_plugin(tmp_path):
     out = run_study("list", cwd=tmp_path).stdout
     assert "resnet50" in out and "tiny_imagenet" in out
-    assert out.count("study:study-models") == 5
+    assert out.count("study:study-models") == 6
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,7 @@ CURVE_METRICS = (
 
 
 # The seed's order; models and data sets it did not have follow, alphabetically.
-MODEL_ORDER = ("vgg16", "inception_v3", "resnet50")
+MODEL_ORDER = ("vgg16", "vgg16_bn", "inception_v3", "resnet50")
 
 
 DATASET_ORDER = ("mnist", "fashion_mnist", "cifar10", "tiny_imagenet")
