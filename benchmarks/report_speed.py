@@ -1,9 +1,9 @@
-"""How long `study report` takes to build a PDF: the committed sample runs (report/sample-runs,
-9 runs) by default. Each build is timed twice: cold (an empty figure cache: every figure is
-drawn) and warm (the figures come from the cache, as on a rebuild), each the best of --repeat
-builds. Prints the seconds and the machine.
+"""How long `study report` takes to build a PDF: by default the 9 runs of the committed sample
+report (report/sample-runs, the ids make_sample.sh reports). Each build is timed twice: cold
+(an empty figure cache: every figure is drawn) and warm (the figures come from the cache, as on
+a rebuild), each the best of --repeat builds. Prints the seconds and the machine.
 
-    python benchmarks/report_speed.py [--runs report/sample-runs] [--repeat 3]
+    python benchmarks/report_speed.py [--runs report/sample-runs] [--ids 1,2,...] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default=str(ROOT / "report" / "sample-runs"))
+    parser.add_argument("--ids", default="1,2,3,4,5,6,7,8,9", help="'' for every run")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    records = select_runs(read_file_store(args.runs))
+    records = select_runs(read_file_store(args.runs), ids=[i for i in args.ids.split(",") if i])
     times: dict[str, list[tuple[float, float]]] = {"cold": [], "warm": [], "html": []}
 
     def timed(kind: str, out: Path, fmt: str, cache: Path) -> None:

@@ -13,7 +13,11 @@
 # VGG-16 with BatchNorm (vgg16_bn) stands in for the seed's plain VGG-16: measured here, plain
 # VGG-16 stayed at chance on Tiny-ImageNet (training loss ln 200 = 5.30 after 160 steps of Adam
 # at 2e-4 and at 1e-4, and 64 steps of SGD), where VGG-16-BN left it within 80 steps.
-# Tiny-ImageNet runs first: its cells are the ones that risk ending at chance.
+# On Tiny-ImageNet even VGG-16-BN is still at chance after its 3 epochs at the seed's lr (run 1:
+# top-1 0.0075 on 2,000 images, 9 classes predicted; top-5 0.0485 against 0.025, rising each
+# epoch), and the report flags that cell. Run 10 tried lr 0.001 for it: worse (top-1 0.0055
+# after 2 epochs, training loss 7.2 after the first); it stays in the store as recorded and is
+# left out of the report, which keeps one protocol for all nine cells.
 # Usage: report/make_sample.sh DATA_ROOT [STORE]
 set -euo pipefail
 # `study`, not `python -m study`: run from the checkout, `python -m` would import ./study first.
@@ -22,15 +26,18 @@ STORE=${2:-report/sample-runs}
 cd "$(dirname "$0")/.."
 CKPT=${TMPDIR:-/tmp}/study-sample-checkpoints  # checkpoints are large: kept out of the store
 COMMON=(paper test_limit=2000 precise_bn=2000 seed=0 "data_root=$DATA_ROOT" "checkpoint_dir=$CKPT")
-cell() {  # dataset train_limit epochs
-    local size=(image_size=32) more=("train_limit=$2" "epochs=$3")
-    study run with "${COMMON[@]}" "${more[@]}" model=vgg16_bn dataset=$1 "${size[@]}" -F "$STORE"
-    study run with "${COMMON[@]}" "${more[@]}" model=resnet50 dataset=$1 "${size[@]}" -F "$STORE"
-    study run with "${COMMON[@]}" "${more[@]}" model=inception_v3 dataset=$1 image_size=80 \
-        aux_logits=False -F "$STORE"
+run() {  # dataset train_limit epochs model [KEY=VALUE ...]
+    local dataset=$1 limit=$2 epochs=$3 model=$4 size=32
+    shift 4
+    if [ "$model" = inception_v3 ]; then size=80; set -- aux_logits=False "$@"; fi
+    study run with "${COMMON[@]}" "train_limit=$limit" "epochs=$epochs" model=$model \
+        dataset=$dataset image_size=$size "$@" -F "$STORE"
 }
-cell tiny_imagenet 8000 3  # 40 of the 100 local training images per class
-cell cifar10 5000 3        # half of the 10,000 local training images
-cell mnist 3000 2
-study report --runs "$STORE" --out report/sample.pdf \
+# Tiny-ImageNet first: its cells are the ones that risk ending at chance. 8,000 images = 40 of
+# the 100 local training images per class; CIFAR-10: half the local 10,000.
+for model in vgg16_bn resnet50 inception_v3; do run tiny_imagenet 8000 3 $model; done  # 1-3
+for model in vgg16_bn resnet50 inception_v3; do run cifar10 5000 3 $model; done        # 4-6
+for model in vgg16_bn resnet50 inception_v3; do run mnist 3000 2 $model; done          # 7-9
+run tiny_imagenet 8000 3 vgg16_bn lr=0.001                                              # 10
+study report --runs "$STORE" --ids 1,2,3,4,5,6,7,8,9 --out report/sample.pdf \
     --title "study: the seed comparison on a 2-core CPU"

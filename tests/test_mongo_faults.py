@@ -256,7 +256,7 @@ def test_a_genuine_sacred_leftover_syncs(server, db_name, tmp_path):
 
 
 def test_two_syncs_at_once_insert_each_run_once(server, db_name, tmp_path):
-    """Nine real runs (the sample report's), two `study sync` processes at the same moment."""
+    """Ten real runs (the sample store's), two `study sync` processes at the same moment."""
     import json
     import shutil
     from pathlib import Path
@@ -274,8 +274,8 @@ def test_two_syncs_at_once_insert_each_run_once(server, db_name, tmp_path):
         db = client[db_name]
         uids = [d["meta"][mongo.UID_KEY] for d in db.runs.find()]
         series = [(m["run_id"], m["name"]) for m in db.metrics.find()]
-    assert len(uids) == 9 and len(set(uids)) == 9, uids
+    assert len(uids) == 10 and len(set(uids)) == 10, uids
     expected = sum(len(json.loads(p.read_text())) for p in store.glob("*/metrics.json"))
     assert len(series) == len(set(series)) == expected  # no series twice either
-    assert sum(out.count(": inserted as MongoDB run") for out in outs) == 9, outs
+    assert sum(out.count(": inserted as MongoDB run") for out in outs) == 10, outs
     print("\n" + "".join(outs))

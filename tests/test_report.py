@@ -475,6 +475,10 @@ def test_departures_from_the_seed_are_stated(odd):
     tests = {r.info["dataset"]["test_count"] for r in mnist}
     assert f"MNIST {tests.pop()} of the official {spec.test_size:,}" in part
 
+    # Architectures the seed never ran are named: Table 1 has no seed value for them.
+    models = part[part.index("Models the seed did not run:") :].split(".")[0]
+    assert "ResNet-18" in models and "Small CNN" in models and "VGG-16" not in models
+
     # The protocol's own record of where each run departs from it (info.departures).
     assert f"Protocol named: paper ({len(records)} runs)." in part
     assert "lr 0.003, 1.0 (protocol 0.0002)" in part
@@ -669,6 +673,10 @@ def test_the_seed_models_keep_their_colours_whatever_else_is_reported():
     assert len(set(seed.values())) == 3
     assert model_colours(["resnet50", "small_cnn"])["resnet50"] == seed["resnet50"]
     assert model_colours(["resnet18", "vgg16"])["vgg16"] == seed["vgg16"]
+    # A variant of a seed model takes its colour where the original is absent, else its own.
+    assert model_colours(["vgg16_bn", "resnet50"])["vgg16_bn"] == seed["vgg16"]
+    both = model_colours(["vgg16", "vgg16_bn", "inception_v3", "resnet50"])
+    assert len(set(both.values())) == 4 and all(both[m] == seed[m] for m in seed)
 
 
 def test_curves_put_train_and_test_in_one_panel_with_a_band_over_seeds(built):

@@ -98,7 +98,7 @@ SAMPLE_RUNS = Path(__file__).resolve().parent.parent / "report" / "sample-runs"
 
 @pytest.fixture
 def broken_store(tmp_path) -> Path:
-    """The nine real sample runs, three of them damaged and one still being created."""
+    """The ten real sample runs, three of them damaged and one still being created."""
     import numpy as np
 
     store = tmp_path / "runs"
@@ -111,17 +111,17 @@ def broken_store(tmp_path) -> Path:
         arrays = {k: npz[k] for k in npz.files}
     arrays["topk"] = arrays["topk"][:-7]  # fewer rows than labels
     np.savez_compressed(store / "8" / "evaluation.npz", **arrays)
-    (store / "10").mkdir()  # Sacred has written run.json, not yet config.json
+    (store / "11").mkdir()  # Sacred has written run.json, not yet config.json
     run = json.loads((store / "1" / "run.json").read_text())
     run.update(status="RUNNING", stop_time=None, result=None)
-    (store / "10" / "run.json").write_text(json.dumps(run))
+    (store / "11" / "run.json").write_text(json.dumps(run))
     return store
 
 
 def test_a_malformed_run_is_skipped_with_one_line_while_the_rest_report(broken_store, tmp_path):
     listing = run_study("runs", "--runs", broken_store, cwd=tmp_path)
     ids = [line.split()[0] for line in listing.stdout.splitlines()[2:]]
-    assert ids == ["1", "3", "4", "6", "7", "8", "9"]  # 8's evaluation is read by reports only
+    assert ids == ["1", "3", "4", "6", "7", "8", "9", "10"]  # 8's evaluation: reports only
     notes = listing.stderr.strip().splitlines()
     assert len(notes) == 2 and "Traceback" not in listing.stderr, listing.stderr
     assert f"{broken_store / '2' / 'run.json'}: unreadable run file" in notes[0]
@@ -129,19 +129,19 @@ def test_a_malformed_run_is_skipped_with_one_line_while_the_rest_report(broken_s
     assert "'high' is not a number" in notes[1]
 
     report = run_study("report", "--runs", broken_store, "--out", "r.html", cwd=tmp_path)
-    assert "study report: 6 runs -> r.html (3 skipped)" in report.stdout, report.stdout
+    assert "study report: 7 runs -> r.html (3 skipped)" in report.stdout, report.stdout
     notes = report.stderr.strip().splitlines()
     assert len(notes) == 3, report.stderr
     assert f"run 8 in {broken_store}: evaluation.npz is inconsistent: topk" in notes[2]
     html = (tmp_path / "r.html").read_text()
     assert "Skipped runs" in html and "evaluation.npz is inconsistent" in html
-    assert html.count('<div class="run">') == 6
+    assert html.count('<div class="run">') == 7
 
     # A run the filters leave out is not read beyond run.json and config.json.
-    only = run_study("report", "--runs", broken_store, "--datasets", "mnist", "--out", "m.html",
-                     cwd=tmp_path)  # fmt: skip
+    only = run_study("report", "--runs", broken_store, "--datasets", "tiny_imagenet", "--out",
+                     "m.html", cwd=tmp_path)  # fmt: skip
     assert "metrics.json" not in only.stderr and "evaluation.npz" not in only.stderr
-    assert "study report: 2 runs -> m.html (1 skipped)" in only.stdout  # run 2's run.json
+    assert "study report: 3 runs -> m.html (1 skipped)" in only.stdout  # run 2's run.json
 
 
 def test_a_reader_looping_while_runs_start_never_fails(mnist_root, tmp_path):
@@ -333,9 +333,10 @@ def test_read_runs_goes_through_choose_store(no_mongo_env, tmp_path):
 
     shutil.copytree(SAMPLE_RUNS, tmp_path / "runs")
     where, runs = read_runs(str(tmp_path / "runs"))
-    assert where == str(tmp_path / "runs") and len(runs) == 9
+    assert where == str(tmp_path / "runs") and len(runs) == 10
     store = choose_store(tmp_path / "runs")
-    assert [r.id for r in store.read_runs(keep=lambda r: r.model == "vgg16")] == ["1", "4", "7"]
+    vgg = store.read_runs(keep=lambda r: r.model == "vgg16_bn")
+    assert [r.id for r in vgg] == ["1", "4", "7", "10"]
     assert store.claims().acquire("cell-x") is not None  # `<store>/.claims`
     assert (tmp_path / "runs" / ".claims").is_dir()
 
@@ -375,11 +376,11 @@ def test_run_records_have_typed_fields_for_what_callers_need(tmp_path):
     info = json.loads((folder / "info.json").read_text())
     (folder / "info.json").write_text(json.dumps({**info, "checkpoint": str(elsewhere)}))
     record = read_file_run(folder)
-    assert record.status == "COMPLETED" and record.top1 == pytest.approx(0.317)
+    assert record.status == "COMPLETED" and record.top1 == pytest.approx(0.0075)
     assert record.comment == "sweep:grid-0123abcd" and record.uid == "u-1"
     assert record.start_time == run["start_time"] and record.stop_time == run["stop_time"]
     assert record.heartbeat == run["heartbeat"] and record.resumed == ["2026-11-26T13:47:00"]
-    assert record.config["model"] == record.model == "vgg16" and not record.alive
+    assert record.config["model"] == record.model == "vgg16_bn" and not record.alive
     assert not record.has_checkpoint()
     elsewhere.parent.mkdir(parents=True)
     elsewhere.write_bytes(b"")

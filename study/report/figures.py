@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from study.atomic import write_atomic
-from study.report.model import MODEL_ORDER
 
 FIGURE_VERSION = "7"
 # Figures drawn as PNG at RASTER_DPI rather than SVG: a confusion matrix's hundreds of count
@@ -104,6 +103,10 @@ def _svg(fig) -> bytes:
 PALETTE = ("#0072b2", "#e69f00", "#009e73", "#332288", "#cc6677", "#88ccee", "#882255",
            "#999933", "#aa4499", "#44aa99", "#ddcc77", "#117733")  # fmt: skip
 CHANCE_COLOUR = "#555555"
+# The seed's models' colours, and variants that take their original's colour in a report
+# without the original (VGG-16-BN is blue where VGG-16 is absent).
+SEED_COLOURS = {"vgg16": 0, "inception_v3": 1, "resnet50": 2}
+SEED_VARIANTS = {"vgg16_bn": "vgg16"}
 # Markers that tell data sets apart where one figure holds several.
 MARKERS = ("o", "s", "^", "D", "v", "P")
 
@@ -115,15 +118,19 @@ def model_colours(models: list[str]) -> dict[str, str]:
     figures); a clash moves on to the next free colour."""
     colours: dict[str, str] = {}
     free = list(range(len(PALETTE)))
+    seed = len(SEED_COLOURS)
     for m in models:
-        if m in MODEL_ORDER:
-            want = MODEL_ORDER.index(m)
+        variant_of = SEED_VARIANTS.get(m)
+        if m in SEED_COLOURS:
+            want = SEED_COLOURS[m]
+        elif variant_of in SEED_COLOURS and variant_of not in models:
+            want = SEED_COLOURS[variant_of]
         else:
             digest = int(hashlib.sha256(m.encode()).hexdigest(), 16)
-            want = len(MODEL_ORDER) + digest % (len(PALETTE) - len(MODEL_ORDER))
+            want = seed + digest % (len(PALETTE) - seed)
         if not free:  # more models than colours: reuse them in turn
             free = list(range(len(PALETTE)))
-        later = [i for i in free if i >= want and (i >= len(MODEL_ORDER)) == (want >= 3)]
+        later = [i for i in free if i >= want and (i >= seed) == (want >= seed)]
         pick = later[0] if later else free[-1]
         free.remove(pick)
         colours[m] = PALETTE[pick]

@@ -25,6 +25,7 @@ from study.report.model import (
     ordered,
     plugin_spec,
     run_ece,
+    seed_table,
     trained_epochs,
 )
 from study.stores import RunRecord
@@ -55,11 +56,12 @@ def abstract(records, datasets, models, best, cells, tests, flags, departed=()) 
     claims = [claim(by_dataset[d], best.get(d)) for d in datasets if d in by_dataset]
     flagged = flagged_text(flags, datasets, models)
     if flagged:
+        its = "its" if len(flagged) == 1 else "their"
         claims.append(
             f"{plural(len(flagged), 'cell')} "
             f"{'is' if len(flagged) == 1 else 'are'} flagged as not a working classifier "
             f"({'; '.join(f['short'] for f in flagged)}): "
-            "their accuracy is no evidence for or against the model, and their calibration is "
+            f"{its} accuracy is no evidence for or against the model, and {its} calibration is "
             "not ranked."
         )
     return " ".join([text, *(c for c in claims if c)])
@@ -223,6 +225,22 @@ def departures(records: list[RunRecord], datasets: list[str]) -> list[dict]:
             "short": "protocol settings changed ("
                      + ", ".join(sorted(keys) or ["protocol " + ", ".join(sorted(protocols))])
                      + ")",
+        })  # fmt: skip
+
+    # Models: an architecture the seed did not run is not compared with it (Table 1 shows no
+    # seed value for it), so say so where a reader would look for the seed's own models.
+    seed_models = {m for _, m in seed_table()}
+    ours = list(dict.fromkeys(r.model for r in records if r.model))
+    extra = [m for m in ours if m not in seed_models]
+    if extra:
+        absent = [m for m in sorted(seed_models) if m not in ours]
+        out.append({
+            "aspect": "models",
+            "text": f"Models the seed did not run: {', '.join(model_title(m) for m in extra)}"
+                    + (f"; of the seed's models, {', '.join(model_title(m) for m in absent)} "
+                       "did not run here" if absent and len(absent) < len(seed_models) else "")
+                    + ".",
+            "short": f"{', '.join(model_title(m) for m in extra)}, which the seed did not run",
         })  # fmt: skip
 
     hardware = defaultdict(int)

@@ -52,6 +52,18 @@ class ModelSpec:
     # A model that can only take single-channel or RGB input says so; None means any is fine
     # (the core expands greyscale to 3 channels for models that need RGB).
     in_channels: int | None = 3
+    # How the report names it ("ResNet-50"); empty: its name.
+    display_name: str = ""
+    # Pretrained ImageNet weights the factory can load for `pretrained=True` (a weights file
+    # path is always accepted); without them `pretrained=True` is refused before the run.
+    pretrained_weights: bool = False
+    # The factory builds a 1000-way ImageNet head first, so `head=append` (the seed's extra
+    # layer after it) is possible; without one only `head=replace` is.
+    imagenet_head: bool = False
+
+    @property
+    def title(self) -> str:
+        return self.display_name or self.name
 
     def default_input_size(self, protocol: str, native_size: int) -> int:
         size = self.input_size.get(protocol)
@@ -103,4 +115,15 @@ class DatasetSpec:
     decode: Callable[[list[Path], int], Decoded]
     downloads: Sequence[Download] = ()
     description: str = ""
+    # How the report names it ("CIFAR-10"); empty: its name.
+    display_name: str = ""
+    # Epochs of the seed's `paper` protocol on this data set; None: `paper` needs `epochs=`.
+    paper_epochs: int | None = None
+    # A mirrored image keeps its class, so `fast` may flip it: a claim its author makes (a
+    # mirrored digit or letter is another character, so the default is no).
+    mirror_invariant: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def title(self) -> str:
+        return self.display_name or self.name

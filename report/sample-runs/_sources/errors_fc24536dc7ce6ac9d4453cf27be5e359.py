@@ -41,3 +41,7 @@ class CorruptData(DataError):
 
 class StoreError(StudyError):
     pass
+
+
+class TrainingFailed(StudyError):
+    """Training cannot go on: a non-finite loss, a checkpoint that fails its digest."""
