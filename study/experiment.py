@@ -251,7 +251,9 @@ def resolve_config(config: dict) -> dict:
         )
     if _int(config, "seed", 0) > MAX_SEED:
         raise ConfigError(f"seed={config['seed']} is invalid; expected 0 <= seed <= {MAX_SEED}")
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from study.record import usable_cpus
+
+    cpus = usable_cpus()
     if _int(config, "num_workers", 0) > (cpus or 1):
         raise ConfigError(
             f"num_workers={config['num_workers']} is invalid; this machine has {cpus} CPUs "

@@ -91,9 +91,7 @@ def describe_run(
             torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
         ),
         "torch_threads": torch.get_num_threads(),
-        "cpus": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
+        "cpus": usable_cpus(),
         "processes": world_size,  # torchrun ranks, each on its own device
         "batch_per_process": config["batch_size"] // world_size,
         "data_on_device": data_on_device,  # False: batches copied from pinned host memory
@@ -187,6 +185,11 @@ def _git_state(folder: Path) -> dict | None:
         }
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def usable_cpus() -> int | None:
+    """The CPUs this process may run on (its affinity, where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def cpu_name() -> str:

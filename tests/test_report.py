@@ -478,6 +478,18 @@ def test_departures_from_the_seed_are_stated(odd):
     # Architectures the seed never ran are named: Table 1 has no seed value for them.
     models = part[part.index("Models the seed did not run:") :].split(".")[0]
     assert "ResNet-18" in models and "Small CNN" in models and "VGG-16" not in models
+    # Beside some of the seed's models, the others it ran are named as not run here.
+    from study.report.prose import departures
+
+    one_seed_model = [
+        dataclasses.replace(r, config={**r.config, "model": "resnet50"}) if r.model == "resnet18"
+        else r for r in records
+    ]  # fmt: skip
+    (item,) = [d for d in departures(one_seed_model, ["mnist"]) if d["aspect"] == "models"]
+    assert item["text"] == (
+        "Models the seed did not run: Small CNN; of the seed's models, Inception-V3, VGG-16 did "
+        "not run here."
+    )
 
     # The protocol's own record of where each run departs from it (info.departures).
     assert f"Protocol named: paper ({len(records)} runs)." in part
@@ -841,3 +853,46 @@ def test_table_cells_wrap_between_words_never_inside_one(odd):
                 text = " ".join(cell.element.itertext())  # <br> separates too
                 assert words(text) <= whole, (kind, text, lines)
     assert checked == {"tests", "calibration", "efficiency", "table1", "datasets"}
+
+
+def test_fixed_figure_layout_keeps_labels_inside_and_legends_off_the_axes():
+    """The figures' margins are set by hand (no constrained layout): every axes with its tick
+    labels, axis labels and title lies inside the figure, and the legend below touches none."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from study.report.figures import PALETTE, bar_figure, compute_figure, curve_figure
+
+    names = [
+        "VGG-16-BN",
+        "Inception-V3",
+        "ResNet-50",
+        "ResNet-18 (paper, 1.2 epochs, budget 600 s)",
+    ]
+    epochs = [(1, 0.00019), (2, 0.0002), (3, 0.0002)]  # an lr panel's long tick labels
+    run = {"test_top1": [(1, 0.2), (2, 0.5), (3, 0.61)], "train_top1": [(1, 0.3), (2, 0.6)],
+           "test_loss": [(1, 2.1), (2, 1.4), (3, 1.1)], "train_loss": [(1, 2.0), (2, 1.2)],
+           "lr": epochs, "train_seconds": [(1, 150.0), (2, 148.0), (3, 151.0)],
+           "images_per_s": [(1, 39.2), (2, 141.2), (3, 150.5)]}  # fmt: skip
+    figures = [
+        bar_figure({"models": names, "colours": list(PALETTE[:4]), "chance": 0.005,
+                    "top1": [[0.0075, 0.0]] * 4, "top5": [[0.0485, 0.0]] * 4}),  # fmt: skip
+        curve_figure({"chance": 0.1, "models": [
+            {"model": n, "label": n, "colour": PALETTE[i], "runs": [run]}
+            for i, n in enumerate(names)]}),  # fmt: skip
+        compute_figure({"points": [
+            {"model": n, "colour": PALETTE[i], "dataset": d, "top1": 0.1 * (i + 1),
+             "seconds": 38.0 * (i + 1), "gmacs": 0.08 * (i + 1), "params": 2.4e7 * (i + 1)}
+            for i, n in enumerate(names) for d in ("MNIST", "CIFAR-10", "Tiny-ImageNet")]}),
+    ]  # fmt: skip
+    for fig in figures:
+        FigureCanvasAgg(fig).draw()
+        renderer = fig.canvas.get_renderer()
+        page = fig.bbox
+        (legend,) = fig.legends
+        box = legend.get_window_extent(renderer)
+        assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0
+        for ax in fig.axes:
+            tight = ax.get_tightbbox(renderer)
+            assert page.x0 - 1 <= tight.x0 and tight.x1 <= page.x1 + 1, ax.get_title()
+            assert page.y0 - 1 <= tight.y0 and tight.y1 <= page.y1 + 1, ax.get_title()
+            assert not box.overlaps(tight), ax.get_title()

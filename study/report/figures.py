@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from study.atomic import write_atomic
+from study.report.model import SEED_MODELS
 
-FIGURE_VERSION = "7"
+FIGURE_VERSION = "8"
 # Figures drawn as PNG at RASTER_DPI rather than SVG: a confusion matrix's hundreds of count
 # labels made WeasyPrint shape and draw each as text, a large share of a build's time.
 RASTER = {"confusion"}
@@ -103,9 +104,8 @@ def _svg(fig) -> bytes:
 PALETTE = ("#0072b2", "#e69f00", "#009e73", "#332288", "#cc6677", "#88ccee", "#882255",
            "#999933", "#aa4499", "#44aa99", "#ddcc77", "#117733")  # fmt: skip
 CHANCE_COLOUR = "#555555"
-# The seed's models' colours, and variants that take their original's colour in a report
-# without the original (VGG-16-BN is blue where VGG-16 is absent).
-SEED_COLOURS = {"vgg16": 0, "inception_v3": 1, "resnet50": 2}
+# Variants of a seed model that take its colour in a report without it (VGG-16-BN is blue where
+# VGG-16 is absent).
 SEED_VARIANTS = {"vgg16_bn": "vgg16"}
 # Markers that tell data sets apart where one figure holds several.
 MARKERS = ("o", "s", "^", "D", "v", "P")
@@ -118,13 +118,13 @@ def model_colours(models: list[str]) -> dict[str, str]:
     figures); a clash moves on to the next free colour."""
     colours: dict[str, str] = {}
     free = list(range(len(PALETTE)))
-    seed = len(SEED_COLOURS)
+    seed = len(SEED_MODELS)
     for m in models:
         variant_of = SEED_VARIANTS.get(m)
-        if m in SEED_COLOURS:
-            want = SEED_COLOURS[m]
-        elif variant_of in SEED_COLOURS and variant_of not in models:
-            want = SEED_COLOURS[variant_of]
+        if m in SEED_MODELS:
+            want = SEED_MODELS.index(m)
+        elif variant_of in SEED_MODELS and variant_of not in models:
+            want = SEED_MODELS.index(variant_of)
         else:
             digest = int(hashlib.sha256(m.encode()).hexdigest(), 16)
             want = seed + digest % (len(PALETTE) - seed)
@@ -333,7 +333,7 @@ def compute_figure(data: dict):
     handles = [Line2D([], [], color=c, lw=0, marker="o", label=m) for m, c in models]
     handles += [Line2D([], [], color="0.3", lw=0, marker=MARKERS[i % len(MARKERS)], label=d)
                 for i, d in enumerate(datasets)]  # fmt: skip
-    below = _legend_below(fig, min(len(handles), 6), handles)
+    below = _legend_below(fig, legend_columns([h.get_label() for h in handles], 6), handles)
     fig.subplots_adjust(**_grid(fig, 1, len(axes_spec), left=0.5, right=0.1, top=0.1,
                                 bottom=0.4 + below, wgap=0.35))  # fmt: skip
     return fig

@@ -51,7 +51,12 @@ CURVE_METRICS = (
 )
 
 
-# The seed's order; models and data sets it did not have follow, alphabetically.
+# The seed's models, in its order (also the order of their colours in every figure).
+SEED_MODELS = ("vgg16", "inception_v3", "resnet50")
+
+
+# The order of tables and figures: the seed's, a variant beside its original (VGG-16-BN after
+# VGG-16); models and data sets the seed did not have follow, alphabetically.
 MODEL_ORDER = ("vgg16", "vgg16_bn", "inception_v3", "resnet50")
 
 
