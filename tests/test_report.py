@@ -745,6 +745,13 @@ def test_every_figure_and_table_is_numbered_captioned_and_referred_to(built):
     figures = html.count('<img class="figure') + html.count('<img class="reliability"')
     galleries = html.count('<figure class="galleries">')
     assert galleries == 2 and figures + galleries == len(re.findall(r"<b>Figure \d+:</b>", html))
+    assert "Sections 3.1–3.2 show each data set's figures" in html
+
+
+def test_one_data_set_is_one_section(built, tmp_path):
+    mnist = [r for r in built["records"] if r.dataset == "mnist"]
+    html = build_report(mnist, tmp_path / "mnist.html", "html").read_text()
+    assert "Section 3.1 shows the data set's figures" in html and "3.1–3.1" not in html
 
 
 def test_each_data_set_has_prose_that_follows_from_its_numbers(built):
