@@ -2,7 +2,7 @@
 # The exact commands that made report/sample.pdf: the seed study's 9 cells (VGG-16, ResNet-50,
 # Inception-V3 × MNIST, CIFAR-10, Tiny-ImageNet) on real data, under the seed's protocol
 # (`paper`: Adam, lr 0.0002, batch 100, no augmentation, ImageNet stems and head + one extra
-# layer) but sized for a 2-core CPU, about an hour in all: 32 px inputs (64 px, its native size,
+# layer) but sized for a 2-core CPU, 64 minutes in all: 32 px inputs (64 px, its native size,
 # for Tiny-ImageNet; 80 px for Inception-V3, whose stem needs 75 px without its auxiliary head),
 # stratified training subsets, 2-3 epochs,
 # 2,000 test images, and BatchNorm statistics re-estimated before each test (precise_bn) so that
@@ -17,7 +17,8 @@
 # Tiny-ImageNet runs at its native 64 px (Inception-V3 at 80): at 32 px VGG-16-BN's last feature
 # map is 1x1, and after 3 epochs at the seed's lr it was still at chance (top-1 0.0075 on 2,000
 # images, 9 classes predicted; run 10 keeps that record, at lr 0.001, worse: top-1 0.005). Runs 1
-# and 2 were re-run at 64 px at a later commit than runs 3-10 (each run's record names its commit).
+# and 2 were re-run at 64 px at a later commit than runs 3-10 (each run's record names its commit);
+# the 32 px runs they replaced are in git history (commit 251fa35).
 # Run 10 is left out of the report, which keeps one protocol for all nine cells.
 # Usage: report/make_sample.sh DATA_ROOT [STORE]
 set -euo pipefail

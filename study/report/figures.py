@@ -14,7 +14,7 @@ from pathlib import Path
 from study.atomic import write_atomic
 from study.report.model import SEED_MODELS
 
-FIGURE_VERSION = "8"
+FIGURE_VERSION = "9"
 # Figures drawn as PNG at RASTER_DPI rather than SVG: a confusion matrix's hundreds of count
 # labels made WeasyPrint shape and draw each as text, a large share of a build's time.
 RASTER = {"confusion"}
@@ -242,7 +242,7 @@ def curve_figure(data: dict):
     max across them."""
     from matplotlib.lines import Line2D
 
-    fig = _figure(7.0, 4.3)
+    fig = _figure(7.0, 3.9)
     mosaic = fig.subplot_mosaic("AABBCC;DDDEEE")  # three panels over two, on a 2 x 6 grid
     axes = [mosaic[k] for k in "ABCDE"]
     for ax, (title, xlabel, metrics) in zip(axes, CURVE_PANELS, strict=True):
