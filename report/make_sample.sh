@@ -4,9 +4,9 @@
 # (`paper`: Adam, lr 0.0002, batch 100, no augmentation, ImageNet stems and head + one extra
 # layer) but sized for a 2-core CPU, 64 minutes in all: 32 px inputs (64 px, its native size,
 # for Tiny-ImageNet; 80 px for Inception-V3, whose stem needs 75 px without its auxiliary head),
-# stratified training subsets, 2-3 epochs,
-# 2,000 test images, and BatchNorm statistics re-estimated before each test (precise_bn) so that
-# such short runs are judged by their weights, not by lagging running averages.
+# stratified training subsets, 2-3 epochs, 2,000 test images, and BatchNorm statistics
+# re-estimated before each test (precise_bn) so that such short runs are judged by their
+# weights, not by lagging running averages.
 # Why `paper` and not `fast`: fast's small-image stems keep ResNet-50 and Inception-V3 at full
 # resolution, 6-10x the CPU time per image (12 and 7 images/s at 32 px against 116 and 70 here).
 # Why fixed epochs and not a time budget: a budget cuts a schedule wherever the clock says, and
@@ -28,6 +28,8 @@ STORE=${2:-report/sample-runs}
 cd "$(dirname "$0")/.."
 CKPT=${TMPDIR:-/tmp}/study-sample-checkpoints  # checkpoints are large: kept out of the store
 COMMON=(paper test_limit=2000 precise_bn=2000 seed=0 "data_root=$DATA_ROOT" "checkpoint_dir=$CKPT")
+# KEY=VALUE after the model overrides the defaults set here: Sacred applies `with` updates in
+# order, the last one for a key wins (run 10's image_size=32).
 run() {  # dataset train_limit epochs model [KEY=VALUE ...]
     local dataset=$1 limit=$2 epochs=$3 model=$4 size=32
     shift 4
