@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# The GPU check of issue 12, in one go on a lent H100 (every part has its own time limit, so one
-# slow part cannot take the others' time; at most 9 minutes, expected about 6): study's training step against
-# the seed-style pipeline (fp32 and bf16) and timm's step for the three seed networks, the
-# host-device syncs of each step with their source lines, torch.compile, the CUDA tests, and
-# one real-data `study run` per seed network (MNIST, `fast`, 1 epoch) with its accuracy.
+# The GPU check of issue 12, in one go on a lent H100 or H200 (every part has its own time limit,
+# so one slow part cannot take the others' time; at most 9.5 minutes, expected about 6 on a fresh
+# machine): study's training step against the seed-style pipeline (fp32 and bf16) and timm's
+# step for the three seed networks at batch 100, the host-device syncs of each step with their
+# source lines, the CUDA tests, one real-data `study run` per seed network (MNIST, `fast`,
+# 1 epoch) with its accuracy, and the `fast` sizes. Limits are sized from a fresh H200
+# (2026-11-27), where the first network's part took over 70 s (cuDNN's first plans, the
+# kernels' first load) and 51 s once warm. PAPER_BATCHES=100,256 adds batch 256 (about 30 s
+# more per network); COMPILE=1 adds ResNet-50 under torch.compile (49 s to compile on an H100,
+# over 80 s on a fresh H200), each when the device time allows.
 #
 # Here:   benchmarks/gpu-prepare.sh ../shared/data      (wheels, build-site, MNIST; git-ignored)
 # There:  carry .whl, build-site and .gpu-data, then
@@ -32,25 +37,25 @@ if [ "$DEVICE" = cpu ]; then
     RUN_MODELS=small_cnn
 else
     SIZES=(--steps 30 --warmup 10 --baseline-steps 20 --baseline-warmup 5 --workers 16)
-    MODELS=resnet50,vgg16,inception_v3 PAPER_BATCHES=100,256 FAST_BATCH=512
-    EPOCH=(train_limit=20000)
+    MODELS=resnet50,vgg16,inception_v3 PAPER_BATCHES=${PAPER_BATCHES:-100} FAST_BATCH=512
+    EPOCH=(train_limit=10000)
     RUN_MODELS="resnet50 vgg16 inception_v3"
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null | tee "$OUT/paper.log"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/paper.log"
 
 # 1. Throughput at the seed's sizes, a part per network so that a slow one cannot take the
-#    others' time: batch 100 (the seed's) and 256; seed-style fp32 and bf16 and timm beside
-#    batch 100; the syncs of study's step listed under every record.
+#    others' time: batch 100 (the seed's; PAPER_BATCHES adds others); seed-style fp32 and
+#    bf16 and timm beside batch 100; the syncs of study's step listed under every record.
 for model in ${MODELS//,/ }; do
-    part 70 paper "${BENCH[@]}" --model "$model" --dataset cifar10 --protocol paper \
+    part 80 paper "${BENCH[@]}" --model "$model" --dataset cifar10 --protocol paper \
         --data synthetic --batch-size "$PAPER_BATCHES" --baseline-batch "${PAPER_BATCHES%%,*}" \
         "${SIZES[@]}"
 done
 # 2. The CUDA tests (sync-free step, compile, resume, checkpoint across devices, host path).
-[ "$DEVICE" = cpu ] || part 60 tests python3 -m pytest -q -m cuda -p no:cacheprovider \
+[ "$DEVICE" = cpu ] || part 50 tests python3 -m pytest -q -m cuda -p no:cacheprovider \
     tests/test_gpu_path.py
-# 3. One real-data run per seed network: MNIST (20,000 training images, the 10,000 test
+# 3. One real-data run per seed network: MNIST (10,000 training images, the 10,000 test
 #    images), the fast protocol, one epoch, its accuracy.
 rm -rf "$RUNS"
 for model in $RUN_MODELS; do
@@ -75,12 +80,13 @@ with open(sys.argv[2], "w") as out:
 PY
 # 4. The fast protocol's sizes (the data set's own, small-image stems) at batch 512.
 for model in ${MODELS//,/ }; do
-    part 30 fast "${BENCH[@]}" --model "$model" --dataset cifar10 --protocol fast \
+    part 45 fast "${BENCH[@]}" --model "$model" --dataset cifar10 --protocol fast \
         --data synthetic --batch-size "$FAST_BATCH" --baseline fp32 --baseline-batch "$FAST_BATCH" \
         --no-timm "${SIZES[@]}"
 done
-# 5. torch.compile (mode default) of ResNet-50 at 224 px, batch 256: compile time and rate.
-[ "$DEVICE" = cpu ] || part 90 compile "${BENCH[@]}" --model resnet50 --dataset cifar10 \
+# 5. With COMPILE=1: torch.compile (mode default) of ResNet-50 at 224 px, batch 256: compile
+#    time and rate.
+[ "$DEVICE" = cpu ] || [ "${COMPILE:-0}" = 0 ] || part 120 compile "${BENCH[@]}" --model resnet50 --dataset cifar10 \
     --protocol paper --data synthetic --batch-size 256 --compile on --baseline none --no-timm \
     "${SIZES[@]}"
 echo "== done ($(date +%T))"
