@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
+from contextlib import contextmanager
 from pathlib import Path
 
 from study.atomic import write_atomic
@@ -132,6 +134,23 @@ def _split(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+@contextmanager
+def fewer_collections():
+    """Python's cyclic garbage collector, at its default thresholds, took about 15% of a
+    build's CPU time: WeasyPrint and matplotlib allocate millions of short-lived objects, and
+    each full collection re-scanned every object the process already held. For the build,
+    what exists is frozen (never scanned) and collections run less often (peak memory
+    +13 MB on the 9-run sample); both are restored after it."""
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
 def build_report(
     records: list[RunRecord],
     out: str | Path,
@@ -151,12 +170,13 @@ def build_report(
     out = Path(out)
     check_output_path(out)
     figures = FigureCache(Path(cache_dir) if cache_dir else out.parent / ".figures")
-    context = report_context(records, figures, title=title, today=today)
-    context["skipped"] = list(skipped)  # named in the appendix: a reader sees what is missing
-    context["left_out"] = list(left_out)
-    html = render_html(context)
-    # Rendered in memory first, so a failed build leaves the earlier report as it was.
-    document = html if fmt == "html" else render_pdf(html)
+    with fewer_collections():
+        context = report_context(records, figures, title=title, today=today)
+        context["skipped"] = list(skipped)  # named in the appendix: a reader sees what is missing
+        context["left_out"] = list(left_out)
+        html = render_html(context)
+        # Rendered in memory first, so a failed build leaves the earlier report as it was.
+        document = html if fmt == "html" else render_pdf(html)
     try:
         write_atomic(out, document)
     except OSError as exc:
