@@ -388,7 +388,13 @@ def test_claims_follow_the_paired_tests(built, tmp_path, capsys):
             assert re.search(rf"On {title}, .+? has the highest top-1 accuracy", abstract)
             assert f"is the best model on {title}" in closing
         else:
-            assert f"On {title} the models do not differ significantly" in abstract
+            # The sentence names each model the highest top-1 is not shown better than.
+            start = abstract.index(f"On {title} no best model is named: the highest top-1, ")
+            end = abstract.find(" On ", start + 1)  # each data set's sentence starts "On"
+            sentence = abstract[start : end if end > 0 else None]
+            pairs = re.findall(rf'<tr data-test="{d}/([^"]+)">(.*?)</tr>', built["html"], re.S)
+            undecided = [m for m, row in pairs if "<td>differs</td>" not in row]
+            assert undecided and all(m in sentence for m in undecided), sentence
             assert f"No model is shown best on {title}" in closing
     # Tiny-ImageNet has one model: no best-model wording there.
     assert "On Tiny-ImageNet only Small CNN was run" in abstract
@@ -402,7 +408,11 @@ def test_claims_follow_the_paired_tests(built, tmp_path, capsys):
     text = pdf_text(pdf)
     abstract = section(text, "Abstract", "1. Method")
     closing = section(text, "5. Conclusions", "6. Limitations")
-    assert "On MNIST the models do not differ significantly" in abstract
+    assert re.search(
+        r"On MNIST no best model is named: the highest top-1, ResNet-\d+ \(top-1 [0-9.]+\), "
+        r"does not differ significantly from ResNet-\d+ \(p = 1\.0+\) by McNemar's test\.",
+        abstract,
+    ), abstract
     assert "has the highest top-1" not in abstract and "best model on" not in closing
     assert "No model is shown best on MNIST" in closing
     assert "differs significantly" not in abstract + closing
@@ -441,6 +451,9 @@ def test_chance_and_collapsed_cells_are_flagged_everywhere(odd):
     assert f"Flagged: {title} on MNIST" in text  # in the data set's results section
     abstract = section(text, "Abstract", "1. Method")
     assert f"{title} on MNIST: at chance; predictions collapsed" in abstract
+    flagged = len(re.findall(r'<p class="flagged">', html))
+    words = ["", "One cell is", "Two cells are", "Three cells are", "Four cells are"][flagged]
+    assert f"{words} flagged as not a working classifier" in abstract  # no numeral opens it
 
     # Its ECE is "not meaningful" in Table 3, the reliability panel and the appendix, and it
     # is left out of the calibration ranking.
@@ -851,6 +864,24 @@ def test_limitations_and_references_are_stated(built):
     for cited in ("Simonyan", "Deep Residual Learning", "Rethinking the Inception", "McNemar",
                   "Wilson", "Tiny ImageNet", "CIFAR", "MNIST", "Deeper Networks"):  # fmt: skip
         assert cited in references, cited
+
+
+def test_names_never_break_at_their_hyphen(built):
+    """Prose, captions and tables keep "Tiny-ImageNet" or "ResNet-18" on one line: every such
+    name in the page's text is in a no-wrap span, and no line of the PDF ends inside one."""
+    from pypdf import PdfReader
+
+    html = built["html"]
+    abstract = re.search(r'<section class="abstract">(.*?)</section>', html, re.S).group(1)
+    assert '<span class="nb">Tiny-ImageNet</span>' in abstract
+    assert '<span class="nb">ResNet-18</span>' in abstract
+    body = html[html.index("<body>") :]
+    unwrapped = re.sub(r'<span class="nb">[^<]*</span>', "", body)
+    text = " ".join(re.sub(r"<[^>]+>", " ", unwrapped).split())
+    assert not re.findall(r"\b[A-Z][A-Za-z0-9]*-[A-Za-z0-9]", text)
+    for page in PdfReader(built["pdf"]).pages:
+        for line in page.extract_text().splitlines():
+            assert not re.search(r"\b[A-Z][A-Za-z0-9]*-$", line.rstrip()), line
 
 
 def test_table_cells_wrap_between_words_never_inside_one(odd):

@@ -16,6 +16,15 @@ def plural(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+NUMBER_WORDS = ("No", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine", "Ten")
+
+
+def sentence_start(n: int, noun: str) -> str:
+    """`Two cells`, `One cell`, `12 cells`: a sentence does not begin with a small numeral."""
+    count = NUMBER_WORDS[n] if 0 <= n < len(NUMBER_WORDS) else str(n)
+    return f"{count} {noun}{'' if n == 1 else 's'}"
+
+
 def fmt_num(value: Any, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"

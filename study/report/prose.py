@@ -11,6 +11,7 @@ from study.report.formatting import (
     epochs_text,
     fmt_num,
     plural,
+    sentence_start,
     signed,
     span_text,
     stat,
@@ -58,7 +59,7 @@ def abstract(records, datasets, models, best, cells, tests, flags, departed=()) 
     if flagged:
         its = "its" if len(flagged) == 1 else "their"
         claims.append(
-            f"{plural(len(flagged), 'cell')} "
+            f"{sentence_start(len(flagged), 'cell')} "
             f"{'is' if len(flagged) == 1 else 'are'} flagged as not a working classifier "
             f"({'; '.join(f['short'] for f in flagged)}): "
             f"{its} accuracy is no evidence for or against the model, and {its} calibration is "
@@ -127,10 +128,32 @@ def claim(t: dict, best: dict | None) -> str | None:
             f"significantly from every other model (McNemar, p < {alpha})."
         )
     return (
-        f"On {t['title']} the models do not differ significantly (McNemar, p ≥ {alpha} or "
-        f"untestable for at least one pair with the highest top-1, {t['best']}, {how}), so "
-        "no best model is named."
+        f"On {t['title']} no best model is named: the highest top-1, {t['best']} ({how}), "
+        f"{undecided_text(t)}."
     )
+
+
+def undecided_text(t: dict) -> str:
+    """Why the highest top-1 on a data set is not called best: the models it does not differ
+    from significantly, with McNemar's p, and those it cannot be tested against."""
+    same = [r for r in t["rows"] if r["test"] is not None and not r["test"].significant]
+    untested = [r for r in t["rows"] if r["test"] is None]
+    parts = []
+    if same:
+        parts.append(
+            "does not differ significantly from "
+            + either(f"{r['model']} ({r['p']})" for r in same)
+            + " by McNemar's test"
+        )
+    if untested:
+        parts.append("cannot be tested against " + either(r["model"] for r in untested))
+    return " and ".join(parts)
+
+
+def either(items) -> str:
+    """'a', 'a or b', 'a, b or c'."""
+    items = list(items)
+    return " or ".join([", ".join(items[:-1]), items[-1]] if len(items) > 1 else items)
 
 
 def departures(records: list[RunRecord], datasets: list[str]) -> list[dict]:
@@ -353,20 +376,8 @@ def dataset_prose(t: dict, row: dict, cells, d, models, flags, efficiency, ref) 
             f"Table {tab['tests']})."
         )
     elif kind == "none":
-        same = [r for r in t["rows"] if r["test"] is not None and not r["test"].significant]
-        untested = [r for r in t["rows"] if r["test"] is None]
-        parts = []
-        if same:
-            parts.append(
-                "it does not differ significantly from "
-                + ", ".join(f"{r['model']} ({r['p']})" for r in same)
-            )
-        if untested:
-            parts.append("it cannot be tested against " + ", ".join(r["model"] for r in untested))
-        text = "; ".join(parts)  # str.capitalize would lower-case the model names
         out.append(
-            f"{text[:1].upper()}{text[1:]} (McNemar, Table {tab['tests']}), so these runs "
-            "name no best model."
+            f"It {undecided_text(t)}, so these runs name no best model (Table {tab['tests']})."
         )
     for m in models:
         f = flags.get((d, m)) or {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -46,7 +47,25 @@ def render_html(context: dict) -> str:
     env.filters["num"] = fmt_num
     env.filters["count"] = count_text
     env.filters["nb"] = no_break
-    return env.get_template("report.html.j2").render(css=load("report.css"), **context)
+    return names_kept_whole(
+        env.get_template("report.html.j2").render(css=load("report.css"), **context)
+    )
+
+
+# A capitalised hyphenated name: Tiny-ImageNet, Inception-V3, ResNet-50, VGG-16-BN, CIFAR-10.
+HYPHENATED_NAME = re.compile(r"(?<![\w&#-])[A-Z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)+(?![\w-])")
+
+
+def names_kept_whole(html: str) -> str:
+    """Every hyphenated name in the page's text in a no-wrap span, so that a line never ends
+    in "Tiny-" or "Inception-" (a line may still break between words). Only text between
+    tags is touched, outside <title> and <style> (plain text, no markup): attributes, figures'
+    data URIs and CSS stay as they are, and escaped run strings stay escaped (the span wraps
+    letters, digits and hyphens only)."""
+    parts = re.split(r"(<title>.*?</title>|<style>.*?</style>|<[^>]+>)", html, flags=re.S)
+    for i in range(0, len(parts), 2):  # even items are text, odd ones tags or the style
+        parts[i] = HYPHENATED_NAME.sub(r'<span class="nb">\g<0></span>', parts[i])
+    return "".join(parts)
 
 
 def render_pdf(html: str) -> bytes:
