@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import run_study
+from conftest import plain_html, run_study
 
 from study.errors import StudyError
 from study.report import build_report, main, select_runs
@@ -645,7 +645,7 @@ def test_counts_and_names_read_as_a_reader_expects(odd):
 def test_timing_noise_is_stated_where_a_runs_epochs_disagree(odd, tmp_path):
     from study.report import TIMING_SPREAD, dataset_title, model_title
 
-    note = re.search(r"Timing noise:[^<]*", odd["html"])
+    note = re.search(r"Timing noise:[^<]*", plain_html(odd["html"]))
     note = note.group(0) if note else ""
     for r in odd["records"]:
         rates = [v for _, v in r.metric("images_per_s")]
@@ -659,7 +659,7 @@ def test_timing_noise_is_stated_where_a_runs_epochs_disagree(odd, tmp_path):
     rates = run.metrics["images_per_s"]
     slowed = [(rates[0][0], rates[0][1] / 4), *rates[1:]]
     loaded = dataclasses.replace(run, metrics={**run.metrics, "images_per_s": slowed})
-    html = build_report([loaded], tmp_path / "r.html", "html").read_text()
+    html = plain_html(build_report([loaded], tmp_path / "r.html", "html").read_text())
     low, high = min(v for _, v in slowed), max(v for _, v in slowed)
     who = f"run {run.id} (Small CNN on Tiny-ImageNet)"
     assert f"Timing noise: {who} trained at {low:.1f} to {high:.1f} images/s" in html
@@ -668,10 +668,10 @@ def test_timing_noise_is_stated_where_a_runs_epochs_disagree(odd, tmp_path):
     busy = dataclasses.replace(loaded, metrics={**loaded.metrics, "load_avg": loads},
                                info={**loaded.info, "training": {**loaded.info["training"],
                                                                 "cpus": 2}})  # fmt: skip
-    html = build_report([busy], tmp_path / "r.html", "html").read_text()
+    html = plain_html(build_report([busy], tmp_path / "r.html", "html").read_text())
     span = f"{min(v for _, v in loads):.1f} to {max(v for _, v in loads):.1f}"
     assert f"images/s across its epochs (load average {span} on 2 CPUs)" in html
-    html = build_report([run], tmp_path / "r.html", "html").read_text()
+    html = plain_html(build_report([run], tmp_path / "r.html", "html").read_text())
     assert ("Timing noise" in html) == (
         max(v for _, v in rates) > TIMING_SPREAD * min(v for _, v in rates)
     )
@@ -794,7 +794,7 @@ def test_one_data_set_is_one_section(built, tmp_path):
 def test_each_data_set_has_prose_that_follows_from_its_numbers(built):
     from study.report import model_title
 
-    html = built["html"]
+    html = plain_html(built["html"])
     tested = verdicts(html)
     for d in ("mnist", "tiny_imagenet"):
         prose = re.search(rf'id="results-{d}">.*?<p class="prose">(.*?)</p>', html, re.S).group(1)
@@ -824,7 +824,7 @@ def test_each_data_set_has_prose_that_follows_from_its_numbers(built):
 def test_per_class_precision_recall_and_f1_come_from_the_predictions(built):
     import numpy as np
 
-    html = built["html"]
+    html = plain_html(built["html"])
     # MNIST's ResNet-18 cell is one run: its per-class table is its own predictions.
     (run,) = [r for r in built["records"] if r.model == "resnet18"]
     ev = run.evaluation()

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import plain_html
 
 from study import stats
 
@@ -196,7 +197,7 @@ def fake_run(
 def report_html(records, tmp_path) -> str:
     from study.report import build_report
 
-    return build_report(records, tmp_path / "r.html", "html").read_text()
+    return plain_html(build_report(records, tmp_path / "r.html", "html").read_text())
 
 
 def conclusions(html: str) -> str:
