@@ -69,11 +69,3 @@ def run_study(*args, cwd, env=None, check=True, timeout=600) -> subprocess.Compl
             f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
         )
     return proc
-
-
-def plain_html(html: str) -> str:
-    """A report's HTML without the no-wrap spans around hyphenated names, for tests that
-    look for a sentence ("... on Tiny-ImageNet ...") rather than for how it may wrap."""
-    import re
-
-    return re.sub(r'<span class="nb">([^<]*)</span>', r"\1", html)

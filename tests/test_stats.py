@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-from conftest import plain_html
 
 from study import stats
 
@@ -197,7 +196,7 @@ def fake_run(
 def report_html(records, tmp_path) -> str:
     from study.report import build_report
 
-    return plain_html(build_report(records, tmp_path / "r.html", "html").read_text())
+    return build_report(records, tmp_path / "r.html", "html").read_text()
 
 
 def conclusions(html: str) -> str:
