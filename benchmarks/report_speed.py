@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def child(runs: str, ids: str, out: Path, fmt: str, cache: Path) -> None:
     """One build in this (fresh) process: prints its CPU and wall seconds as JSON."""
-    cpu, wall = time.process_time(), time.perf_counter()
+    cpu = time.process_time()
     import matplotlib.figure  # noqa: F401  what a build imports, timed apart from it
     import weasyprint  # noqa: F401
 
@@ -56,7 +56,10 @@ def main() -> None:
     def build(out: Path, fmt: str, cache: Path) -> dict:
         command = [sys.executable, __file__, "--runs", args.runs, "--ids", args.ids,
                    "--child", str(out), fmt, str(cache)]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:  # the build's own one-line error, not a traceback of this one
+            lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
+            sys.exit(f"report_speed: the {fmt} build failed: {lines[-1]}")
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     times: dict[str, list[dict]] = {"cold": [], "warm": [], "html": []}

@@ -1,6 +1,7 @@
 """The benchmark script runs end to end and writes the JSON record the README's table reads."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +85,26 @@ def test_accuracy_per_time_bad_input_is_one_line_and_writes_no_record(mnist_root
     )
     assert "Traceback" not in proc.stderr
     assert not list(tmp_path.glob("*.jsonl"))
+
+
+SPEED = Path(__file__).resolve().parents[1] / "benchmarks" / "report_speed.py"
+
+
+def test_report_speed_builds_the_committed_sample_in_fresh_processes(tmp_path):
+    """One committed sample run (MNIST, run 8), each build in its own process: the printed
+    pages are the PDF's, and every kind of build has its CPU seconds."""
+    proc = subprocess.run([sys.executable, str(SPEED), "--repeat", "1", "--ids", "8"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"runs: 1 from .*sample-runs; pages: [1-9]\d*$", proc.stdout, re.M)
+    for what in ("PDF, cold", "PDF, warm", "HTML, warm"):
+        line = next(x for x in proc.stdout.splitlines() if x.startswith(what))
+        assert float(re.search(r"best ([0-9.]+) s CPU", line).group(1)) > 0, line
+
+    # A store that is not there: one line naming the failed build, a non-zero exit.
+    bad = subprocess.run([sys.executable, str(SPEED), "--repeat", "1", "--runs",
+                          str(tmp_path / "nowhere")], capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().startswith("report_speed: the pdf build failed:"), bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
