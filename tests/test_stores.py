@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 from conftest import run_study
 
 from study.atomic import _host, write_atomic
+from study.errors import StoreError
 from study.stores import FileStore, read_file_store
 
 FAST = ["model=small_cnn", "dataset=mnist", "batch_size=50", "lr=0.003"]
@@ -384,16 +386,36 @@ def test_run_records_have_typed_fields_for_what_callers_need(tmp_path):
     assert record.config["model"] == record.model == "vgg16_bn" and not record.alive
     assert not record.has_checkpoint()
     elsewhere.parent.mkdir(parents=True)
-    elsewhere.write_bytes(b"")
-    assert record.has_checkpoint()
-    elsewhere.unlink()
-    (folder / "checkpoint.pt").write_bytes(b"")  # in the run's folder
-    assert record.has_checkpoint()
+    write_checkpoint(elsewhere)
+    assert record.checkpoint_file() == elsewhere
+    # A file is a checkpoint only when it is one: its digest matches and it loads as one.
+    elsewhere.write_bytes(elsewhere.read_bytes() + b"x")
+    assert not record.has_checkpoint()
+    write_checkpoint(folder / "checkpoint.pt")  # in the run's folder
+    assert record.checkpoint_file() == folder / "checkpoint.pt"
 
-    # Values of the wrong type read as absent, not as something else.
-    run.update(result={"top1": True}, status="RUNNING", heartbeat=None)
-    run["meta"].update(comment=["x"], study_uid=7)
+    # A value of the wrong type is no value of this run: the run is malformed, the field named.
+    run.update(status="RUNNING", heartbeat=None)
     (folder / "run.json").write_text(json.dumps(run))
-    odd = read_file_run(folder)
-    assert odd.top1 is None and odd.comment is None and odd.uid is None
-    assert not odd.alive  # RUNNING, but its start is long past: dead
+    assert not read_file_run(folder).alive  # RUNNING, but its start is long past: dead
+    for key, value, problem in (
+        ("result", {"top1": True}, "result.top1 is True; expected a number in 0..1"),
+        ("meta", {"comment": ["x"]}, "meta.comment is list; expected a string"),
+    ):
+        (folder / "run.json").write_text(json.dumps({**run, key: value}))
+        with pytest.raises(StoreError, match=re.escape(f"run.json: {problem}")):
+            read_file_run(folder)
+
+
+def write_checkpoint(path: Path, payload=None) -> Path:
+    """A file as study's engine writes a checkpoint: torch.save'd plain data and tensors,
+    with its SHA-256 in `<name>.sha256`."""
+    import hashlib
+
+    import torch
+
+    payload = {"version": 2, "model": {"w": torch.zeros(2)}} if payload is None else payload
+    torch.save(payload, path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    path.with_name(path.name + ".sha256").write_text(digest + "\n")
+    return path

@@ -16,12 +16,14 @@ from sacred.observers import FileStorageObserver
 from study.atomic import remove_stale_temps, write_atomic
 from study.errors import StoreError
 from study.identity import run_order
+from study.stores import schema
 from study.stores.records import (
-    UID_KEY,
     RunBeingCreated,
     RunRecord,
     Skipped,
     dedupe_metrics,
+    inside,
+    keep_names,
     print_skipped,
 )
 
@@ -77,12 +79,8 @@ class FileStore(FileStorageObserver):
 
 
 def read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise StoreError(f"{path}: no such run file") from None
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"{path}: unreadable run file ({exc})") from None
+    """A run's JSON file, bounded (schema.loads); StoreError names the file."""
+    return schema.read_json_file(path)
 
 
 def _object(path: Path) -> dict:
@@ -92,17 +90,10 @@ def _object(path: Path) -> dict:
     return value
 
 
-def _typed(run: dict, key: str, types, default, path: Path):
-    value = run.get(key, default)
-    if value is not None and not isinstance(value, types):
-        raise StoreError(f"{path}: {key} is {value!r}; expected {types.__name__}")
-    return value if value is not None else default
-
-
 def read_file_run(folder: Path, deep: bool = True) -> RunRecord:
     """One file-store run; `deep=False` reads run.json and config.json only (info and
-    metrics: `read_details`). StoreError names the file at fault; RunBeingCreated when Sacred
-    has not yet written the run's config."""
+    metrics: `read_details`). StoreError names the file and field at fault; RunBeingCreated
+    when Sacred has not yet written the run's config."""
     folder = Path(folder)
     path = folder / "run.json"
     if not path.exists():
@@ -110,52 +101,49 @@ def read_file_run(folder: Path, deep: bool = True) -> RunRecord:
     record = run_state(folder, _object(path))
     if not (folder / "config.json").exists() and record.status in ("RUNNING", "QUEUED"):
         raise RunBeingCreated(f"{folder}: no config.json yet")
-    record.config = _object(folder / "config.json")
+    config = folder / "config.json"
+    record.config = schema.parse(schema.CONFIG, _object(config), str(config))
     return read_details(record) if deep else record
 
 
 def run_state(folder: Path, run: dict) -> RunRecord:
     """The run folder's record from its run.json (`run`) alone, config left empty: its status,
     times, heartbeat and meta, typed, for deciding about a run before reading the rest.
-    StoreError names run.json when a value has the wrong type."""
+    StoreError names run.json and the field when a value does not parse."""
     folder = Path(folder)
-    path = folder / "run.json"
-    experiment = _typed(run, "experiment", dict, {}, path)
-    artifacts = _typed(run, "artifacts", list, [], path)
-    if not all(isinstance(a, str) for a in artifacts):
-        raise StoreError(f"{path}: artifacts are {artifacts!r}; expected a list of names")
-    resumed = run.get("resumed")
+    run = schema.parse(schema.RUN, run, str(folder / "run.json"))
     return RunRecord(
         id=folder.name,
         store=str(folder.parent),
-        status=_typed(run, "status", str, "UNKNOWN", path),
-        experiment=str(experiment.get("name") or ""),
-        command=_typed(run, "command", str, "", path),
+        status=run.get("status") or "UNKNOWN",
+        experiment=(run.get("experiment") or {}).get("name") or "",
+        command=run.get("command") or "",
         config={},
         info={},
         result=run.get("result"),
         metrics={},
-        host=_typed(run, "host", dict, {}, path),
-        start_time=_typed(run, "start_time", str, None, path),
-        stop_time=_typed(run, "stop_time", str, None, path),
-        artifacts=list(artifacts),
-        heartbeat=_typed(run, "heartbeat", str, None, path),
-        meta=dict(_typed(run, "meta", dict, {}, path)),
-        resumed=[str(t) for t in resumed] if isinstance(resumed, list) else [],
+        host=run.get("host") or {},
+        start_time=run.get("start_time"),
+        stop_time=run.get("stop_time"),
+        artifacts=list(run.get("artifacts") or []),
+        heartbeat=run.get("heartbeat"),
+        meta=dict(run.get("meta") or {}),
+        resumed=[t for t in run.get("resumed") or [] if t is not None],
         location=folder,
     )
 
 
 def read_details(record: RunRecord) -> RunRecord:
-    """A file-store record's info and metrics, read in."""
+    """A file-store record's info and metrics, read in and typed; the names it gives checked
+    (records.keep_names)."""
     folder = record.location
     info, metrics = folder / "info.json", folder / "metrics.json"
-    record.info = _object(info) if info.exists() else {}
+    record.info = schema.parse(schema.INFO, _object(info), str(info)) if info.exists() else {}
     try:
         record.metrics = dedupe_metrics(_object(metrics)) if metrics.exists() else {}
     except ValueError as exc:
         raise StoreError(f"{metrics}: {exc}") from None
-    return record
+    return keep_names(record)
 
 
 def read_file_store(root: Path, keep=None, skipped: Skipped | None = None) -> list[RunRecord]:
@@ -175,6 +163,7 @@ def read_file_store(root: Path, keep=None, skipped: Skipped | None = None) -> li
             if keep is not None and not keep(record):
                 continue
             records.append(read_details(record))
+            notes.extend(record.notes)
         except RunBeingCreated:
             continue
         except StoreError as exc:
@@ -186,7 +175,11 @@ def read_file_store(root: Path, keep=None, skipped: Skipped | None = None) -> li
 
 def run_folders(root: Path) -> list[Path]:
     """The run folders of a file store (those with a run.json), in run order."""
-    folders = [p for p in Path(root).iterdir() if p.is_dir() and (p / "run.json").exists()]
+    folders = [
+        p
+        for p in Path(root).iterdir()
+        if p.is_dir() and not p.is_symlink() and (p / "run.json").exists()
+    ]
     return sorted(folders, key=lambda p: run_order(p.name))
 
 
@@ -213,14 +206,18 @@ def read_run_files(folder: Path, run: dict | None = None) -> dict:
     }
 
 
-def artifact_path(folder: Path, name: str) -> Path:
-    """Where a file-store run keeps its artifact `name`."""
-    return Path(folder) / name
+def artifact_path(folder: Path, name: str) -> Path | None:
+    """Where a file-store run keeps its artifact `name`; None when the name is not a plain
+    name inside the run's folder (a record's name is not a path)."""
+    return inside(folder, name)
 
 
-def source_path(root: Path, stored: str) -> Path:
-    """Where a file store keeps a source file Sacred recorded (`_sources/...`)."""
-    return Path(root) / stored
+def source_path(root: Path, stored) -> Path | None:
+    """Where a file store keeps a source file Sacred recorded (`_sources/...`); None when
+    `stored` leads anywhere else."""
+    if not isinstance(stored, str) or not stored.startswith("_sources/"):
+        return None
+    return inside(Path(root) / "_sources", stored[len("_sources/") :])
 
 
 def resumable_config(root: Path, run_id: str) -> dict:
@@ -230,10 +227,10 @@ def resumable_config(root: Path, run_id: str) -> dict:
     folder = root / str(run_id)
     if not (folder / "run.json").exists():
         raise StoreError(f"resume={run_id}: no run {run_id} in {root}; see the folders there")
-    status = read_json(folder / "run.json").get("status")
-    if status == "COMPLETED":
+    record = read_file_run(folder, deep=False)
+    if record.status == "COMPLETED":
         raise StoreError(f"resume={run_id}: run {run_id} in {root} already COMPLETED")
-    config = read_json(folder / "config.json")
+    config = dict(record.config)
     config.pop("resume", None)
     return config
 
@@ -243,5 +240,4 @@ def stored_uid(root: Path, run_id: str | None) -> str | None:
     run_json = Path(root) / str(run_id) / "run.json" if run_id is not None else None
     if run_json is None or not run_json.exists():
         return None
-    uid = (read_json(run_json).get("meta") or {}).get(UID_KEY)
-    return uid or None
+    return run_state(run_json.parent, _object(run_json)).uid

@@ -20,11 +20,13 @@ from datetime import datetime
 from sacred.observers import MongoObserver  # noqa: E402
 
 from study.errors import StoreError  # noqa: E402
+from study.stores import schema  # noqa: E402
 from study.stores.records import (  # noqa: E402
     UID_KEY,  # noqa: F401 (mongo.UID_KEY: the key the observer and sync match runs by)
     RunRecord,
     Skipped,
     dedupe_metrics,
+    keep_names,
     print_skipped,
 )
 
@@ -348,26 +350,31 @@ def read_mongo_runs(
     url, db: str | None = None, ids=None, client=None, skipped: Skipped | None = None
 ) -> list[RunRecord]:
     """Every run (or the runs `ids`) in a MongoDB run store, in id order, as RunRecords; a
-    malformed run is left out with a line in `skipped` (printed when no list is given)."""
+    malformed run is left out with a line in `skipped` (printed when no list is given), and
+    so is a name it gives that is not a plain name (records.keep_names)."""
     target = url if isinstance(url, Target) else parse_target(url, db)
     client = client or connect(target)
     database = client[target.db]
     query = {} if ids is None else {"_id": {"$in": [_run_id(i) for i in ids]}}
     docs = list(database.runs.find(query, {"captured_out": 0}).sort("_id", 1))
     metrics_by_run: dict = {}
-    run_ids = [d["_id"] for d in docs]
+    run_ids = [d.get("_id") for d in docs]
     for m in database.metrics.find({"run_id": {"$in": run_ids}}):
-        metrics_by_run.setdefault(m["run_id"], {})[m["name"]] = m
+        if isinstance(m.get("name"), str):  # another kind of document: not a series
+            metrics_by_run.setdefault(m.get("run_id"), {})[m["name"]] = m
     import gridfs
 
     fs = gridfs.GridFS(database)
     notes: Skipped = [] if skipped is None else skipped
     records = []
     for doc in docs:
+        where = f"run {str(doc.get('_id'))[:40]} in {target.masked}"
         try:
-            records.append(_record(doc, metrics_by_run.get(doc["_id"], {}), fs, target))
-        except (StoreError, ValueError, TypeError, AttributeError, KeyError) as exc:
-            notes.append(f"skipped a malformed run: run {doc['_id']} in {target.masked}: {exc}")
+            record = _record(doc, metrics_by_run.get(doc.get("_id"), {}), fs, target, where)
+            records.append(record)
+            notes.extend(record.notes)
+        except (StoreError, ValueError) as exc:
+            notes.append(f"skipped a malformed run: {where}: {exc}")
     if skipped is None:
         print_skipped(notes)
     return records
@@ -381,42 +388,58 @@ def read_mongo_run(url, run_id, db: str | None = None, client=None) -> RunRecord
     return records[0]
 
 
-def _iso(value):
-    return value.isoformat() if isinstance(value, datetime) else value
+def _record(doc: dict, metrics: dict, fs, target: Target, where: str) -> RunRecord:
+    """A run document (and its metric documents) typed by study.stores.schema, as the file
+    store's run.json, config.json and info.json are."""
+    from bson import ObjectId
 
-
-def _record(doc: dict, metrics: dict, fs, target: Target) -> RunRecord:
-    info = dict(doc.get("info") or {})
+    run_id = doc.get("_id")
+    if isinstance(run_id, bool) or not isinstance(run_id, int | str) or len(str(run_id)) > 64:
+        raise StoreError(f"_id is {str(run_id)[:40]!r}; expected a run number")
+    schema.check_tree(doc, "", extra_leaves=(datetime, ObjectId))
+    run = schema.parse(schema.RUN, {k: v for k, v in doc.items() if k != "artifacts"}, "")
+    config = schema.parse(schema.CONFIG, doc.get("config") or {}, "config")
+    info = dict(schema.parse(schema.INFO, doc.get("info") or {}, "info"))
     refs = info.get("metrics")
     if isinstance(refs, list) and all(isinstance(r, dict) and "id" in r for r in refs):
         del info["metrics"]  # MongoObserver's references to the metrics collection
-    artifacts = {a["name"]: a["file_id"] for a in doc.get("artifacts", [])}
-    run_id = doc["_id"]
+    artifacts = {}
+    for i, a in enumerate(schema.list_of(schema.anything, 100_000)(doc.get("artifacts") or [], "")):
+        if not isinstance(a, dict) or not isinstance(a.get("file_id"), ObjectId):
+            raise StoreError(f"artifacts[{i}] is {str(a)[:40]!r}; expected {{name, file_id}}")
+        artifacts.setdefault(a.get("name"), a["file_id"])
+    series = {}
+    for name, m in metrics.items():
+        schema.check_tree(m, f"metrics.{name}", extra_leaves=(datetime, ObjectId))
+        series[name] = m
 
     def fetch(name: str) -> bytes:
-        import gridfs
+        import gridfs.errors
 
         try:
             return fs.get(artifacts[name]).read()
         except (KeyError, gridfs.errors.NoFile):
-            raise StoreError(f"run {run_id} in {target.masked} has no artifact {name!r}") from None
+            raise StoreError(f"{where} has no artifact {name!r}") from None
+        except gridfs.errors.GridFSError as exc:  # chunks missing or the wrong size
+            raise StoreError(f"{where}: artifact {name!r} is unreadable ({exc})") from None
 
-    return RunRecord(
+    record = RunRecord(
         id=str(run_id),
         store=target.masked,
-        status=doc.get("status", "UNKNOWN"),
-        experiment=(doc.get("experiment") or {}).get("name", ""),
-        command=doc.get("command", ""),
-        config=doc.get("config") or {},
+        status=run.get("status") or "UNKNOWN",
+        experiment=(run.get("experiment") or {}).get("name") or "",
+        command=run.get("command") or "",
+        config=config,
         info=info,
-        result=doc.get("result"),
-        metrics=dedupe_metrics(metrics),
-        host=doc.get("host") or {},
-        start_time=_iso(doc.get("start_time")),
-        stop_time=_iso(doc.get("stop_time")),
+        result=run.get("result"),
+        metrics=dedupe_metrics(series),
+        host=run.get("host") or {},
+        start_time=run.get("start_time"),
+        stop_time=run.get("stop_time"),
         artifacts=list(artifacts),
-        heartbeat=_iso(doc.get("heartbeat")),
-        meta=dict(doc.get("meta") or {}),
-        resumed=[str(_iso(t)) for t in doc.get("resumed") or []],
+        heartbeat=run.get("heartbeat"),
+        meta=dict(run.get("meta") or {}),
+        resumed=[t for t in run.get("resumed") or [] if t is not None],
         fetch=fetch,
     )
+    return keep_names(record)

@@ -14,6 +14,7 @@ import numpy as np
 
 from study.errors import ConfigError, StoreError
 from study.identity import run_alive
+from study.stores import schema
 
 # The key that names a run in every store it reaches: meta.study_uid.
 UID_KEY = "study_uid"
@@ -66,6 +67,8 @@ class RunRecord:
     location: Path | None = None  # the run's folder, for a file store
     # Reads an artifact by name, for stores without a folder (MongoDB: GridFS).
     fetch: Callable[[str], bytes] | None = field(default=None, repr=False, compare=False)
+    # One line per name the record gave that was left out (an artifact named by a path...).
+    notes: list[str] = field(default_factory=list, repr=False, compare=False)
     _evaluation: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -100,22 +103,38 @@ class RunRecord:
         return run_alive(self.status, self.heartbeat, self.start_time)
 
     def has_checkpoint(self) -> bool:
-        """Whether the run left a checkpoint to resume from: the path in its info, or
-        checkpoint.pt in its run folder."""
+        """Whether the run left a checkpoint to resume from (see `checkpoint_file`)."""
+        return self.checkpoint_file() is not None
+
+    def checkpoint_file(self) -> Path | None:
+        """The run's checkpoint: the path in its info (it may live elsewhere: checkpoint_dir,
+        ./checkpoints/<id>) or checkpoint.pt in its run folder, only when it is one: its digest
+        file lists its SHA-256 and it loads as a checkpoint without unpickling objects. A path
+        a record names is otherwise any file of the reader's: never read, copied or uploaded.
+        The one check of export, sync, sweep and runs."""
         path = self.info.get("checkpoint") if isinstance(self.info, dict) else None
-        if isinstance(path, str) and path and Path(path).exists():
-            return True
-        return self.location is not None and (Path(self.location) / "checkpoint.pt").exists()
+        candidates = [Path(path)] if isinstance(path, str) and path else []
+        if self.location is not None:
+            candidates.append(Path(self.location) / "checkpoint.pt")
+        return next((p for p in candidates if is_checkpoint(p)), None)
 
     def metric(self, name: str) -> list[tuple[int, float]]:
         return self.metrics.get(name, [])
 
     def artifact_bytes(self, name: str) -> bytes:
+        """An artifact the record lists (every listed name was checked when read: a plain
+        name inside the run's folder or GridFS entry)."""
         if name in self.artifacts and self.fetch is not None:
             return self.fetch(name)
         if name not in self.artifacts or self.location is None:
             raise StoreError(f"run {self.id} in {self.store} has no artifact {name!r}")
-        return (self.location / name).read_bytes()
+        path = inside(self.location, name)
+        if path is None:  # replaced by a link since it was read
+            raise StoreError(f"run {self.id} in {self.store}: artifact {name!r} leads outside")
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise StoreError(f"run {self.id} in {self.store}: artifact {name!r}: {exc}") from None
 
     def evaluation(self) -> dict[str, np.ndarray] | None:
         """The per-sample evaluation (labels, topk, topk_prob, test_indices, confusion);
@@ -169,6 +188,74 @@ def _evaluation_problem(a: dict[str, np.ndarray]) -> str | None:
     return None
 
 
+def inside(folder: Path, name: str) -> Path | None:
+    """`folder/name` when `name` is a plain relative name that resolves (links followed)
+    inside `folder`; None otherwise."""
+    if schema.name_syntax(name) is not None:
+        return None
+    root = Path(folder).resolve()
+    path = (root / name).resolve()
+    return path if path != root and path.is_relative_to(root) else None
+
+
+def keep_names(record: RunRecord, exists=None) -> RunRecord:
+    """Leave out, one line each in `record.notes`, the artifacts whose names are not plain
+    names inside the run's own folder (file store) or GridFS entry, and the gallery entries
+    naming no artifact the run keeps. The run itself stays."""
+    where = f"run {record.id} in {record.store}"
+    kept = []
+    for name in record.artifacts:
+        problem = schema.name_syntax(name)
+        if (
+            problem is None
+            and record.location is not None
+            and inside(record.location, name) is None
+        ):
+            problem = "leads outside the run's folder"
+        if problem is None and name not in kept:
+            kept.append(name)
+        elif problem is not None:
+            record.notes.append(f"left out an artifact of {where}: {str(name)[:80]!r} {problem}")
+    record.artifacts = kept
+    gallery = record.info.get("misclassified") if isinstance(record.info, dict) else None
+    if isinstance(gallery, list):
+        good = [g for g in gallery if isinstance(g, dict) and g.get("artifact") in kept]
+        for g in gallery:
+            if g not in good:
+                name = g.get("artifact") if isinstance(g, dict) else g
+                record.notes.append(
+                    f"left out a gallery image of {where}: {str(name)[:80]!r} is not one of "
+                    f"its artifacts"
+                )
+        record.info = {**record.info, "misclassified": good}
+    return record
+
+
+def is_checkpoint(path: Path) -> bool:
+    """Whether `path` is a study checkpoint: a regular file whose digest file
+    (`<name>.sha256`, written with it) lists its SHA-256, and that torch loads with
+    weights_only=True as a dict with a known version and weights."""
+    import hashlib
+
+    path = Path(path)
+    try:
+        if not path.is_file():
+            return False
+        listed = path.with_name(path.name + ".sha256").read_text(errors="replace")[:1000].split()
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        if digest.hexdigest() not in listed:
+            return False
+        import torch
+
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # unreadable, no digest, not a checkpoint: not one
+        return False
+    return isinstance(payload, dict) and payload.get("version") in (1, 2) and "model" in payload
+
+
 def dedupe_metrics(raw: dict[str, Any]) -> dict[str, list[tuple[int, float]]]:
     """Sacred's {name: {steps, values}} -> {name: [(step, value)]} sorted by step.
 
@@ -186,23 +273,31 @@ def dedupe_metrics(raw: dict[str, Any]) -> dict[str, list[tuple[int, float]]]:
                 raise TypeError("steps and values are not lists")
             by_step = dict(zip(steps, values, strict=False))
             out[name] = sorted((_step(s), _number(v)) for s, v in by_step.items())
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ValueError(
                 f"metric {name!r} is malformed ({exc}); expected steps: [int], values: [number]"
             ) from None
     return out
 
 
+MAX_STEP = 10**7  # an epoch number
+
+
 def _step(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        raise TypeError(f"step {value!r} is not an integer")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not -MAX_STEP <= value <= MAX_STEP
+        or value != int(value)
+    ):
+        raise TypeError(f"step {str(value)[:40]!r} is not an integer in 0..{MAX_STEP:,}")
     return int(value)
 
 
 def _number(value) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"value {value!r} is not a number")
-    return float(value)
+        raise TypeError(f"value {str(value)[:40]!r} is not a number")
+    return float(value)  # OverflowError for a huge integer: the caller's ValueError
 
 
 def print_skipped(notes: Skipped) -> None:
