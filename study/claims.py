@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from study import identity
+from study.errors import StoreError, StudyError
 
 _KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 
@@ -76,6 +77,8 @@ class FileClaims:
 
     def _generations(self, key: str) -> dict[int, Path]:
         out = {}
+        if not self.folder.is_dir():
+            return out
         for path in self.folder.glob(f"{key}.*.claim"):
             gen = path.name[len(key) + 1 : -len(".claim")]
             if gen.isdigit():
@@ -95,6 +98,10 @@ class FileClaims:
 
     def acquire(self, key: str) -> Claim | None:
         """The claim on `key`, or None when another live process holds it."""
+        if self.folder.exists() and not self.folder.is_dir():
+            raise StoreError(
+                f"{self.folder} is not a folder; it holds the store's claims (remove it)"
+            )
         self.folder.mkdir(parents=True, exist_ok=True)
         gens = self._generations(_check(key))
         gen = 0
@@ -172,10 +179,11 @@ class MongoClaims:
             doc = self.collection.find_one({"_id": key})
             if doc is None or (not doc.get("released") and _doc_alive(doc)):
                 return None
-            gen = doc.get("gen", 0) + 1
+            seen = doc.get("gen", 0)
+            gen = seen + 1 if isinstance(seen, int) and not isinstance(seen, bool) else 1
             # Only the process whose update still finds the generation it saw takes it over.
             taken = self.collection.update_one(
-                {"_id": key, "gen": doc.get("gen", 0)}, {"$set": {"gen": gen, **fields}}
+                {"_id": key, "gen": seen}, {"$set": {"gen": gen, **fields}}
             )
             if taken.modified_count != 1:
                 return None
@@ -193,3 +201,76 @@ class MongoClaims:
 def _doc_alive(doc: dict) -> bool:
     pid = doc.get("pid")
     return identity.alive(doc.get("beat"), doc.get("host"), pid if isinstance(pid, int) else None)
+
+
+# -- resuming a run: at most one process continues it ----------------------------------------
+
+RESUME_WAIT_ENV = "STUDY_RESUME_WAIT"  # 1: wait for the holder to go (a requeued cluster job)
+RESUME_POLL_S = 5.0
+
+
+def resume_wait() -> bool:
+    return os.environ.get(RESUME_WAIT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def claim_resume(claims, run_id: str, run_alive, *, wait: bool, where: str):
+    """The claim on continuing run `run_id` (key `resume-<id>` in the store's claims), held
+    (touched by a thread) until released; `run_alive()` says whether the run is at work now
+    (a recent heartbeat: a process from before claims, or one whose claim went stale). While
+    another process holds the claim or the run is alive, StudyError (one line), or with
+    `wait`, polling until neither holds: the holder exits or goes stale (identity.alive)."""
+    import threading
+    import time
+
+    key = f"resume-{run_id}"
+    said = False
+    while True:
+        claim = claims.acquire(key)
+        busy = None
+        if claim is None:
+            holder = claims.holder(key)
+            busy = f"another process ({holder or 'elsewhere'}) is continuing it"
+        elif run_alive():
+            claim.release()
+            busy = "it is running now (its heartbeat is recent)"
+        if busy is None:
+            break
+        if not wait:
+            raise StudyError(
+                f"resume={run_id}: run {run_id} in {where} cannot be continued: {busy}; "
+                f"wait for it to end, or set {RESUME_WAIT_ENV}=1 to wait"
+            )
+        if not said:
+            print(f"study: resume={run_id}: {busy}; waiting", flush=True)
+            said = True
+        time.sleep(RESUME_POLL_S)
+    stop = threading.Event()
+
+    def keep_touching():
+        while not stop.wait(identity.CLAIM_TOUCH_S):
+            try:
+                claim.touch()
+            except Exception:  # a lost server: the claim goes stale, training goes on
+                return
+
+    threading.Thread(target=keep_touching, name="study-resume-claim", daemon=True).start()
+    release = claim._release
+
+    def release_and_stop():
+        stop.set()
+        release()
+
+    claim._release = release_and_stop
+    return claim
+
+
+def claim_run_resume(store, run_id: str):
+    """`claim_resume` for `study run with resume=<id>` on a study.stores Store."""
+
+    def run_alive() -> bool:
+        keep = lambda r: r.id == run_id  # noqa: E731
+        return any(r.alive for r in store.read_runs(keep=keep, skipped=[]) if keep(r))
+
+    return claim_resume(
+        store.claims(), run_id, run_alive, wait=resume_wait(), where=store.describe()
+    )

@@ -60,15 +60,39 @@ def main(argv: list[str] | None = None) -> int:
         if not argv or argv[0] in ("-h", "--help", "help"):
             print(USAGE)
             return 0 if argv else 2
-        if argv[0] in OWN_COMMANDS:
-            return _own_command(argv)
-        if argv[0] in DELEGATED_COMMANDS:
-            return importlib.import_module(DELEGATED_COMMANDS[argv[0]]).main(argv[1:])
+        if argv[0] in OWN_COMMANDS or argv[0] in DELEGATED_COMMANDS:
+            return _reading_command(argv)
         _check_command(argv[0])
         return run_experiment(argv)
     except StudyError as exc:
         print(f"study: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _reading_command(argv: list[str]) -> int:
+    """runs, report, export, sync, sweep, reproduce, list: a full disk, a lost server,
+    Ctrl-C or SIGTERM is one line and a non-zero exit. Their outputs are written atomically
+    and their staging folders are removed as the interruption unwinds, so nothing is left
+    half-written."""
+    _terminate_as_interrupt()
+    try:
+        if argv[0] in OWN_COMMANDS:
+            return _own_command(argv)
+        return importlib.import_module(DELEGATED_COMMANDS[argv[0]]).main(argv[1:])
+    except KeyboardInterrupt:
+        print(f"study: {argv[0]} interrupted; nothing half-written was left", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"study: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if not type(exc).__module__.startswith(("pymongo", "gridfs")):
+            raise
+        from study.stores.mongo import _one_line  # pymongo's errors: imported only if used
+
+        print(f"study: error: MongoDB failed: {_one_line(exc)}", file=sys.stderr)
+        return 1
 
 
 def _check_command(first: str) -> None:
@@ -306,6 +330,12 @@ def run_experiment(
     if run.main_function.__name__ == "run" and command == ex.default_command and main_rank:
         preflight(run.config)
     _terminate_as_interrupt()
+    # At most one process continues a run (study.claims): taken before training, held through it.
+    resume_claim = None
+    if updates.get("resume") is not None and store is not None and main_rank:
+        from study.claims import claim_run_resume
+
+        resume_claim = claim_run_resume(store, check_run_id(updates["resume"], str(store)))
     try:
         run()
         if started is not None:
@@ -322,6 +352,9 @@ def run_experiment(
 
         print(format_filtered_stacktrace(), file=sys.stderr)
         return 1
+    finally:
+        if resume_claim is not None:
+            resume_claim.release()
     return 0
 
 

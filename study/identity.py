@@ -38,6 +38,9 @@ def run_order(run_id: str) -> tuple:
 # without a sign of life and the process is taken for gone.
 STALE_S = 120.0
 CLAIM_TOUCH_S = 30.0
+# A sign of life dated more than this ahead of our clock (skew, or a hostile store) is no sign:
+# trusted, it would keep a run or claim alive, and a sweep waiting on it, for ever.
+FUTURE_S = 300.0
 
 
 def this_host() -> str:
@@ -63,10 +66,13 @@ def parse_time(value) -> datetime | None:
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, UTC).replace(tzinfo=None)
+        try:
+            return datetime.fromtimestamp(value, UTC).replace(tzinfo=None)
+        except (OverflowError, OSError, ValueError):  # a number no clock gives
+            return None
     if not isinstance(value, datetime):
         try:
-            value = datetime.fromisoformat(str(value))
+            value = datetime.fromisoformat(str(value)[:64])
         except ValueError:
             return None
     if value.tzinfo is not None:  # Sacred writes naive UTC; anything else is converted
@@ -84,17 +90,28 @@ def age_s(last_sign) -> float | None:
     return None if when is None else (utcnow() - when).total_seconds()
 
 
+def sign_of_life(value) -> datetime | None:
+    """A recorded time as a sign of life (see parse_time); None when absent, unreadable or
+    more than FUTURE_S in the future."""
+    when = parse_time(value)
+    if when is None or (when - utcnow()).total_seconds() > FUTURE_S:
+        return None
+    return when
+
+
 def alive(last_sign, host: str | None = None, pid: int | None = None) -> bool:
     """Whether what left `last_sign` (a run's heartbeat, a claim's last touch) is still at
     work: not when it says it is a process of this host that no longer exists; otherwise while
     its last sign of life is younger than STALE_S. The one liveness rule of study."""
     if host is not None and pid is not None and host == this_host() and not pid_alive(pid):
         return False
-    age = age_s(last_sign)
-    return age is not None and age < STALE_S
+    when = sign_of_life(last_sign)
+    return when is not None and (utcnow() - when).total_seconds() < STALE_S
 
 
 def run_alive(status: str, heartbeat, start_time) -> bool:
     """Whether a RUNNING (or QUEUED) run is still at work: its last heartbeat (before its
     first one, its start) is recent."""
-    return status in ("RUNNING", "QUEUED") and alive(heartbeat or start_time)
+    return status in ("RUNNING", "QUEUED") and alive(
+        sign_of_life(heartbeat) or sign_of_life(start_time)
+    )

@@ -107,7 +107,7 @@ def plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
                 continue  # seen twice on sys.path, or switched off
             try:
                 plugin = ep.load()
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # sys.exit() at import: a failure too
                 raise PluginError(
                     f"plugin {name} ({ep.value}) failed to import: {type(exc).__name__}: {exc}; "
                     f"switch it off with {DISABLE_VARIABLE}={name}"

@@ -178,10 +178,15 @@ def _epochs_done(record: RunRecord) -> int:
     return max((step for step, _ in series), default=0)
 
 
+# Keys of the original's config that name where it wrote: a reproduction writes only where
+# `--into` (or its store) says, so these are left to the reproduction's own defaults.
+NOT_REPRODUCED = ("resume", "checkpoint_dir")
+
+
 def reproducible_config(config: dict) -> dict:
-    """The original's config as a base for the new run: what it trained and where, without
-    the resume that continued it."""
-    return {k: v for k, v in config.items() if k != "resume"}
+    """The original's config as a base for the new run: what it trained and where it read,
+    without the resume that continued it and the folder its checkpoints went to."""
+    return {k: v for k, v in config.items() if k not in NOT_REPRODUCED}
 
 
 def _where_to_record(args, store) -> tuple[list[str], object]:

@@ -108,11 +108,14 @@ def sync(target: mongo.Target, client, stores: list[Path]) -> Report:
             continue
         seen.add(store.resolve())
         for folder in files.run_folders(store):
+            notes: list[str] = []
             try:
-                kind, text, uid = sync_run(db, fs, folder, target, claims)
+                kind, text, uid = sync_run(db, fs, folder, target, claims, notes)
             except (StoreError, OSError, ValueError) as exc:
                 report.add(str(folder), "error", str(exc))
                 continue
+            for note in notes:  # names the record gives that are not plain names: not uploaded
+                report.lines.append(f"{folder}: {note}")
             report.add(str(folder), kind, text)
             if kind in ("inserted", "completed", "up to date"):
                 in_mongo.add(uid)
@@ -159,11 +162,14 @@ def _claim_key(uid: str) -> str:
 BUSY = "another `study sync` is uploading it now; sync again later"
 
 
-def sync_run(db, fs, folder: Path, target: mongo.Target, claims) -> tuple[str, str, str]:
-    """(kind, what was done, uid) for one file-store run folder."""
+def sync_run(
+    db, fs, folder: Path, target: mongo.Target, claims, notes=None
+) -> tuple[str, str, str]:
+    """(kind, what was done, uid) for one file-store run folder; `notes` receives a line per
+    name of the record left out."""
     run = files.read_run_json(folder)  # what is uploaded, as Sacred wrote it
+    state = files.run_state(folder, run)  # what decides, typed (StoreError: malformed)
     uid = run_uid(run)
-    state = files.run_state(folder, run)  # what decides, typed
     if state.alive:
         age = identity.age_s(state.heartbeat or state.start_time)
         return "skipped", f"still running (heartbeat {age:.0f} s ago); sync it later", uid
@@ -171,11 +177,13 @@ def sync_run(db, fs, folder: Path, target: mongo.Target, claims) -> tuple[str, s
     if claim is None:
         return "skipped", BUSY, uid
     with claim:
-        return _sync_run(db, fs, folder, target, run, uid)
+        return _sync_run(db, fs, folder, target, run, uid, notes)
 
 
-def _sync_run(db, fs, folder: Path, target, run: dict, uid: str) -> tuple[str, str, str]:
+def _sync_run(db, fs, folder: Path, target, run: dict, uid: str, notes) -> tuple[str, str, str]:
     local = files.read_run_files(folder, run)
+    if notes is not None:
+        notes.extend(local["notes"])
     doc = db.runs.find_one({f"meta.{mongo.UID_KEY}": uid})
     if doc is None:
         doc = _insert(db, fs, folder, local, uid, target)
@@ -233,8 +241,8 @@ def _upload_sources(fs, store: Path, experiment: dict) -> list:
     out = []
     base_dir = experiment.get("base_dir", "")
     for name, stored in experiment.get("sources") or []:
-        path = files.source_path(store, stored)
-        if not path.exists():
+        path = files.source_path(store, stored)  # None: it names a file outside _sources/
+        if path is None or not path.is_file():
             continue
         data = path.read_bytes()
         md5 = hashlib.md5(data).hexdigest()
@@ -271,7 +279,7 @@ def _reconcile(db, fs, doc: dict, local: dict, folder: Path) -> list[str]:
     changes += [f"{added} metric series added"] if added else []
     changes += [f"{fixed} metric series completed"] if fixed else []
 
-    artifacts, uploaded = _artifacts(fs, doc, local["run"], folder)
+    artifacts, uploaded = _artifacts(fs, doc, local["run"], folder, local["artifacts"])
     changes += [f"{uploaded} artifact(s) uploaded"] if uploaded else []
 
     run = local["run"]
@@ -295,19 +303,19 @@ def _reconcile(db, fs, doc: dict, local: dict, folder: Path) -> list[str]:
     return changes
 
 
-def _artifacts(fs, doc: dict, run: dict, folder: Path) -> tuple[list[dict], int]:
+def _artifacts(fs, doc: dict, run: dict, folder: Path, artifacts) -> tuple[list[dict], int]:
     """The run's artifact list for MongoDB, uploading what GridFS lacks; (list, uploads)."""
     have = {a["name"]: a["file_id"] for a in doc.get("artifacts") or []}
     types = run.get("content_types") or {}
     out, uploaded = [], 0
-    names = list(dict.fromkeys(run.get("artifacts") or []))
+    names = list(dict.fromkeys(artifacts))
     for name in names:
         path = files.artifact_path(folder, name)
         file_id = have.get(name)
         if file_id is not None and fs.exists(file_id):
             out.append({"name": name, "file_id": file_id})
             continue
-        if not path.exists():
+        if path is None or not path.is_file():
             continue
         data = path.read_bytes()
         filename = f"artifact://runs/{doc['_id']}/{name}"

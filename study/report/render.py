@@ -15,6 +15,8 @@ def check_output_path(out: Path) -> None:
     """One line, before any work, where the report cannot be written to `out`."""
     if out.is_dir():
         raise StudyError(f"--out {out}: is a folder; give a file path, e.g. {out / 'study.pdf'}")
+    if out.exists() and not out.is_file():  # a device, a pipe: replacing it is never wanted
+        raise StudyError(f"--out {out}: is not a regular file; give a new or regular file path")
     folder = out.parent
     for ancestor in (folder, *folder.parents):
         if ancestor.exists():

@@ -114,8 +114,13 @@ def write_run(record, folder: Path, *, checkpoints: bool) -> None:
         ("metrics.json", metrics),
     ):  # fmt: skip
         (folder / name).write_text(json.dumps(value, indent=2, sort_keys=True))
-    for name in record.artifacts:
+    for name in record.artifacts:  # plain names inside the run (records.keep_names)
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(record.artifact_bytes(name))
-    checkpoint = record.info.get("checkpoint")
-    if checkpoints and checkpoint and Path(checkpoint).is_file():
-        shutil.copyfile(checkpoint, folder / Path(checkpoint).name)
+    # Only a file that is a checkpoint (its digest matches, it loads weights-only), with its
+    # digest so that it verifies where the archive is read.
+    checkpoint = record.checkpoint_file() if checkpoints else None
+    if checkpoint is not None:
+        shutil.copyfile(checkpoint, folder / "checkpoint.pt")
+        digest = checkpoint.with_name(checkpoint.name + ".sha256")
+        shutil.copyfile(digest, folder / "checkpoint.pt.sha256")

@@ -190,8 +190,11 @@ def read_run_json(folder: Path) -> dict:
 
 def read_run_files(folder: Path, run: dict | None = None) -> dict:
     """Everything a file-store run holds, as Sacred wrote it, for copying it to another store
-    (`study sync`): {run, config, info, metrics, captured_out}; `run` when already read."""
+    (`study sync`): {run, config, info, metrics, captured_out}, after the typed reading has
+    passed it (StoreError otherwise), with `artifacts`, the names that may be read, and
+    `notes`, a line per name left out. `run` when already read."""
     folder = Path(folder)
+    record = read_file_run(folder)  # a malformed run is refused here, naming the field
 
     def optional(name, default):
         return _object(folder / name) if (folder / name).exists() else default
@@ -203,6 +206,8 @@ def read_run_files(folder: Path, run: dict | None = None) -> dict:
         "info": optional("info.json", {}),
         "metrics": optional("metrics.json", {}),
         "captured_out": cout.read_text(errors="replace") if cout.exists() else "",
+        "artifacts": record.artifacts,
+        "notes": record.notes,
     }
 
 
