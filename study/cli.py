@@ -364,7 +364,10 @@ def _terminate_as_interrupt() -> None:
     def handler(signum, frame):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, handler)
+    import threading
+
+    if threading.current_thread() is threading.main_thread():  # signals: the main thread's
+        signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":

@@ -326,13 +326,16 @@ def make_observer(target: Target, client, overwrite=None) -> StudyMongoObserver:
 
 
 def resumable_config(target: Target, client, run_id) -> dict:
-    """The stored config of an interrupted run (mirrors cli._resumable_config)."""
-    doc = client[target.db].runs.find_one({"_id": _run_id(run_id)}, {"status": 1, "config": 1})
-    if doc is None:
+    """The stored config of an interrupted run (mirrors files.resumable_config), typed."""
+    skipped: Skipped = []
+    found = read_mongo_runs(target, ids=[run_id], client=client, skipped=skipped)
+    if not found and skipped:
+        raise StoreError(f"resume={run_id}: {skipped[0]}")
+    if not found:
         raise StoreError(f"resume={run_id}: no run {run_id} in {target.masked}; see `study runs`")
-    if doc.get("status") == "COMPLETED":
+    if found[0].status == "COMPLETED":
         raise StoreError(f"resume={run_id}: run {run_id} in {target.masked} already COMPLETED")
-    config = dict(doc.get("config") or {})
+    config = dict(found[0].config)
     config.pop("resume", None)
     return config
 
