@@ -328,3 +328,86 @@ def test_checkpoint_check_refuses_what_is_not_one(tmp_path):
     (tmp_path / "evil.pt.sha256").write_text(hashlib.sha256(evil.read_bytes()).hexdigest())
     assert not is_checkpoint(evil) and not (tmp_path / "ran").exists()
     assert not is_checkpoint(tmp_path / "absent.pt")
+
+
+# -- MongoDB documents, through a real server ----------------------------------------------
+
+needs_server = pytest.mark.skipif(
+    __import__("mongo_server").server_command() is None, reason="secantusd-py not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from mongo_server import MongoServer
+
+    srv = MongoServer(tmp_path_factory.mktemp("mongo") / "data").start()
+    yield srv
+    srv.stop()
+
+
+@needs_server
+def test_hostile_mongodb_documents_are_skipped_with_one_line_each(server, tmp_path):
+    import gridfs
+
+    db_name = f"t{os.getpid()}h"
+    url = f"{server.url}:{db_name}"
+    runs = tmp_path / "runs"
+    shutil.copytree(SAMPLE_RUNS, runs)
+    secret, data = _secret(tmp_path)
+    (runs / "1" / "run.json").write_text(
+        json.dumps({**json.loads((runs / "1" / "run.json").read_text()),
+                    "experiment": {"name": "study", "sources": [["a.py", str(secret)],
+                                                                ["b.py", "_sources/../../x"]]}})
+    )  # fmt: skip
+    (runs / "1" / "escape.png").symlink_to(secret)
+    _edit(runs / "1" / "run.json", lambda r: r["artifacts"].extend(["../../secret/holiday.png",
+                                                                     "escape.png"]))  # fmt: skip
+    synced = run_study("sync", "--runs", runs, "--mongo", url, cwd=tmp_path)
+    assert "10 inserted" in synced.stdout, synced.stdout
+    assert synced.stdout.count(f"{runs / '1'}: left out an artifact of run 1") == 2
+    with server.client() as client:
+        db = client[db_name]
+        fs = gridfs.GridFS(db)
+        assert not any(data in f.read() for f in fs.find())  # nothing of the user's uploaded
+        ids = {d["meta"]["study_uid"]: d["_id"] for d in db.runs.find()}
+        by_id = {int(p.name): json.loads((p / "run.json").read_text())["meta"]["study_uid"]
+                 for p in runs.iterdir() if p.name.isdigit()}  # fmt: skip
+        doc = {n: ids[by_id[n]] for n in by_id}
+        db.runs.update_one(
+            {"_id": doc[2]}, {"$set": {"info.deep": json.loads("[" * 60 + "]" * 60)}}
+        )
+        db.runs.update_one({"_id": doc[3]}, {"$set": {"result.top1": 1e308}})
+        db.runs.update_one({"_id": doc[4]}, {"$set": {"config": ["vgg16"]}})
+        db.runs.update_one({"_id": doc[5]}, {"$set": {"status": {"a": 1}}})
+        db.runs.update_one({"_id": doc[6]}, {"$set": {"info.training.cpus": "many"}})
+        passwd = fs.put(data, filename="artifact://runs/7/x")
+        db.runs.update_one(
+            {"_id": doc[7]}, {"$push": {"artifacts": {"name": str(secret), "file_id": passwd}}}
+        )
+        evaluation = next(a for a in db.runs.find_one({"_id": doc[8]})["artifacts"]
+                          if a["name"] == "evaluation.npz")  # fmt: skip
+        db.fs.chunks.delete_many({"files_id": evaluation["file_id"]})  # its chunks lost
+        db.metrics.update_one({"run_id": doc[10], "name": "test_top1"}, {"$set": {"values": [{}]}})
+
+    listing = run_study("runs", "--mongo", url, cwd=tmp_path)
+    assert "Traceback" not in listing.stderr
+    listed = [line.split()[0] for line in listing.stdout.splitlines()[2:]]
+    assert listed == [str(doc[n]) for n in (1, 7, 8, 9)], listing.stderr
+    notes = listing.stderr.strip().splitlines()
+    for n, want in (
+        (2, "info.deep[0][0]"),  # nests over 24 deep
+        (3, "result.top1 is 1e+308; expected a number in 0..1"),
+        (4, "config is list; expected an object"),
+        (5, "status is dict; expected a string"),
+        (6, "info.training.cpus is 'many'; expected an integer"),
+        (10, "metric 'test_top1' is malformed"),
+    ):
+        assert sum(f"run {doc[n]} in" in x and want in x for x in notes) == 1, (want, notes)
+    assert sum(f"left out an artifact of run {doc[7]}" in x for x in notes) == 1, notes
+    assert len(notes) == 7, notes
+
+    report = run_study("report", "--mongo", url, "--out", "r.html", cwd=tmp_path)
+    assert "Traceback" not in report.stderr and "study report: 3 runs" in report.stdout
+    assert "artifact 'evaluation.npz' is unreadable (no chunk #0)" in report.stderr
+    assert base64.b64encode(data).decode() not in (tmp_path / "r.html").read_text()

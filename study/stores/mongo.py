@@ -399,10 +399,10 @@ def _record(doc: dict, metrics: dict, fs, target: Target, where: str) -> RunReco
     run_id = doc.get("_id")
     if isinstance(run_id, bool) or not isinstance(run_id, int | str) or len(str(run_id)) > 64:
         raise StoreError(f"_id is {str(run_id)[:40]!r}; expected a run number")
-    schema.check_tree(doc, "", extra_leaves=(datetime, ObjectId))
-    run = schema.parse(schema.RUN, {k: v for k, v in doc.items() if k != "artifacts"}, "")
-    config = schema.parse(schema.CONFIG, doc.get("config") or {}, "config")
-    info = dict(schema.parse(schema.INFO, doc.get("info") or {}, "info"))
+    leaves = (datetime, ObjectId)  # BSON's own values in a run document
+    run = schema.parse(schema.RUN, {k: v for k, v in doc.items() if k != "artifacts"}, "", leaves)
+    config = schema.parse(schema.CONFIG, doc.get("config") or {}, "", root="config")
+    info = dict(schema.parse(schema.INFO, doc.get("info") or {}, "", leaves, root="info"))
     refs = info.get("metrics")
     if isinstance(refs, list) and all(isinstance(r, dict) and "id" in r for r in refs):
         del info["metrics"]  # MongoObserver's references to the metrics collection
@@ -413,7 +413,7 @@ def _record(doc: dict, metrics: dict, fs, target: Target, where: str) -> RunReco
         artifacts.setdefault(a.get("name"), a["file_id"])
     series = {}
     for name, m in metrics.items():
-        schema.check_tree(m, f"metrics.{name}", extra_leaves=(datetime, ObjectId))
+        schema.check_tree(m, f"metrics.{name}", extra_leaves=leaves)
         series[name] = m
 
     def fetch(name: str) -> bytes:

@@ -36,6 +36,7 @@ class BadField(StoreError):
     """A field of a record that does not parse: `field` names it, the message says why."""
 
     def __init__(self, field: str, problem: str):
+        field = field if len(field) <= 100 else f"{field[:60]}...{field[-30:]}"
         self.field, self.problem = field, problem
         super().__init__(f"{field} {problem}")
 
@@ -270,7 +271,7 @@ NAME = text(200)
 
 RUN = fields(
     status=text(32),
-    experiment=fields(name=SHORT, base_dir=LONG, sources=list_of(list_of(LONG, 2))),
+    experiment=fields(name=SHORT, base_dir=LONG, sources=list_of(list_of(anything, 2))),
     command=SHORT,
     host=fields(
         hostname=SHORT,
@@ -343,12 +344,13 @@ INFO = fields(
 )  # fmt: skip
 
 
-def parse(spec, value, what: str):
-    """`value` (the whole of run.json, config.json, info.json or a document's part) typed by
-    `spec`; BadField names `what` (a file or a document) and the field."""
-    check_tree(value, "")
+def parse(spec, value, what: str, extra_leaves: tuple = (), root: str = ""):
+    """`value` (the whole of run.json, config.json, info.json, or the part `root` of a
+    MongoDB document) typed by `spec`; BadField names `what` (a file or a document, if not
+    said elsewhere) and the field."""
     try:
-        return spec(value, "")
+        check_tree(value, root, extra_leaves)
+        return spec(value, root)
     except BadField as exc:
         field = exc.field or "the record"
         raise BadField(f"{what}: {field}" if what else field, exc.problem) from None
