@@ -266,9 +266,9 @@ def run_experiment(
     from docopt import docopt
     from sacred.arg_parser import get_config_updates
 
-    from study import distributed, sacred_api
+    from study import distributed, identity, sacred_api
     from study.experiment import ex, preflight
-    from study.stores import DEFAULT_FILE_STORE, UID_KEY, check_run_id, choose_store
+    from study.stores import DEFAULT_FILE_STORE, PROCESS_KEY, UID_KEY, check_run_id, choose_store
 
     argv, file_store = take_option(argv, "-F", "--file_storage")
     argv, mongo_spec = take_option(argv, "-m", "--mongo_db")
@@ -324,6 +324,8 @@ def run_experiment(
         resume = updates.get("resume")
         uid = store.previous_uid(resume) if store is not None else None
         run.meta_info[UID_KEY] = uid or uuid.uuid4().hex
+        # Which process records it: a killed run is known dead at once (its resume claimed).
+        run.meta_info[PROCESS_KEY] = {"host": identity.this_host(), "pid": os.getpid()}
         run.meta_info.update(meta or {})
     if store is not None and not run.unobserved:
         run.observers.extend(store.observers_for_run(updates.get("resume")))

@@ -109,9 +109,10 @@ def alive(last_sign, host: str | None = None, pid: int | None = None) -> bool:
     return when is not None and (utcnow() - when).total_seconds() < STALE_S
 
 
-def run_alive(status: str, heartbeat, start_time) -> bool:
+def run_alive(status: str, heartbeat, start_time, host=None, pid=None) -> bool:
     """Whether a RUNNING (or QUEUED) run is still at work: its last heartbeat (before its
-    first one, its start) is recent."""
+    first one, its start) is recent, and when it says which process of this host records it
+    (`host`, `pid`: meta.process), that process exists."""
     return status in ("RUNNING", "QUEUED") and alive(
-        sign_of_life(heartbeat) or sign_of_life(start_time)
+        sign_of_life(heartbeat) or sign_of_life(start_time), host, pid
     )

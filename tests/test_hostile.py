@@ -411,3 +411,22 @@ def test_hostile_mongodb_documents_are_skipped_with_one_line_each(server, tmp_pa
     assert "Traceback" not in report.stderr and "study report: 3 runs" in report.stdout
     assert "artifact 'evaluation.npz' is unreadable (no chunk #0)" in report.stderr
     assert base64.b64encode(data).decode() not in (tmp_path / "r.html").read_text()
+
+
+def test_a_run_whose_process_is_gone_is_not_alive(tmp_path):
+    from test_stores import _dead_pid
+
+    from study.stores import read_file_run
+
+    store = tmp_path / "runs"
+    shutil.copytree(SAMPLE_RUNS / "1", store / "1")
+    now = identity.utcnow().isoformat()
+    for pid, alive in ((os.getpid(), True), (_dead_pid(), False)):
+        process = {"host": identity.this_host(), "pid": pid}
+        _edit(
+            store / "1" / "run.json",
+            lambda r, p=process: (
+                r.update(status="RUNNING", heartbeat=now) or r["meta"].update(process=p)
+            ),
+        )
+        assert read_file_run(store / "1").alive is alive  # killed: resumable at once

@@ -21,6 +21,7 @@ from study.stores.files import (
     read_file_store,
 )
 from study.stores.records import (
+    PROCESS_KEY,
     UID_KEY,
     RunBeingCreated,
     RunRecord,
@@ -32,6 +33,7 @@ from study.stores.records import (
 
 __all__ = [
     "DEFAULT_FILE_STORE",
+    "PROCESS_KEY",
     "UID_KEY",
     "FileRunStore",
     "FileStore",

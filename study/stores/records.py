@@ -18,6 +18,8 @@ from study.stores import schema
 
 # The key that names a run in every store it reaches: meta.study_uid.
 UID_KEY = "study_uid"
+# The process that records a run: meta.process = {host, pid} (a killed run is not alive).
+PROCESS_KEY = "process"
 
 _RUN_ID = re.compile(r"^[0-9]{1,18}$")
 
@@ -99,8 +101,13 @@ class RunRecord:
 
     @property
     def alive(self) -> bool:
-        """Whether a RUNNING run is still at work (identity.run_alive: a recent heartbeat)."""
-        return run_alive(self.status, self.heartbeat, self.start_time)
+        """Whether a RUNNING run is still at work (identity.run_alive: a recent heartbeat, and
+        its process, where the record names one of this host, exists)."""
+        process = self.meta.get(PROCESS_KEY)
+        process = process if isinstance(process, dict) else {}
+        return run_alive(
+            self.status, self.heartbeat, self.start_time, process.get("host"), process.get("pid")
+        )
 
     def has_checkpoint(self) -> bool:
         """Whether the run left a checkpoint to resume from (see `checkpoint_file`)."""

@@ -289,6 +289,7 @@ RUN = fields(
         comment=text(1000),
         study_uid=text(200),
         reproduces=fields(id=SHORT, store=LONG),
+        process=fields(host=SHORT, pid=integer(0, 1 << 31)),
     ),
     artifacts=list_of(anything, 100_000),  # names: checked one by one (left out, not fatal)
     resumed=list_of(time, 100_000),
