@@ -172,7 +172,7 @@ def number(lo: float = -math.inf, hi: float = math.inf, nan: bool = False):
             return f
         if not lo <= f <= hi:
             raise BadField(field, f"is {_show(v)}; expected a number in {lo:g}..{hi:g}")
-        return f
+        return v  # an integer stays one (a parameter count is shown as one)
 
     return parse
 
