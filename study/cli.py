@@ -191,9 +191,11 @@ def provenance_lines(record) -> list[str]:
     git = prov.get("git") or {}
     code = f"study {prov.get('study')}"
     if git:
-        code += f" at {git.get('commit', '')[:12]} ({git.get('branch')})"
+        code += f" at {(git.get('commit') or '')[:12]} ({git.get('branch')})"
         code += (
-            f", uncommitted changes {git.get('diff_sha256', '')[:12]}" if git.get("dirty") else ""
+            f", uncommitted changes {(git.get('diff_sha256') or '')[:12]}"
+            if git.get("dirty")
+            else ""
         )
     lines.append(f"code: {code}")
     plugins = ", ".join(f"{p} {v}" for p, v in (prov.get("plugins") or {}).items())

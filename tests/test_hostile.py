@@ -430,3 +430,33 @@ def test_a_run_whose_process_is_gone_is_not_alive(tmp_path):
             ),
         )
         assert read_file_run(store / "1").alive is alive  # killed: resumable at once
+
+
+@needs_server
+def test_a_server_lost_during_sync_is_one_line(tmp_path):
+    from mongo_server import MongoServer
+
+    srv = MongoServer(tmp_path / "mongo" / "data").start()
+    try:
+        runs = tmp_path / "runs"
+        shutil.copytree(SAMPLE_RUNS, runs)
+        (runs / "1" / "big.bin").write_bytes(os.urandom(96 << 20))  # uploads for a while
+        _edit(runs / "1" / "run.json", lambda r: r["artifacts"].append("big.bin"))
+        env = {**os.environ, "STUDY_MONGO_TIMEOUT": "2"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "study", "sync", "--runs", str(runs), "--mongo",
+             f"{srv.url}:lost"],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        with srv.client() as client:
+            while client["lost"].fs.chunks.count_documents({}) < 4:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+                time.sleep(0.05)
+        srv.kill()  # mid-upload
+        out, err = proc.communicate(timeout=120)
+    finally:
+        srv.stop()
+    assert proc.returncode == 1, err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("study: error: MongoDB failed: "), err[-2000:]
