@@ -84,6 +84,9 @@ def read_json(path: Path) -> dict:
 
 
 def _object(path: Path) -> dict:
+    path = Path(path)
+    if path.is_symlink() and inside(path.parent, path.name) is None:  # a name is not a path
+        raise StoreError(f"{path}: a link leading outside the run's folder; not read")
     value = read_json(path)
     if not isinstance(value, dict):
         raise StoreError(f"{path}: holds a JSON {type(value).__name__}; expected an object")
@@ -199,13 +202,13 @@ def read_run_files(folder: Path, run: dict | None = None) -> dict:
     def optional(name, default):
         return _object(folder / name) if (folder / name).exists() else default
 
-    cout = folder / "cout.txt"
+    cout = inside(folder, "cout.txt")  # None: a link leading out of the folder, not read
     return {
         "run": run if run is not None else read_run_json(folder),
         "config": _object(folder / "config.json"),
         "info": optional("info.json", {}),
         "metrics": optional("metrics.json", {}),
-        "captured_out": cout.read_text(errors="replace") if cout.exists() else "",
+        "captured_out": cout.read_text(errors="replace") if cout and cout.is_file() else "",
         "artifacts": record.artifacts,
         "notes": record.notes,
     }

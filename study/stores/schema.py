@@ -36,7 +36,6 @@ class BadField(StoreError):
     """A field of a record that does not parse: `field` names it, the message says why."""
 
     def __init__(self, field: str, problem: str):
-        field = field if len(field) <= 100 else f"{field[:60]}...{field[-30:]}"
         self.field, self.problem = field, problem
         super().__init__(f"{field} {problem}")
 
@@ -108,6 +107,7 @@ def check_tree(value, field: str, extra_leaves: tuple = ()) -> None:
     while stack:
         v, where, depth = stack.pop()
         if depth > MAX_DEPTH:
+            where = where if len(where) <= 80 else f"{where[:60]}...{where[-10:]}"
             raise BadField(where or "the record", f"nests over {MAX_DEPTH} deep")
         if v is None or isinstance(v, bool | float):
             continue
