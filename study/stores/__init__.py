@@ -6,10 +6,14 @@
 - `files`: the file store (Sacred's FileStorageObserver, atomic and resumable) and its reader.
 - `mongo`: MongoDB (target, credentials masked, fast connect, observer, reader).
 - `shadow`: the file copy of every MongoDB run, from which `study sync` completes it.
-- `records`: `RunRecord`, the only view of a run outside this package.
+- `records`: `RunRecord`, the only view of a run outside this package; the one check of the
+  names a record gives (artifacts, gallery images) and of its checkpoint.
+- `schema`: the typed, bounded reading of every record (file, archive, MongoDB document):
+  nothing a store holds reaches a RunRecord without passing it.
 
 choice imports files, mongo and shadow; shadow imports files and mongo; files and mongo import
-records; records imports none of them: no import cycle (tests/test_stores.py checks).
+records and schema; records imports schema; schema imports none of them: no import cycle
+(tests/test_stores.py checks).
 """
 
 from study.stores.choice import FileRunStore, MongoRunStore, Store, choose_store
