@@ -31,6 +31,7 @@ def check_output_path(out: Path) -> None:
 
 def render_html(context: dict) -> str:
     import jinja2
+    import markupsafe
 
     templates = resources.files("study.templates")
 
@@ -47,7 +48,10 @@ def render_html(context: dict) -> str:
     env.filters["num"] = fmt_num
     env.filters["count"] = count_text
     env.filters["nb"] = no_break
-    return env.get_template("report.html.j2").render(css=load("report.css"), **context)
+    # The stylesheet is ours, not run-derived: autoescaping would turn its quotes into &#34;
+    # and the browser and WeasyPrint would drop every rule with a quoted value.
+    css = markupsafe.Markup(load("report.css"))
+    return env.get_template("report.html.j2").render(css=css, **context)
 
 
 def render_pdf(html: str) -> bytes:
