@@ -324,9 +324,15 @@ def test_a_rebuild_draws_only_what_changed(built, tmp_path):
     assert 1 <= len(new) == len(changed) <= 4  # drawn: exactly the figures that changed
 
 
-def test_the_default_cache_is_next_to_the_report(built):
-    figures = list((built["out"] / ".figures").glob("*.*"))
-    assert len(figures) == 6
+def test_the_figure_cache_follows_study_cache_dir(built, tmp_path, monkeypatch):
+    records = [r for r in built["records"] if r.dataset == "tiny_imagenet"]
+    monkeypatch.setenv("STUDY_CACHE_DIR", str(tmp_path / "caches"))
+    build_report(records, tmp_path / "a" / "r.html", "html")
+    cached = {p.name for p in (tmp_path / "caches" / "figures").iterdir()}
+    assert cached and not (tmp_path / "a" / ".figures").exists()
+    monkeypatch.delenv("STUDY_CACHE_DIR")  # no place for caches named: beside the report
+    build_report(records, tmp_path / "b" / "r.html", "html")
+    assert {p.name for p in (tmp_path / "b" / ".figures").iterdir()} == cached
 
 
 def test_records_read_back_match(store, built):

@@ -12,9 +12,9 @@ an appendix with every run's provenance.
 Every number comes from the runs; several runs in one model x data set cell are aggregated
 (mean, sample std, n) and said to be. Runs of one model trained differently (another protocol,
 learning rate, budget...) are separate cells, named by what differs (`ResNet-18 (fast)`).
-Figures are drawn by matplotlib as SVG and cached by content hash (`<out dir>/.figures/
-<hash>.svg`), so a rebuild draws only what changed. The output is written atomically: a failed
-build leaves an earlier report untouched.
+Figures are drawn by matplotlib as SVG and cached by content hash (`$STUDY_CACHE_DIR/figures/
+<hash>.svg` where that is set, else `<out dir>/.figures/`), so a rebuild draws only what
+changed. The output is written atomically: a failed build leaves an earlier report untouched.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -151,6 +152,14 @@ def fewer_collections():
         gc.unfreeze()
 
 
+def figure_cache_dir(out: Path) -> Path:
+    """Where the figures are cached: with the data set caches where $STUDY_CACHE_DIR names a
+    place for caches (a read-only checkout, CI), else beside the report."""
+    if os.environ.get("STUDY_CACHE_DIR"):
+        return Path(os.environ["STUDY_CACHE_DIR"]).expanduser() / "figures"
+    return out.parent / ".figures"
+
+
 def build_report(
     records: list[RunRecord],
     out: str | Path,
@@ -169,7 +178,7 @@ def build_report(
         raise StudyError("no runs to report on; record some with `study run`")
     out = Path(out)
     check_output_path(out)
-    figures = FigureCache(Path(cache_dir) if cache_dir else out.parent / ".figures")
+    figures = FigureCache(Path(cache_dir) if cache_dir else figure_cache_dir(out))
     with fewer_collections():
         context = report_context(records, figures, title=title, today=today)
         context["skipped"] = list(skipped)  # named in the appendix: a reader sees what is missing
