@@ -1,8 +1,9 @@
 """`study report`: a paper-style PDF (or one self-contained HTML page) built from stored runs.
 
 Runs are read through `study.stores` only (RunRecords). One module per concern: runs (which
-runs), model (cells, arms, flags), tables, prose, figures, content (the template's context) and
-render (Jinja2, WeasyPrint); this module holds the command line and build_report.
+runs), model (cells, arms, flags), tables, prose, figures, content (the template's context),
+links (contents and cross-references) and render (Jinja2, WeasyPrint); this module holds the
+command line and build_report.
 
 The report follows the seed study's order: abstract, method, data sets, Table 1 (with the
 seed's published values beside ours), per-data-set results (bar chart, training curves,
