@@ -10,13 +10,11 @@ import re
 
 # Text between tags is what gets linked; <title>, <style> and <script> are never text.
 PARTS = re.compile(r"(<(title|style|script)\b.*?</\2>|<[^>]+>)", re.S)
-ID = re.compile(r'\bid="([^"]+)"')
-# A numbered heading with its id, or with the id of the <section> it opens.
-HEADING = re.compile(
-    r'(?:<section\b[^>]*\bid="(?P<section>[^"]+)"[^>]*>\s*)?'
-    r'<h(?P<level>[23])(?:\s+id="(?P<own>[^"]+)")?[^>]*>(?P<text>.*?)</h(?P=level)>',
-    re.S,
-)
+ID = re.compile(r' id="([^"]+)"')
+# A numbered heading with its own id, or the id of the <section> it opens (SECTION_OPENED, in
+# the text just before it). Literal starts: the page is 1.4 MB of mostly figures' data URIs.
+HEADING = re.compile(r'<h([23])(?: id="([^"]+)")?[^>]*>(.*?)</h\1>', re.S)
+SECTION_OPENED = re.compile(r'<section [^>]*\bid="([^"]+)"[^>]*>\s*$')
 NUMBERED = re.compile(r"(\d+(?:\.\d+)*)\.?\s|(Appendix [A-Z])\b")
 NUMBER = r"\d+(?:\.\d+)*"
 # "Table 4", "Tables 12–20", "Sections 3.1–3.3", "runs 1, 2", "Appendix A".
@@ -37,11 +35,13 @@ def with_links(html: str) -> str:
     sections: dict[str, str] = {}  # "3.1" or "Appendix A" -> id
     contents: list[tuple[int, str, str]] = []  # (level, id, text)
     for m in HEADING.finditer(html):
-        target = m["own"] or m["section"]
-        text = re.sub(r"<[^>]+>", "", m["text"]).strip()
+        level, target, text = int(m[1]), m[2], re.sub(r"<[^>]+>", "", m[3]).strip()
+        if not target:
+            opened = SECTION_OPENED.search(html, max(0, m.start() - 200), m.start())
+            target = opened and opened[1]
         if not target:
             continue
-        contents.append((int(m["level"]), target, text))
+        contents.append((level, target, text))
         numbered = NUMBERED.match(text)
         if numbered:
             sections[numbered[1] or numbered[2]] = target
