@@ -232,3 +232,22 @@ def test_no_request_leaves_the_page(browser, built):
         == "Network.requestWillBeSent"
     ]
     assert urls and all(u.startswith(("file://", "data:")) for u in urls), urls
+
+
+def test_config_strings_break_between_settings_in_the_pdf(built):
+    """Each run's config is one line of `key=value` settings; the PDF breaks it between
+    settings, never inside one ("optimize r=adam" was break-all), except after a path's "/"."""
+    import html as markup
+
+    from pypdf import PdfReader
+
+    configs = re.findall(r'<code class="mono">(.*?)</code>', built["html"].read_text(), re.S)
+    text = [markup.unescape(re.sub(r"<[^>]+>", "", c)) for c in configs]
+    settings = {s for c in text for s in c.split(" ") if not set("/-") & set(s)}
+    assert len(configs) == len(IDS) and len(settings) > 20
+    lines = {
+        line.strip() for page in PdfReader(built["pdf"]).pages
+        for line in page.extract_text().splitlines()
+    }  # fmt: skip
+    split = [s for s in settings if not any(s in line for line in lines)]
+    assert split == []
