@@ -3,8 +3,10 @@
 For each model, protocol, batch size and compile setting, in one process, this measures
   (a) study: the setup `study run` builds (`study.experiment.build_setup`: the uint8 split on
       the device, batches index-sliced and resized / normalised / augmented there, bf16
-      autocast, channels_last and fused optimizers on CUDA, cuDNN autotuning, torch.compile
-      when asked), stepped by `study.engine.train_step`, the function `study run` trains with;
+      autocast on CUDA (--amp auto, the default, as timm's step; `paper` itself trains in
+      fp32: --amp protocol), channels_last and fused optimizers on CUDA, cuDNN autotuning,
+      torch.compile when asked), stepped by `study.engine.train_step`, the function
+      `study run` trains with;
   (b) the seed's pipeline on the same model and images: torchvision per-image transforms
       (PIL resize, ToTensor, Normalize) in a DataLoader with worker processes, NCHW, the
       default optimizer, once in fp32 (the seed) and once under bf16 autocast, so the table
@@ -314,6 +316,8 @@ def benchmark(args, model_name: str, protocol: str, batch: int, compiled: bool) 
         updates["compile_mode"] = args.compile_mode
     if args.image_size:
         updates["image_size"] = args.image_size
+    if args.amp != "protocol":  # paper trains in fp32 (the seed's); bf16 compares with timm's
+        updates["amp"] = {"auto": "auto", "bf16": True, "fp32": False}[args.amp]
     config = config_for(model_name, args.dataset, protocol, **updates)
     n = batch * max(args.steps + 2, 4)
     data = subset(load_data(args, n), n)
@@ -412,6 +416,13 @@ def main() -> None:
     parser.add_argument("--batch-size", default=None,
                         help="comma separated; default: the protocol's")  # fmt: skip
     parser.add_argument("--compile", default="off", help="off, on, or both: off,on")
+    parser.add_argument(
+        "--amp",
+        choices=("auto", "bf16", "fp32", "protocol"),
+        default="auto",
+        help="study's step in bf16 autocast on CUDA and fp32 on the CPU (auto, as timm's step "
+        "on CUDA), bf16, fp32, or as the protocol says (paper: fp32)",
+    )
     parser.add_argument("--compile-mode", default="default")
     parser.add_argument("--baseline", default="fp32,bf16",
                         help="seed-style pipelines to run: fp32, bf16, both, or none")  # fmt: skip

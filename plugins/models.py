@@ -134,23 +134,48 @@ def _fit_head(parent, attr: str, options: ModelOptions) -> None:
         setattr(parent, attr, nn.Sequential(old, nn.Linear(old.out_features, options.num_classes)))
 
 
-def _small_image_stem(name: str, model) -> None:
-    """The `fast` protocol's variant for small images (28-64 px): the ImageNet stem's early
-    downsampling removed, as CIFAR-style networks do, so a 32 px image is not reduced to 1 px
-    before the network has seen it. Its first layers are freshly initialised."""
+def _small_image_stem(name: str, model, image_size: int) -> None:
+    """The `fast` protocol's variant for small images: the ImageNet stem's early 2x
+    downsamplings removed for images up to 32 px (as CIFAR-style networks do, so a 32 px image
+    is not reduced to 1 px before the network has seen it), and one kept per doubling above
+    that (study.protocols.stem_downsamplings), so that a 64 px image costs no more than the
+    model at its paper size. Its first layers are freshly initialised."""
     from torch import nn
 
+    from study.protocols import stem_downsamplings
+
     if name.startswith("resnet"):
-        model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        model.maxpool = nn.Identity()
+        # Two downsamplings: conv1's stride and the max-pool; 3x3 stride-1 conv1 in any case.
+        kept = stem_downsamplings(image_size, 2)
+        stride = 2 if kept > 1 else 1
+        model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=stride, padding=1, bias=False)
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+        if kept == 0:
+            model.maxpool = nn.Identity()
     elif name.startswith("vgg16"):
-        # 32 px leaves 1x1 after the five poolings: pool it, and size the first layer to it.
+        # The five poolings leave 1x1 at 32 px: pool whatever is left, and size the first
+        # layer to it.
         model.avgpool = nn.AdaptiveAvgPool2d(1)
         model.classifier[0] = nn.Linear(512, model.classifier[0].out_features)
+        # torchvision's initialisation (fan-out convolutions, a 0.01 standard deviation in the
+        # classifier) shrinks a 32 px input's signal about 300-fold by the logits: plain VGG-16
+        # then sits at chance (loss ln C) for hundreds of steps. He et al.'s fan-in
+        # initialisation keeps the signal's scale through every layer.
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                last = module is model.classifier[-1]
+                nn.init.kaiming_normal_(
+                    module.weight, mode="fan_in", nonlinearity="linear" if last else "relu"
+                )
+                nn.init.zeros_(module.bias)
     elif name == "inception_v3":
-        model.Conv2d_1a_3x3.conv.stride = (1, 1)
-        model.maxpool1 = nn.Identity()
-        model.maxpool2 = nn.Identity()
+        # Three downsamplings: Conv2d_1a's stride and the two max-pools.
+        kept = stem_downsamplings(image_size, 3)
+        model.Conv2d_1a_3x3.conv.stride = (2, 2) if kept > 2 else (1, 1)
+        if kept < 1:
+            model.maxpool1 = nn.Identity()
+        if kept < 2:
+            model.maxpool2 = nn.Identity()
 
 
 # --- one factory per architecture -------------------------------------------------------------
@@ -170,7 +195,7 @@ def _vgg(name: str):
         if _wants_weights(options.pretrained):
             _load_weights(name, model, options.pretrained)
         if options.protocol == "fast":
-            _small_image_stem(name, model)
+            _small_image_stem(name, model, options.image_size)
         _fit_head(model.classifier, "6", options)
         return model
 
@@ -185,11 +210,15 @@ def _resnet(name: str):
         _check_options(name, options)
         _check_rgb(name, options)
         builder = getattr(torchvision.models, name)
-        model = builder(weights=None, num_classes=IMAGENET_CLASSES)
+        model = builder(
+            weights=None,
+            num_classes=IMAGENET_CLASSES,
+            zero_init_residual=options.zero_init_residual,
+        )
         if _wants_weights(options.pretrained):
             _load_weights(name, model, options.pretrained)
         if options.protocol == "fast":
-            _small_image_stem(name, model)
+            _small_image_stem(name, model, options.image_size)
         _fit_head(model, "fc", options)
         return model
 
@@ -215,7 +244,7 @@ def _inception_v3(options: ModelOptions):
         drop = None if options.aux_logits else "AuxLogits."
         _load_weights("inception_v3", model, options.pretrained, drop_prefix=drop)
     if options.protocol == "fast":
-        _small_image_stem("inception_v3", model)
+        _small_image_stem("inception_v3", model, options.image_size)
     _fit_head(model, "fc", options)
     if options.aux_logits:
         _fit_head(model.AuxLogits, "fc", options)
@@ -258,8 +287,6 @@ def _small_cnn(options: ModelOptions):
 
 # --- the plugin hook --------------------------------------------------------------------------
 
-# "fast" runs at the data's native size for every model; the small-image stem that makes the
-# ImageNet models sensible at 28-32 px comes with the speed issue.
 # The fast protocol trains at the data set's native size with a small-image stem
 # (_small_image_stem), so the ImageNet networks take 28-64 px images.
 FAST = {"fast": None}
@@ -281,6 +308,7 @@ def study_models() -> list[ModelSpec]:
         ),
         ModelSpec(
             name="vgg16_bn",
+            normalises_activations=True,
             display_name="VGG-16-BN",
             pretrained_weights=True,
             imagenet_head=True,
@@ -293,6 +321,7 @@ def study_models() -> list[ModelSpec]:
         ),
         ModelSpec(
             name="resnet50",
+            normalises_activations=True,
             display_name="ResNet-50",
             pretrained_weights=True,
             imagenet_head=True,
@@ -304,6 +333,7 @@ def study_models() -> list[ModelSpec]:
         ),
         ModelSpec(
             name="inception_v3",
+            normalises_activations=True,
             display_name="Inception-V3",
             pretrained_weights=True,
             imagenet_head=True,
@@ -317,6 +347,7 @@ def study_models() -> list[ModelSpec]:
         ),
         ModelSpec(
             name="resnet18",
+            normalises_activations=True,
             display_name="ResNet-18",
             pretrained_weights=True,
             imagenet_head=True,
@@ -328,6 +359,7 @@ def study_models() -> list[ModelSpec]:
         ),
         ModelSpec(
             name="small_cnn",
+            normalises_activations=True,
             display_name="Small CNN",
             factory=_small_cnn,
             description="Small 5-conv CNN with BN and global average pooling, for quick CPU runs",

@@ -165,15 +165,32 @@ def print_runs(folder: str | None, mongo_url: str | None, db: str | None, long=F
     store = choose_store(folder, mongo_url, db)
     records = store.read_runs()
     print(f"{len(records)} run(s) in {store.describe()}")
-    print(f"{'id':>5}  {'model':<16} {'dataset':<14} {'status':<12} {'top-1':>7}  start")
+    print(
+        f"{'id':>5}  {'model':<16} {'dataset':<14} {'status':<12} {'top-1':>7}  "
+        f"{'start':<19}  health"
+    )
     for r in records:
         top1 = f"{100 * r.top1:6.2f}%" if r.top1 is not None else f"{'-':>7}"
         start = (r.start_time or "-").replace("T", " ")[:19]
         name = f"{r.model or '-':<16} {r.dataset or '-':<14}"
-        print(f"{r.id:>5}  {name} {r.status:<12} {top1}  {start}")
+        print(f"{r.id:>5}  {name} {r.status:<12} {top1}  {start:<19}  {health_word(r)}")
         if long:
             for line in provenance_lines(r):
                 print(f"{'':>7}{line}")
+
+
+def health_word(record) -> str:
+    """The health rule's flags as the run recorded them (study.health): `ok`, `STUCK`,
+    `COLLAPSED`, `STOPPED (...)`; `-` for a run recorded before the rule, or still running."""
+    verdict = record.info.get("health")
+    if not isinstance(verdict, dict):
+        return "-"
+    flags = verdict.get("flags")
+    if flags is None:  # running: the last epoch's verdict so far
+        epochs = verdict.get("epochs") or [{}]
+        flags = epochs[-1].get("flags", [])
+    word = ", ".join(str(f).upper() for f in flags) if flags else "ok"
+    return word + (" (stopped by health_stop)" if verdict.get("stopped") else "")
 
 
 def provenance_lines(record) -> list[str]:

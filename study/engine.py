@@ -23,7 +23,7 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 from tqdm import tqdm
 
-from study import distributed
+from study import distributed, health
 from study.atomic import TEMP_SUFFIX, temp_prefix, write_atomic
 from study.errors import StudyError, TrainingFailed
 from study.loader import BatchTransform, Split, batch_slices
@@ -71,6 +71,8 @@ class TrainState:
     stopped_by_budget: bool = False  # training ended because the time budget was spent
     compile_seconds: float = 0.0  # torch.compile's warm-up, outside train_seconds
     config: dict = field(default_factory=dict)  # what was trained; a resume must match it
+    # Why training ended before its schedule did, by the health rule (health_stop), or None.
+    stopped_by_health: str | None = None
 
 
 @dataclass
@@ -99,6 +101,11 @@ class TrainingSetup:
     checkpoint: Path | None = None
     progress: bool = True
     compiled: str | None = None  # the torch.compile mode the model was compiled with
+    grad_clip: float = 0.0  # the gradients' global norm is clipped to this; 0: never
+    drop_last: bool = False  # the epoch's last, smaller training batch is dropped
+    warmup_steps: int = 0  # the schedule's warm-up: the health rule judges the loss after it
+    aux_logits: bool = False  # the model trains an auxiliary head (its loss adds aux_weight x)
+    health_stop: bool = False  # training ends at the first evaluation the health rule flags
 
     @property
     def device(self) -> torch.device:
@@ -132,11 +139,18 @@ def train_step(setup: TrainingSetup, inputs: torch.Tensor, labels: torch.Tensor)
             loss = loss + setup.aux_weight * criterion(aux, labels)
     setup.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if setup.grad_clip > 0:  # on the device: no host read of the norm
+        torch.nn.utils.clip_grad_norm_(setup.model.parameters(), setup.grad_clip, foreach=True)
     setup.optimizer.step()
     if setup.scheduler is not None:  # per-step schedules (one-cycle, cosine)
         setup.scheduler.step()
     return loss, logits
 
+
+# A process's first steps choose cuDNN's kernels and load them: the epoch's images/s leaves
+# them out (one device read after them, in the first epoch a process trains), and
+# `startup_seconds` records their time apart.
+UNTIMED_STEPS = 5
 
 # Under torchrun, the ranks agree on a time budget every this many steps (one all-reduce and a
 # read of its result: a sync); a single process reads its own clock every step, which costs none.
@@ -149,6 +163,7 @@ def train_one_epoch(
     *,
     progress: str | None = None,
     time_limit: float | None = None,
+    untimed_steps: int = 0,
 ) -> dict:
     """One pass over the training split (or less: with `time_limit`, it stops after the first
     step that ends that many seconds after the epoch began, checked every step in one process
@@ -163,8 +178,15 @@ def train_one_epoch(
     nonfinite = torch.zeros((), device=device)
     first_nonfinite = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
-    batches = data.batches(setup.batch_size, setup.train_transform, train=True, generator=generator)
-    total = data.num_batches(setup.batch_size, train=True)
+    batches = data.batches(
+        setup.batch_size,
+        setup.train_transform,
+        train=True,
+        generator=generator,
+        drop_last=setup.drop_last,
+    )
+    total = data.num_batches(setup.batch_size, train=True, drop_last=setup.drop_last)
+    timed_from, timed_seen = None, 0
     check_every = BUDGET_CHECK_EVERY if distributed.active() else 1
     stopped_early = False
     start = time.perf_counter()
@@ -178,6 +200,10 @@ def train_one_epoch(
         first_nonfinite = torch.where(bad & (nonfinite == 0), step, first_nonfinite)
         nonfinite += bad
         seen += len(labels)
+        if step == untimed_steps and step < total:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            timed_from, timed_seen = time.perf_counter(), seen
         if (
             time_limit is not None
             and step < total
@@ -201,12 +227,19 @@ def train_one_epoch(
             "(constant images give a zero standard deviation)"
         )
     # Rank 0's time on every rank: a time budget then ends training at the same epoch on all.
-    seconds = distributed.broadcast(time.perf_counter() - start)
+    end = time.perf_counter()
+    seconds = distributed.broadcast(end - start)
+    rate = seen_total / seconds
+    startup = 0.0
+    if timed_from is not None:  # the steps after the first untimed_steps (this rank's share)
+        startup = timed_from - start
+        rate = (seen - timed_seen) * (seen_total / seen) / max(end - timed_from, 1e-9)
     return {
         "train_loss": loss_total / seen_total,
         "train_top1": correct_total / seen_total,
         "train_seconds": seconds,
-        "images_per_s": seen_total / seconds,
+        "images_per_s": distributed.broadcast(rate),
+        "startup_seconds": distributed.broadcast(startup),
         "train_images": int(seen_total),
         "stopped_early": stopped_early,
     }
@@ -337,7 +370,8 @@ def warm_up_compiled(setup: TrainingSetup) -> float:
         setup.batch_size, setup.train_transform, train=True, generator=generator
     )
     inputs, labels = next(iter(batch))
-    sizes = {b - a for a, b in batch_slices(len(setup.train), setup.batch_size, train=True)}
+    slices = batch_slices(len(setup.train), setup.batch_size, train=True, drop_last=setup.drop_last)
+    sizes = {b - a for a, b in slices}
     repeats = 3 if setup.compiled == "reduce-overhead" else 1
     setup.model.train()
     criterion = setup.train_criterion or setup.criterion
@@ -391,7 +425,13 @@ def fit(
     last = epochs if setup.stop_after is None else min(epochs, setup.stop_after)
     if setup.compiled and state.epoch < last and not state.stopped_by_budget:
         state.compile_seconds += warm_up_compiled(setup)
+    first = True  # the first epoch this process trains: its first steps are untimed
+    steps_per_epoch = setup.train.num_batches(
+        setup.batch_size, train=True, drop_last=setup.drop_last
+    )
     for epoch in range(state.epoch + 1, last + 1):
+        if state.stopped_by_health:
+            break
         if budget is not None and state.train_seconds >= budget:
             state.stopped_by_budget = True
             break
@@ -402,7 +442,9 @@ def fit(
                 epoch_generator(setup.seed, epoch, setup.device),
                 progress=f"epoch {epoch}/{epochs}" if setup.progress else None,
                 time_limit=None if budget is None else budget - state.train_seconds,
+                untimed_steps=UNTIMED_STEPS if first else 0,
             )
+            first = False
         except TrainingFailed as exc:
             raise TrainingFailed(f"epoch {epoch}: {exc}") from None
         # The learning rate in force when the epoch ended (a float: reading it never syncs).
@@ -426,6 +468,17 @@ def fit(
             test_top5=evaluation.top5,
             epoch_seconds=time.perf_counter() - tick,
         )
+        verdict = health.of_confusion(
+            evaluation.confusion,
+            train_loss=metrics["train_loss"],
+            past_warmup=epoch * steps_per_epoch >= setup.warmup_steps,
+            aux_weight=setup.aux_weight if setup.aux_logits else 0.0,
+            values=[metrics["train_loss"], evaluation.loss, evaluation.top1, evaluation.top5],
+        )
+        metrics["health"] = verdict.as_record()
+        past_warmup = epoch * steps_per_epoch > setup.warmup_steps
+        if not verdict.ok and setup.health_stop and past_warmup and epoch < last:
+            state.stopped_by_health = f"epoch {epoch}: {verdict.line()}"
         state.epoch = epoch
         state.history.append({"epoch": epoch, **metrics})
         state.train_seconds += metrics["train_seconds"]
@@ -438,6 +491,10 @@ def fit(
                 + (" (time budget spent)" if metrics["stopped_early"] else ""),
                 flush=True,
             )
+            if not verdict.ok:
+                print(f"warning: epoch {epoch}: {verdict.line()}", flush=True)
+            if state.stopped_by_health:
+                print(f"health_stop: training ends after epoch {epoch}", flush=True)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
         # Every rank's random states, so each continues its own stream on resume.
@@ -505,6 +562,7 @@ def save_checkpoint(
         "train_seconds": state.train_seconds,
         "compile_seconds": state.compile_seconds,
         "stopped_by_budget": state.stopped_by_budget,
+        "stopped_by_health": state.stopped_by_health,
         "config": state.config,
         "rng": rng if rng is not None else [_rng_states(device)],
     }
@@ -600,4 +658,5 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler=None) -> 
         compile_seconds=payload.get("compile_seconds", 0.0),
         stopped_by_budget=payload.get("stopped_by_budget", False),
         config=dict(payload["config"]),
+        stopped_by_health=payload.get("stopped_by_health"),
     )

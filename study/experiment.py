@@ -18,7 +18,7 @@ from sacred.host_info import host_info_gatherer
 from sacred.utils import apply_backspaces_and_linefeeds
 
 import study
-from study import sacred_api
+from study import protocols, sacred_api
 from study.errors import ConfigError
 from study.identity import PLACE_KEYS
 from study.specs import PROTOCOLS, ModelOptions
@@ -29,16 +29,21 @@ HEADS = ("replace", "append")
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 GRAD_COMPRESSION = ("none", "bf16")
-FAST_PRECISE_BN = 2000  # images
-MAX_SEED = 2**32 - 1
-# A one-cycle schedule shorter than this many steps gets a warning before the run.
-MIN_ONECYCLE_STEPS = 100  # what NumPy's and torch's seeding accept
+BOOLEAN_KEYS = (
+    "compile",
+    "sync_bn",
+    "download",
+    "zero_init_residual",
+    "decay_norm_bias",
+    "drop_last",
+    "health_stop",
+)
+MAX_SEED = 2**32 - 1  # what NumPy's and torch's seeding accept
+# A decaying schedule shorter than this many steps gets a warning before the run.
+MIN_SCHEDULE_STEPS = 100
 # Rank r of a torchrun run seeds its global generator (dropout) with seed + r * this, so ranks
 # draw different masks and rank 0 draws what a single process draws.
 RANK_SEED_STRIDE = 1_000_003
-
-# Epochs of the fast protocol where `epochs` is not given (paper: the data set's own).
-DEFAULT_EPOCHS = 10
 
 # Keys a resumed run may change: how long it trains, and where it runs (identity.PLACE_KEYS).
 RESUMABLE_KEYS = ("epochs", "time_budget", "stop_after", *PLACE_KEYS)
@@ -81,29 +86,37 @@ ex.captured_out_filter = apply_backspaces_and_linefeeds
 
 @ex.config
 def config():
+    # A null is resolved by the protocol (study.protocols) for this model and data set.
     model = None  # a registered model name (`study list`)
     dataset = None  # a registered data set name (`study list`)
     data_root = default_data_root()  # where data sets live, as torchvision lays them out
     download = True  # fetch missing data set files from their official location
-    protocol = "paper"  # which input size column of the model to use: paper or fast
-    epochs = None  # None: the protocol's epochs for the data set (paper: 6 / 25 / 30)
+    protocol = "paper"  # the recipe that fills every null below: paper (the seed's) or fast
+    epochs = None  # null: the protocol's (paper: the data set's 6 / 25 / 30; fast: 10)
     time_budget = None  # seconds of training steps; training ends after the first step past it
     stop_after = None  # train only the first N epochs of the `epochs` schedule (a prefix)
-    batch_size = 100
-    lr = 0.0002
-    optimizer = "adam"  # adam or sgd
-    momentum = 0.9  # sgd only
-    weight_decay = 0.0
+    batch_size = None  # paper: 100; fast: 128
+    lr = None  # peak learning rate; paper: 0.0002; fast: base x batch_size / 256
+    optimizer = None  # adam or sgd (Nesterov); paper: adam; fast: sgd
+    momentum = None  # sgd only
+    weight_decay = None
+    decay_norm_bias = None  # weight decay on normalisation and bias parameters too
     seed = 0
-    image_size = None  # None: the model's default input size for the protocol
+    image_size = None  # null: the model's input size for the protocol
     pretrained = False  # True: torchvision's ImageNet weights; or a path to a weights file
-    head = None  # replace the last layer, or append a Linear to it; None: the protocol's
-    aux_logits = None  # None: train the auxiliary classifier where the model has one
-    augment = None  # none, flip, crop, crop-flip; None: the protocol's (fast: crop, and flip)
-    precise_bn = None  # training images that re-estimate BatchNorm statistics; None: protocol's
-    schedule = "constant"  # learning rate: constant, onecycle (peak lr) or cosine, per step
-    label_smoothing = 0.0
-    amp = "auto"  # bf16 autocast: auto (on CUDA), true or false
+    head = None  # replace the last layer, or append a Linear to it; null: the protocol's
+    aux_logits = None  # null: the auxiliary classifier under paper where the model has one
+    augment = None  # none, flip, crop, crop-flip; null: the protocol's (fast: crop, and flip)
+    precise_bn = None  # training images that re-estimate BatchNorm statistics
+    schedule = None  # learning rate per step: constant, onecycle (warm-up, cosine) or cosine
+    warmup = None  # linear warm-up over this share of the schedule's steps...
+    warmup_min_steps = None  # ...and at least this many steps (at most half of them)
+    grad_clip = None  # clip the gradients' global norm to this; 0: never
+    zero_init_residual = None  # residual blocks start as identities (their last BN's scale 0)
+    drop_last = None  # drop each epoch's last, smaller training batch (one batch shape)
+    label_smoothing = None
+    amp = None  # bf16 autocast: auto (on CUDA), true or false; paper: false (the seed's fp32)
+    health_stop = False  # end the run (COMPLETED) at the first evaluation the health rule flags
     compile = False  # torch.compile the model
     compile_mode = "default"  # torch.compile's mode: default, reduce-overhead, max-autotune...
     data_on_device = "auto"  # hold the data on the device: auto (if it fits), true, false
@@ -118,40 +131,20 @@ def config():
     resume = None  # a run id to continue from its last checkpoint
 
 
-# Named configs set concrete values only: a value they set overrides what the config hook
-# resolves, so keys left null for the hook (epochs, image_size, augment) stay unset here.
+# The named configs only name the protocol: study.protocols holds what each one sets, and the
+# config hook fills every key a run leaves null from it.
 
 
 @ex.named_config
 def paper():
-    # The seed study's protocol, which a run with no named config follows too: Adam, lr 0.0002,
-    # batch 100, no augmentation, 224 px (299 for Inception-V3), 6 / 25 / 30 epochs, the
-    # ImageNet head kept plus one extra layer (head and precise_bn are resolved per model and
-    # protocol by the config hook: append where the model has an ImageNet head; 0 images).
+    # The seed study's protocol, which a run with no named config follows too (PAPER).
     protocol = "paper"
-    optimizer = "adam"
-    lr = 0.0002
-    batch_size = 100
-    weight_decay = 0.0
-    schedule = "constant"
-    label_smoothing = 0.0
 
 
 @ex.named_config
 def fast():
-    # A modern protocol for small images: native resolution with a small-image stem, random
-    # crop (and flip where the data set allows it) on the device, SGD with Nesterov momentum,
-    # a one-cycle schedule, label smoothing and precise BatchNorm.
+    # A modern protocol for small images at their native size (FAST).
     protocol = "fast"
-    optimizer = "sgd"
-    lr = 0.1
-    momentum = 0.9
-    weight_decay = 0.0005
-    batch_size = 128
-    head = "replace"
-    schedule = "onecycle"
-    label_smoothing = 0.1
-    aux_logits = False  # Inception-V3's auxiliary head needs 299 px
 
 
 @ex.config_hook
@@ -190,7 +183,8 @@ def _choice(config, key, choices):
 
 
 def resolve_config(config: dict) -> dict:
-    """Validate `config` and return the values that replace its nulls (epochs, image_size...)."""
+    """Validate `config` and return the values that replace its nulls: the protocol's (see
+    study.protocols) and the model's (image_size)."""
     from study.registry import registry
 
     reg = registry()
@@ -202,7 +196,15 @@ def resolve_config(config: dict) -> dict:
     model_spec = reg.model(config["model"])
     data_spec = reg.dataset(config["dataset"])
 
-    protocol = _choice(config, "protocol", PROTOCOLS)
+    protocol = protocols.PROTOCOLS[_choice(config, "protocol", PROTOCOLS)]
+    if config["epochs"] is None and protocol is protocols.PAPER and not data_spec.paper_epochs:
+        raise ConfigError(
+            f"dataset {data_spec.name} declares no epochs for the paper protocol "
+            "(DatasetSpec.paper_epochs); set epochs=N"
+        )
+    fills = protocols.resolve(protocol, model_spec, data_spec, config)
+    config = {**config, **fills}  # validated below as one
+
     _choice(config, "optimizer", OPTIMIZERS)
     _choice(config, "schedule", SCHEDULES)
     if not 0 <= _float(config, "label_smoothing", positive=False) < 1:
@@ -211,35 +213,30 @@ def resolve_config(config: dict) -> dict:
         )
     if config["amp"] not in ("auto", True, False):
         raise ConfigError(f"amp={config['amp']!r} is invalid; expected auto, true or false")
-    if not isinstance(config["compile"], bool):
-        raise ConfigError(f"compile={config['compile']!r} is invalid; expected true or false")
-    head = config["head"]
-    if head is None:  # the seed's extra layer where the model has an ImageNet head to extend
-        head = "append" if protocol == "paper" and model_spec.imagenet_head else "replace"
-    _choice({"head": head}, "head", HEADS)
-    precise_bn = config["precise_bn"]
-    if precise_bn is None:  # the seed evaluated with BatchNorm's running averages as trained
-        precise_bn = 0 if protocol == "paper" else FAST_PRECISE_BN
-    _int({"precise_bn": precise_bn}, "precise_bn", 0)
+    for key in BOOLEAN_KEYS:
+        if not isinstance(config[key], bool):
+            raise ConfigError(f"{key}={config[key]!r} is invalid; expected true or false")
+    _choice(config, "head", HEADS)
+    _int(config, "precise_bn", 0)
     _choice(config, "compile_mode", COMPILE_MODES)
     _choice(config, "grad_compression", GRAD_COMPRESSION)
-    if not isinstance(config["sync_bn"], bool):
-        raise ConfigError(f"sync_bn={config['sync_bn']!r} is invalid; expected true or false")
     if config["data_on_device"] not in ("auto", True, False):
         raise ConfigError(
             f"data_on_device={config['data_on_device']!r} is invalid; expected auto, true or false"
         )
     from study.loader import AUGMENTATIONS
 
-    augment = config["augment"]
-    if augment is None and protocol == "fast":  # flip only where a mirror image keeps its class
-        augment = "crop-flip" if data_spec.mirror_invariant else "crop"
-    elif augment is None:
-        augment = "none"
-    _choice({"augment": augment}, "augment", AUGMENTATIONS)
+    _choice(config, "augment", AUGMENTATIONS)
     _float(config, "lr", positive=True)
     _float(config, "momentum", positive=False)
     _float(config, "weight_decay", positive=False)
+    _float(config, "grad_clip", positive=False)
+    if not 0 <= _float(config, "warmup", positive=False) <= 0.5:
+        raise ConfigError(
+            f"warmup={config['warmup']!r} is invalid; expected a share of the schedule's steps, "
+            "0 <= x <= 0.5"
+        )
+    _int(config, "warmup_min_steps", 0)
     _int(config, "batch_size", 1)
     processes = int(os.environ.get("WORLD_SIZE", 1))  # torchrun's
     if config["batch_size"] % processes:
@@ -264,8 +261,6 @@ def resolve_config(config: dict) -> dict:
     _int(config, "test_limit", 1, allow_none=True)
     if config["time_budget"] is not None:
         _float(config, "time_budget", positive=True)
-    if not isinstance(config["download"], bool):
-        raise ConfigError(f"download={config['download']!r} is invalid; expected true or false")
     device = config["device"]
     if not (device in DEVICES or (isinstance(device, str) and device.startswith("cuda:"))):
         raise ConfigError(f"device={device!r} is invalid; expected auto, cpu, cuda or cuda:N")
@@ -275,18 +270,7 @@ def resolve_config(config: dict) -> dict:
             f"pretrained={pretrained!r} is invalid; expected true, false or a weights file path"
         )
 
-    epochs = config["epochs"]
-    if epochs is None and protocol == "paper":
-        epochs = data_spec.paper_epochs
-        if epochs is None:
-            raise ConfigError(
-                f"dataset {data_spec.name} declares no epochs for the paper protocol "
-                "(DatasetSpec.paper_epochs); set epochs=N"
-            )
-    elif epochs is None:
-        epochs = DEFAULT_EPOCHS
-    else:
-        epochs = _int(config, "epochs", 1)
+    epochs = _int(config, "epochs", 1)
     stop_after = _int(config, "stop_after", 1, allow_none=True)
     if stop_after is not None and stop_after > epochs:
         raise ConfigError(
@@ -298,33 +282,31 @@ def resolve_config(config: dict) -> dict:
             f"pretrained=True is invalid: model {model_spec.name} declares no pretrained "
             "weights; use pretrained=False or a path to a weights file"
         )
-    if head == "append" and not model_spec.imagenet_head:
+    if config["head"] == "append" and not model_spec.imagenet_head:
         raise ConfigError(
             f"head='append' is invalid: model {model_spec.name} has no 1000-way ImageNet head "
             "to append to; use head=replace"
         )
 
     aux = config["aux_logits"]
-    if aux is None:
-        aux = model_spec.aux_logits
-    elif not isinstance(aux, bool):
+    if not isinstance(aux, bool):
         raise ConfigError(f"aux_logits={aux!r} is invalid; expected true, false or null")
-    elif aux and not model_spec.aux_logits:
+    if aux and not model_spec.aux_logits:
         raise ConfigError(
             f"aux_logits=True is invalid: model {model_spec.name} has no auxiliary head"
         )
 
     size = config["image_size"]
-    minimum = model_spec.minimum_size(aux, protocol)
+    minimum = model_spec.minimum_size(aux, protocol.name)
     if size is None:  # the protocol's size, enlarged to the model's minimum where needed
-        size = max(model_spec.default_input_size(protocol, data_spec.image_size), minimum)
+        size = max(model_spec.default_input_size(protocol.name, data_spec.image_size), minimum)
     else:
         size = _int(config, "image_size", 1)
     if size < minimum:
         which = f"{model_spec.name} with aux_logits" if aux else model_spec.name
         hint = (
             " (or set aux_logits=False for its "
-            f"{model_spec.minimum_size(False, protocol)} px minimum)"
+            f"{model_spec.minimum_size(False, protocol.name)} px minimum)"
         )
         raise ConfigError(
             f"image_size={size} is too small for {which}; it needs at least {minimum} px"
@@ -333,14 +315,7 @@ def resolve_config(config: dict) -> dict:
     resume = config["resume"]
     if resume is not None and not isinstance(resume, int | str):
         raise ConfigError(f"resume={resume!r} is invalid; expected a run id")
-    return {
-        "head": head,
-        "precise_bn": precise_bn,
-        "epochs": epochs,
-        "image_size": size,
-        "aux_logits": aux,
-        "augment": augment,
-    }
+    return {**fills, "image_size": size}
 
 
 def model_options(config: dict, num_classes: int, in_channels: int) -> ModelOptions:
@@ -352,6 +327,7 @@ def model_options(config: dict, num_classes: int, in_channels: int) -> ModelOpti
         head=config["head"],
         aux_logits=config["aux_logits"],
         protocol=config["protocol"],
+        zero_init_residual=config["zero_init_residual"],
     )
 
 
@@ -402,20 +378,26 @@ def preflight(config: dict) -> None:
 
 # Keys that are no departure from a protocol: where a run ran (PLACE_KEYS), which repeat it is,
 # and whether the same model was compiled.
-NOT_DEPARTURES = (*PLACE_KEYS, "seed", "compile", "compile_mode")
+NOT_DEPARTURES = (*PLACE_KEYS, "seed", "compile", "compile_mode", "health_stop")
 
 
 def protocol_departures(config: dict) -> dict:
     """{key: {"value": this run's, "protocol": the named protocol's}} for every key in which
     this run departs from the protocol its record names (the `paper` or `fast` named config,
-    resolved for the same model and data set)."""
+    resolved for the same model and data set). A batch-scaled learning rate is compared with
+    the rule at the run's own batch size (the batch size departs, not the rule), and a data
+    set that declares no paper epochs has none to depart from."""
+    from study.registry import registry
+
+    updates = {"model": config["model"], "dataset": config["dataset"]}
+    reg = registry()
+    if config["protocol"] == "paper" and not reg.dataset(config["dataset"]).paper_epochs:
+        updates["epochs"] = config["epochs"]
     reference = sacred_api.create_run(
-        ex,
-        "print_config",
-        {"model": config["model"], "dataset": config["dataset"]},
-        [config["protocol"]],
-        {"--loglevel": "ERROR"},
+        ex, "print_config", updates, [config["protocol"]], {"--loglevel": "ERROR"}
     ).config
+    protocol = protocols.PROTOCOLS[config["protocol"]]
+    reference["lr"] = protocols.lr_for(protocol, reg.model(config["model"]), config["batch_size"])
     return {
         key: {"value": config.get(key), "protocol": reference[key]}
         for key in sorted(reference)
@@ -424,21 +406,28 @@ def protocol_departures(config: dict) -> dict:
 
 
 def schedule_warning(config: dict, train_count: int, world_size: int = 1) -> str | None:
-    """One line when a one-cycle schedule is too short to warm up (it tends to end with every
-    prediction one class), with the numbers; None otherwise."""
-    if config["schedule"] != "onecycle":
-        return None
-    per_epoch = max(1, math.ceil(train_count / config["batch_size"]))
-    steps = config["epochs"] * per_epoch
-    warm_up = int(0.3 * steps)  # OneCycleLR's default pct_start
-    if steps >= MIN_ONECYCLE_STEPS:
-        return None
-    return (
-        f"warning: schedule=onecycle over {steps} steps ({config['epochs']} epochs of "
-        f"{per_epoch} batches) warms up to lr {config['lr']} in {warm_up} steps; schedules under "
-        f"{MIN_ONECYCLE_STEPS} steps often collapse to one class: give more epochs or images, "
-        "or a lower lr"
-    )
+    """One line about the schedule a run is about to train, or None: a decaying schedule too
+    short to train (under MIN_SCHEDULE_STEPS steps), and the images drop_last leaves out."""
+    from study.loader import batch_slices
+
+    slices = batch_slices(train_count, config["batch_size"], True, config["drop_last"])
+    per_epoch = len(slices)
+    steps = config["epochs"] * max(1, per_epoch)
+    notes = []
+    dropped = train_count - sum(b - a for a, b in slices)
+    if config["drop_last"] and dropped:
+        notes.append(
+            f"drop_last leaves out the last {dropped} of {train_count} training images in each "
+            "epoch's order (one batch shape; drop_last=false keeps them)"
+        )
+    if config["schedule"] != "constant" and steps < MIN_SCHEDULE_STEPS:
+        warmup = protocols.warmup_steps(steps, config["warmup"], config["warmup_min_steps"])
+        notes.append(
+            f"schedule={config['schedule']} over {steps} steps ({config['epochs']} epochs of "
+            f"{per_epoch} batches, {warmup} of warm-up to lr {config['lr']:g}) is short: "
+            "the health rule will say if the run learns nothing; give more epochs or images"
+        )
+    return ("warning: " + "; ".join(notes)) if notes else None
 
 
 def build_model(config: dict, model_spec, data):
@@ -611,7 +600,9 @@ def build_setup(config: dict, data, device, world, model_spec) -> tuple:
         size, mean, std, in_channels, augment=config["augment"], channels_last=cuda
     )
     optimizer = make_optimizer(config, model, fused=cuda)
-    scheduler = make_scheduler(config, optimizer, train.num_batches(batch_size, train=True))
+    steps_per_epoch = train.num_batches(batch_size, train=True, drop_last=config["drop_last"])
+    scheduler = make_scheduler(config, optimizer, steps_per_epoch)
+    warmup = schedule_warmup(config, steps_per_epoch)
     autocast_dtype = (
         torch.bfloat16 if config["amp"] is True or (config["amp"] == "auto" and cuda) else None
     )
@@ -655,6 +646,11 @@ def build_setup(config: dict, data, device, world, model_spec) -> tuple:
         stop_after=config.get("stop_after"),
         progress=world.is_main,
         compiled=compiled,
+        grad_clip=config["grad_clip"],
+        drop_last=config["drop_last"],
+        warmup_steps=warmup,
+        aux_logits=config["aux_logits"],
+        health_stop=config["health_stop"],
     )
     return setup, stats, test_idx
 
@@ -711,6 +707,12 @@ def train_and_evaluate(run, config: dict) -> dict:
         data_plugin=reg.datasets[data_spec.name].plugin,
         autocast=str(setup.autocast_dtype).removeprefix("torch.") if setup.autocast_dtype else None,
     )
+    run.info["training"].update(
+        steps_per_epoch=setup.train.num_batches(
+            setup.batch_size, train=True, drop_last=setup.drop_last
+        ),
+        warmup_steps=setup.warmup_steps,
+    )
     state, evaluation = engine.fit(
         setup, state, on_epoch=lambda epoch, metrics: record.log_epoch(run, epoch, metrics)
     )
@@ -728,37 +730,57 @@ def train_and_evaluate(run, config: dict) -> dict:
 
 
 def make_optimizer(config: dict, model, fused: bool = False):
-    """Adam or SGD (Nesterov when momentum > 0); torch's fused kernels on CUDA."""
+    """Adam or SGD (Nesterov when momentum > 0); torch's fused kernels on CUDA. Without
+    decay_norm_bias, normalisation and bias parameters (every 1-d tensor) are not decayed."""
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
+    decay = config["weight_decay"]
+    if decay and not config["decay_norm_bias"]:
+        groups = [
+            {"params": [p for p in params if p.ndim > 1]},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ]
+        params = [g for g in groups if g["params"]]
     fused = fused or None  # None: torch's default implementation
     if config["optimizer"] == "adam":
-        return torch.optim.Adam(
-            params, lr=config["lr"], weight_decay=config["weight_decay"], fused=fused
-        )
+        return torch.optim.Adam(params, lr=config["lr"], weight_decay=decay, fused=fused)
     return torch.optim.SGD(
         params,
         lr=config["lr"],
         momentum=config["momentum"],
-        weight_decay=config["weight_decay"],
+        weight_decay=decay,
         nesterov=config["momentum"] > 0,
         fused=fused,
     )
 
 
+def schedule_warmup(config: dict, steps_per_epoch: int) -> int:
+    """Steps of the linear warm-up of this run's schedule."""
+    total = max(1, config["epochs"] * steps_per_epoch)
+    return protocols.warmup_steps(total, config["warmup"], config["warmup_min_steps"])
+
+
 def make_scheduler(config: dict, optimizer, steps_per_epoch: int):
-    """A per-step learning-rate schedule over the whole run (None: constant)."""
+    """A per-step learning-rate schedule over the whole run (None: constant, no warm-up):
+    the linear warm-up, then constant (constant), a cosine decay to 0 (onecycle), or, for
+    cosine, torch's cosine annealing over every step (no warm-up: as before warm-up existed)."""
+    import functools
+
     import torch
 
     total = max(1, config["epochs"] * steps_per_epoch)
-    if config["schedule"] == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config["lr"], total_steps=total
-        )
-    if config["schedule"] == "cosine":
+    warmup = schedule_warmup(config, steps_per_epoch)
+    if config["schedule"] == "cosine" and not warmup:
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-    return None
+    if config["schedule"] == "constant" and not warmup:
+        return None
+    schedule = "constant" if config["schedule"] == "constant" else "cosine"
+    # A partial of a module-level function: the scheduler's state_dict stays plain data.
+    factor = functools.partial(
+        protocols.lr_factor, total_steps=total, warmup=warmup, schedule=schedule
+    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def training_config(config: dict) -> dict:

@@ -113,8 +113,8 @@ class _Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def num_batches(self, batch_size: int, train: bool) -> int:
-        return len(batch_slices(len(self), batch_size, train))
+    def num_batches(self, batch_size: int, train: bool, drop_last: bool = False) -> int:
+        return len(batch_slices(len(self), batch_size, train, drop_last))
 
 
 class DeviceSplit(_Split):
@@ -132,10 +132,11 @@ class DeviceSplit(_Split):
         *,
         train: bool,
         generator: torch.Generator | None = None,
+        drop_last: bool = False,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (inputs, labels). Training order is a permutation drawn from `generator`."""
         order = _order(len(self), train, generator, self.device)
-        for start, stop in batch_slices(len(self), batch_size, train):
+        for start, stop in batch_slices(len(self), batch_size, train, drop_last):
             idx = order[start:stop]
             yield transform(self.images[idx], train, generator), self.labels[idx]
 
@@ -164,11 +165,12 @@ class HostSplit(_Split):
         *,
         train: bool,
         generator: torch.Generator | None = None,
+        drop_last: bool = False,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         device = generator.device if generator is not None else self.device
         # The order is drawn where DeviceSplit draws it, then read once per epoch.
         order = _order(len(self), train, generator, device).cpu()
-        slices = batch_slices(len(self), batch_size, train)
+        slices = batch_slices(len(self), batch_size, train, drop_last)
         if not self._cuda:
             for start, stop in slices:
                 idx = order[start:stop]
@@ -265,8 +267,13 @@ def make_split(images: np.ndarray, labels: np.ndarray, device, on_device: bool) 
     return (DeviceSplit if on_device else HostSplit)(images, labels, device)
 
 
-def batch_slices(n: int, batch_size: int, train: bool) -> list[tuple[int, int]]:
+def batch_slices(
+    n: int, batch_size: int, train: bool, drop_last: bool = False
+) -> list[tuple[int, int]]:
     slices = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    # drop_last (training only): every batch one shape, so one cuDNN plan and one compiled graph.
+    if train and drop_last and len(slices) > 1 and slices[-1][1] - slices[-1][0] < batch_size:
+        slices.pop()
     # BatchNorm cannot train on a batch of one image: drop such a last batch in training only.
     if train and len(slices) > 1 and slices[-1][1] - slices[-1][0] == 1:
         slices.pop()

@@ -31,6 +31,7 @@ EPOCH_METRICS = (
     "images_per_s",
     "lr",  # the learning rate at the end of the epoch (schedules step per batch)
     "load_avg",  # the machine's 1-minute load average as the epoch's training ended
+    "startup_seconds",  # the first steps a process trains (cuDNN's choices), not in images_per_s
 )
 EVALUATION_ARTIFACT = "evaluation.npz"
 
@@ -208,6 +209,10 @@ def log_epoch(run, epoch: int, metrics: dict) -> None:
     for name in EPOCH_METRICS:
         if name in metrics:  # a checkpoint from an older study lacks the newer metrics
             run.log_scalar(name, float(metrics[name]), epoch)
+    if "health" in metrics:  # study.health's verdict on this epoch's evaluation
+        epochs = run.info.setdefault("health", {"epochs": []})["epochs"]
+        epochs[:] = [e for e in epochs if e["epoch"] != epoch]  # a resume replays its history
+        epochs.append({"epoch": epoch, **metrics["health"]})
 
 
 def write_results(
@@ -221,6 +226,9 @@ def write_results(
         stopped_by_budget=state.stopped_by_budget,
         images_per_s=_mean_rate(state.history),
     )
+    verdict = run.info.setdefault("health", {"epochs": []})
+    last = verdict["epochs"][-1] if verdict["epochs"] else {"flags": [], "reasons": []}
+    verdict.update(flags=list(last["flags"]), stopped=state.stopped_by_health)
     run.info["per_class_accuracy"] = evaluation.per_class_accuracy()
     errors = evaluation.most_confident_errors(gallery)
     misclassified = []

@@ -28,7 +28,13 @@ from study.stores import RunRecord
 
 REPRODUCES_KEY = "reproduces"  # Sacred meta: {"id": ..., "store": ...} of the re-run run
 # Metrics that measure the machine, not the training: never compared.
-TIMING_METRICS = ("epoch_seconds", "train_seconds", "images_per_s", "load_avg")
+TIMING_METRICS = (
+    "epoch_seconds",
+    "train_seconds",
+    "images_per_s",
+    "load_avg",
+    "startup_seconds",
+)
 
 
 @dataclass

@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # torch and numpy are imported lazily so `study list` stays f
     import numpy as np
     from torch import nn
 
-PROTOCOLS = ("paper", "fast")
+PROTOCOLS = ("paper", "fast")  # study.protocols holds what each one sets
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,9 @@ class ModelOptions:
     head: str = "replace"
     aux_logits: bool = False
     protocol: str = "paper"
+    # Residual branches end in a BatchNorm whose scale starts at 0 (each block starts as an
+    # identity): what the `fast` protocol asks of a model that has such blocks.
+    zero_init_residual: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,11 @@ class ModelSpec:
     # The factory builds a 1000-way ImageNet head first, so `head=append` (the seed's extra
     # layer after it) is possible; without one only `head=replace` is.
     imagenet_head: bool = False
+    # The network normalises its activations (BatchNorm, LayerNorm...): the `fast` protocol
+    # gives it a tenth of the learning rate when not (study.protocols.base_lr).
+    normalises_activations: bool = False
+    # Or the `fast` protocol's learning rate per 256 images for this model, given outright.
+    base_lr: float | None = None
 
     @property
     def title(self) -> str:

@@ -8,6 +8,8 @@ import pytest
 import torch
 from conftest import fake_distribution, run_study
 
+from study.stores import read_file_store
+
 BASE = ["model=small_cnn", "dataset=mnist", "epochs=1", "batch_size=50"]
 
 
@@ -182,6 +184,16 @@ def test_a_plugin_data_set_is_never_flipped_unless_it_says_so_and_paper_asks_for
         "study: error: dataset letters declares no epochs for the paper protocol "
         "(DatasetSpec.paper_epochs); set epochs=N"
     ) in paper.stderr
+    # Refused before the run: nothing was started or recorded.
+    assert "Started run" not in paper.stderr + paper.stdout and read_file_store(tmp_path) == []
+    # With epochs given it runs under paper, and its epochs are no departure (none declared).
+    run_study(
+        "run", "with", "model=small_cnn", "dataset=letters", "epochs=1", "-F", tmp_path,
+        cwd=tmp_path, env=env,
+    )  # fmt: skip
+    (rec,) = read_file_store(tmp_path)
+    assert rec.status == "COMPLETED" and rec.config["protocol"] == "paper"
+    assert rec.config["epochs"] == 1 and "epochs" not in rec.info["departures"]
 
 
 @pytest.mark.parametrize(
@@ -241,10 +253,12 @@ def test_departures_from_the_named_protocol_are_recorded_and_short_schedules_war
         "run", "with", "fast", "model=small_cnn", "dataset=mnist", f"data_root={mnist_root}",
         "epochs=1", "lr=0.05", "test_limit=50", "-F", tmp_path / "runs", cwd=tmp_path,
     )  # fmt: skip
-    (warning,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning: schedule")]
-    assert warning.startswith(
-        "warning: schedule=onecycle over 5 steps (1 epochs of 5 batches) warms up to lr 0.05 in "
-        "1 steps; schedules under 100 steps often collapse to one class"
+    (warning,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning: ")]
+    assert warning == (
+        "warning: drop_last leaves out the last 88 of 600 training images in each epoch's order "
+        "(one batch shape; drop_last=false keeps them); schedule=onecycle over 4 steps (1 epochs "
+        "of 4 batches, 2 of warm-up to lr 0.05) is short: the health rule will say if the run "
+        "learns nothing; give more epochs or images"
     )
     info = json.loads((tmp_path / "runs" / "1" / "info.json").read_text())
     assert info["departures"] == {

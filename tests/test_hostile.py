@@ -8,6 +8,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -464,3 +465,21 @@ def test_a_server_lost_during_sync_is_one_line(tmp_path):
     assert proc.returncode == 1, err[-2000:]
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("study: error: MongoDB failed: "), err[-2000:]
+
+
+def test_a_health_record_of_the_wrong_shape_skips_its_run(tmp_path):
+    from study.stores import read_file_run
+
+    store = tmp_path / "runs"
+    shutil.copytree(SAMPLE_RUNS / "1", store / "1")
+    for health, problem in (
+        ({"epochs": {"flags": []}}, "health.epochs is dict; expected a list"),
+        ({"epochs": [None]}, "health.epochs[0] is None; expected an object"),
+        ({"flags": "stuck"}, "health.flags is 'stuck'; expected a list"),
+    ):
+        _edit(store / "1" / "info.json", lambda i, h=health: i.update(health=h))
+        with pytest.raises(StoreError, match=re.escape(f"info.json: {problem}")):
+            read_file_run(store / "1")
+    good = {"epochs": [{"epoch": 1, "flags": ["stuck"], "reasons": ["loss"]}], "flags": ["stuck"]}
+    _edit(store / "1" / "info.json", lambda i: i.update(health=good))
+    assert read_file_run(store / "1").info["health"] == good

@@ -59,7 +59,7 @@ def test_the_report_appendix_names_the_code_that_ran(mnist_root, tmp_path):
     records = read_file_store(tmp_path / "runs")
     html = build_report(records, tmp_path / "r.html", "html").read_text()
     prov = records[0].info["provenance"]
-    row = re.search(r"<tr><th>code</th><td colspan=\"3\">([^<]*)</td></tr>", html).group(1)
+    row = re.search(r"<tr><th[^>]*>code</th><td colspan=\"3\">([^<]*)</td></tr>", html).group(1)
     if prov["git"]:
         assert row.startswith(f"study {study.__version__} at commit {prov['git']['commit'][:12]}")
     else:

@@ -1,8 +1,9 @@
 """`study report`: a paper-style PDF (or one self-contained HTML page) built from stored runs.
 
 Runs are read through `study.stores` only (RunRecords). One module per concern: runs (which
-runs), model (cells, arms, flags), tables, prose, figures, content (the template's context) and
-render (Jinja2, WeasyPrint); this module holds the command line and build_report.
+runs), model (cells, arms, flags), tables, prose, figures, content (the template's context),
+links (contents and cross-references) and render (Jinja2, WeasyPrint); this module holds the
+command line and build_report.
 
 The report follows the seed study's order: abstract, method, data sets, Table 1 (with the
 seed's published values beside ours), per-data-set results (bar chart, training curves,
@@ -12,9 +13,9 @@ an appendix with every run's provenance.
 Every number comes from the runs; several runs in one model x data set cell are aggregated
 (mean, sample std, n) and said to be. Runs of one model trained differently (another protocol,
 learning rate, budget...) are separate cells, named by what differs (`ResNet-18 (fast)`).
-Figures are drawn by matplotlib as SVG and cached by content hash (`<out dir>/.figures/
-<hash>.svg`), so a rebuild draws only what changed. The output is written atomically: a failed
-build leaves an earlier report untouched.
+Figures are drawn by matplotlib as SVG and cached by content hash (`$STUDY_CACHE_DIR/figures/
+<hash>.svg` where that is set, else `<out dir>/.figures/`), so a rebuild draws only what
+changed. The output is written atomically: a failed build leaves an earlier report untouched.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -151,6 +153,14 @@ def fewer_collections():
         gc.unfreeze()
 
 
+def figure_cache_dir(out: Path) -> Path:
+    """Where the figures are cached: with the data set caches where $STUDY_CACHE_DIR names a
+    place for caches (a read-only checkout, CI), else beside the report."""
+    if os.environ.get("STUDY_CACHE_DIR"):
+        return Path(os.environ["STUDY_CACHE_DIR"]).expanduser() / "figures"
+    return out.parent / ".figures"
+
+
 def build_report(
     records: list[RunRecord],
     out: str | Path,
@@ -169,7 +179,7 @@ def build_report(
         raise StudyError("no runs to report on; record some with `study run`")
     out = Path(out)
     check_output_path(out)
-    figures = FigureCache(Path(cache_dir) if cache_dir else out.parent / ".figures")
+    figures = FigureCache(Path(cache_dir) if cache_dir else figure_cache_dir(out))
     with fewer_collections():
         context = report_context(records, figures, title=title, today=today)
         context["skipped"] = list(skipped)  # named in the appendix: a reader sees what is missing

@@ -6,12 +6,10 @@ import base64
 import datetime as dt
 from collections import defaultdict
 
-from study import stats
+from study import health, stats
 from study.errors import StudyError
 from study.report.figures import COMPUTE_AXES, FigureCache, model_colours, reliability_svg
 from study.report.model import (
-    COLLAPSE_CLASS_SHARE,
-    COLLAPSE_TOP_SHARE,
     CONFUSED_PAIRS,
     CONFUSION_MAX_CLASSES,
     CURVE_METRICS,
@@ -138,8 +136,11 @@ def report_context(
         "flagged": flagged_text(flags, datasets, models),
         "conclusions": conclusions(tests, cells),
         "significance": stats.SIGNIFICANCE,
-        "collapse_top": f"{COLLAPSE_TOP_SHARE:.0%}",
-        "collapse_classes": f"{COLLAPSE_CLASS_SHARE:.0%}",
+        "collapse_top": f"{health.COLLAPSE_TOP_SHARE:.0%}",
+        "collapse_ratio": f"{health.COLLAPSE_TOP_RATIO:g}",
+        "few_classes": health.FEW_CLASSES,
+        "min_entropy": f"{health.MIN_PREDICTION_ENTROPY:g}",
+        "stuck_share": f"{health.STUCK_LOSS_SHARE:g}",
         "exact_below": stats.MCNEMAR_EXACT_BELOW,
         "ece_bins": stats.ECE_BINS,
         "appendix": [appendix_entry(r, evaluate, run_flags(r, evaluate)) for r in records],

@@ -13,7 +13,7 @@ from collections import defaultdict
 from importlib import resources
 from typing import Any
 
-from study import stats
+from study import health, stats
 from study.errors import StudyError
 from study.identity import PLACE_KEYS, run_order
 from study.report.formatting import epochs_label, epochs_text, stat, value_text
@@ -23,15 +23,6 @@ CONFUSION_MAX_CLASSES = 20
 
 
 CONFUSED_PAIRS = 10
-
-
-# Predictions collapse onto a few classes when the most predicted class takes this share of
-# them, or at most this share of the test set's classes is ever predicted: such a cell's
-# accuracy and calibration say nothing about the model's ranking of classes.
-COLLAPSE_TOP_SHARE = 0.9
-
-
-COLLAPSE_CLASS_SHARE = 0.3
 
 
 # A run whose fastest full epoch trained this many times faster than its slowest was disturbed
@@ -224,8 +215,9 @@ def seed_table() -> dict[tuple[str, str], dict[str, float]]:
 
 
 def cell_flags(rs: list[RunRecord], evaluate) -> dict:
-    """Whether a cell's pooled test predictions are at chance or collapsed (see
-    COLLAPSE_*), with the numbers that say so; {} where no run has an evaluation."""
+    """Whether a cell's pooled test predictions are at chance or collapsed, or a run's
+    training loss stuck at chance's (study.health's rule), with the numbers that say so; {}
+    where no run has an evaluation."""
     import numpy as np
 
     evs = [ev for ev in (evaluate(r) for r in rs) if ev is not None and "topk" in ev]
@@ -240,17 +232,21 @@ def cell_flags(rs: list[RunRecord], evaluate) -> dict:
     n = int(predicted.size)
     num_classes = num_classes or int(max(labels.max(), predicted.max())) + 1
     counts = np.bincount(predicted, minlength=num_classes)
+    true_counts = np.bincount(labels, minlength=num_classes)
     present = len(np.unique(labels))  # a test subset may hold fewer classes than the data set
     correct = int((predicted == labels).sum())
     chance = 1.0 / num_classes
     ci = stats.wilson_interval(correct, n)
     top = int(counts.argmax())
+    # The run's own health rule (study.health) on the pooled predictions and each run's loss.
+    collapsed = health.collapse(num_classes, counts.tolist(), true_counts.tolist())
+    stuck = [r.id for r in rs if run_stuck(r, num_classes)]
     out = {
         "chance": ci.low <= chance,  # not significantly better than guessing
-        "collapse": bool(
-            counts[top] >= COLLAPSE_TOP_SHARE * n
-            or (counts > 0).sum() <= COLLAPSE_CLASS_SHARE * present
-        ),
+        "collapse": collapsed is not None,
+        "collapse_why": collapsed,
+        "stuck": bool(stuck),
+        "stuck_runs": stuck,
         "top1": correct / n,
         "chance_level": chance,
         "ci_low": ci.low,
@@ -264,21 +260,33 @@ def cell_flags(rs: list[RunRecord], evaluate) -> dict:
         (names for r in rs if (names := (r.info.get("dataset") or {}).get("class_names"))), []
     )
     out["top_name"] = str(names[top]) if top < len(names) else str(top)
-    out["flagged"] = out["chance"] or out["collapse"]
+    out["flagged"] = out["chance"] or out["collapse"] or out["stuck"]
     return out
+
+
+def run_stuck(r: RunRecord, num_classes: int) -> bool:
+    """The health rule's `stuck` on a run's last epoch: its training loss still at chance's."""
+    losses = [v for _, v in r.metric("train_loss")]
+    if not losses:
+        return False
+    aux = r.config.get("aux_logits") is True
+    spec = plugin_spec("models", r.model) if aux else None
+    weight = (spec.aux_weight if spec is not None else 0.4) if aux else 0.0
+    verdict = health.assess(num_classes=num_classes, train_loss=losses[-1], aux_weight=weight)
+    return "stuck" in verdict.flags
 
 
 def run_flags(r: RunRecord, evaluate) -> dict:
     return cell_flags([r], evaluate)
 
 
-FLAG_MARKS = {"chance": "†", "collapse": "‡"}
+FLAG_MARKS = {"chance": "†", "collapse": "‡", "stuck": "§"}
 
 
 def flag_reasons(f: dict) -> str:
     """`at chance; collapsed` for a flagged cell."""
-    words = {"chance": "at chance", "collapse": "predictions collapsed"}
-    return "; ".join(words[k] for k in ("chance", "collapse") if f.get(k))
+    words = {"chance": "at chance", "collapse": "predictions collapsed", "stuck": "stuck"}
+    return "; ".join(words[k] for k in ("chance", "collapse", "stuck") if f.get(k))
 
 
 def plugin_spec(kind: str, name: str | None):

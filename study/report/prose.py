@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
-from study import stats
+from study import health, stats
 from study.report.formatting import (
     epochs_text,
     fmt_num,
@@ -85,9 +85,15 @@ def flagged_text(flags, datasets, models) -> list[dict]:
                 )
             if f["collapse"]:
                 parts.append(
-                    f"its predictions collapse: class {f['top_name']} takes "
-                    f"{f['top_share']:.0%} of {f['n']:,} predictions and "
-                    f"{f['predicted_classes']} of {f['classes']} classes are ever predicted"
+                    f"its predictions collapse ({f['collapse_why']}; class {f['top_name']} "
+                    f"takes {f['top_share']:.0%} of {f['n']:,} predictions and "
+                    f"{f['predicted_classes']} of {f['classes']} classes are ever predicted)"
+                )
+            if f.get("stuck"):
+                runs = ", ".join(f"run {i}" for i in f["stuck_runs"])
+                parts.append(
+                    f"its training loss is still at least {health.STUCK_LOSS_SHARE:g} times "
+                    f"a uniform guess's at the last epoch ({runs})"
                 )
             who = f"{model_title(m)} on {dataset_title(d)}"
             out.append(

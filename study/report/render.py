@@ -9,6 +9,13 @@ from pathlib import Path
 
 from study.errors import StudyError
 from study.report.formatting import count_text, fmt_num, no_break
+from study.report.links import with_links
+from study.report.model import FLAG_MARKS, flag_reasons
+
+# What the marks of Table 1's cells say, for a screen reader and a pointer's tooltip.
+MARK_NAMES = {"▲": "highest in its row"} | {
+    mark: flag_reasons({flag: True}) for flag, mark in FLAG_MARKS.items()
+}
 
 
 def check_output_path(out: Path) -> None:
@@ -33,6 +40,7 @@ def check_output_path(out: Path) -> None:
 
 def render_html(context: dict) -> str:
     import jinja2
+    import markupsafe
 
     templates = resources.files("study.templates")
 
@@ -49,7 +57,12 @@ def render_html(context: dict) -> str:
     env.filters["num"] = fmt_num
     env.filters["count"] = count_text
     env.filters["nb"] = no_break
-    return env.get_template("report.html.j2").render(css=load("report.css"), **context)
+    env.filters["mark_names"] = lambda marks: ", ".join(MARK_NAMES[m] for m in marks)
+    # The stylesheet and script are ours, not run-derived: autoescaping would turn the CSS's
+    # quotes into &#34; and the browser and WeasyPrint would drop every rule with a quoted value.
+    css, script = (markupsafe.Markup(load(name)) for name in ("report.css", "report.js"))
+    html = env.get_template("report.html.j2").render(css=css, script=script, **context)
+    return with_links(html)
 
 
 def render_pdf(html: str) -> bytes:
@@ -71,9 +84,12 @@ def names_kept_whole(html: str) -> str:
     """A word joiner after every hyphen of a hyphenated name in the page's text, so that no
     line of the PDF ends in "Tiny-" or "Inception-"; its text still reads "Tiny-ImageNet"
     (pdftotext, pypdf). A joiner, not a no-wrap span: 120 more spans cost WeasyPrint 7% of a
-    build. Only text between tags is touched, outside <title> and <style>: attributes,
-    figures' data URIs and CSS stay as they are. The HTML page is left to the browser."""
-    parts = re.split(r"(<title>.*?</title>|<style>.*?</style>|<[^>]+>)", html, flags=re.S)
+    build. Only text between tags is touched, outside <title>, <style> and <script>:
+    attributes, figures' data URIs, CSS and code stay as they are. The HTML page is left to
+    the browser."""
+    parts = re.split(
+        r"(<title>.*?</title>|<style>.*?</style>|<script>.*?</script>|<[^>]+>)", html, flags=re.S
+    )
     for i in range(0, len(parts), 2):  # even items are text, odd ones tags or the style
         parts[i] = HYPHENATED_NAME.sub(
             lambda m: m.group(0).replace("-", "-" + WORD_JOINER), parts[i]

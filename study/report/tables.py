@@ -171,10 +171,14 @@ def results_table(cells, datasets, models, seed, flags=None) -> dict:
                         ),
                     }
                 )
-            means = [v["stat"].mean for v in values if v["stat"].mean is not None]
+            # A flagged cell (study.health's rule, at chance) is never the row's best.
+            eligible = [
+                v for v in values if not (flags or {}).get((d, v["model"]), {}).get("flagged")
+            ]
+            means = [v["stat"].mean for v in eligible if v["stat"].mean is not None]
             top = max(means) if means else None
             best = None
-            for v in values:
+            for v in eligible:
                 if top is not None and v["stat"].mean == top:
                     v["best"] = True
                     best = best or {"model": v["model"], "stat": v["stat"]}

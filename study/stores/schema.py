@@ -214,13 +214,15 @@ def time(v, field):
     raise BadField(field, f"is {_show(v)}; expected an ISO date and time")
 
 
-def list_of(item, max_items: int = MAX_ITEMS):
+def list_of(item, max_items: int = MAX_ITEMS, nulls: bool = True):
+    """A list of `item`s (and nulls, where `nulls`)."""
+
     def parse(v, field):
         if not isinstance(v, list | tuple):
             raise BadField(field, f"is {_show(v)}; expected a list")
         if len(v) > max_items:
             raise BadField(field, f"holds {len(v):,} items; expected at most {max_items:,}")
-        return [None if x is None else item(x, f"{field}[{i}]") for i, x in enumerate(v)]
+        return [None if x is None and nulls else item(x, f"{field}[{i}]") for i, x in enumerate(v)]
 
     return parse
 
@@ -335,6 +337,16 @@ INFO = fields(
         command=list_of(LONG, 10_000),
     ),
     per_class_accuracy=list_of(number(0, 1, nan=True), 1_000_000),
+    # study.health's verdicts: per evaluation, and the last one's flags (`study runs`).
+    health=fields(
+        flags=list_of(SHORT, 16, nulls=False), reasons=list_of(text(2000), 16),
+        stopped=text(2000),
+        epochs=list_of(
+            fields(epoch=COUNT, flags=list_of(SHORT, 16, nulls=False),
+                   reasons=list_of(text(2000), 16)),
+            10**6, nulls=False,
+        ),
+    ),
     misclassified=list_of(
         fields(
             index=COUNT, true=COUNT, predicted=COUNT, true_name=SHORT, predicted_name=SHORT,

@@ -1,0 +1,162 @@
+"""The protocols' rules (study.protocols) on the resolved config, and their costs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from study import protocols, sacred_api
+from study.experiment import make_scheduler
+from study.modelstats import count_macs
+from study.registry import registry
+from study.specs import ModelOptions
+
+
+def config_for(model: str, dataset: str, protocol: str, **updates) -> dict:
+    """The resolved config of `study run with <protocol> model=... dataset=... KEY=VALUE...`."""
+    from study.experiment import ex
+
+    updates = {"model": model, "dataset": dataset, **updates}
+    return dict(
+        sacred_api.create_run(
+            ex, "print_config", updates, [protocol], {"--loglevel": "ERROR"}
+        ).config
+    )
+
+
+def test_fast_lr_scales_with_the_batch_from_the_models_base():
+    cfg = config_for("resnet50", "mnist", "fast")
+    assert cfg["lr"] == pytest.approx(protocols.BASE_LR_NORMALISED * 128 / 256)
+    cfg = config_for("resnet50", "mnist", "fast", batch_size=512)
+    assert cfg["lr"] == pytest.approx(protocols.BASE_LR_NORMALISED * 512 / 256)
+    # Plain VGG-16 normalises nothing: its base is the plain one.
+    cfg = config_for("vgg16", "mnist", "fast", batch_size=256)
+    assert cfg["lr"] == pytest.approx(protocols.BASE_LR_PLAIN)
+    # A value given with `with` wins.
+    assert config_for("vgg16", "mnist", "fast", lr=0.3)["lr"] == 0.3
+    # The paper protocol's lr is the seed's whatever the batch.
+    assert config_for("vgg16", "mnist", "paper", batch_size=512)["lr"] == 0.0002
+
+
+def test_a_spec_base_lr_wins_over_its_normalisation():
+    from dataclasses import replace
+
+    spec = replace(registry().model("resnet18"), base_lr=0.05)
+    assert protocols.lr_for(protocols.FAST, spec, 512) == pytest.approx(0.1)
+    plain = replace(registry().model("resnet18"), normalises_activations=False)
+    assert protocols.lr_for(protocols.FAST, plain, 256) == protocols.BASE_LR_PLAIN
+
+
+def test_every_resolved_value_is_in_the_config():
+    cfg = config_for("resnet50", "cifar10", "fast")
+    fast = protocols.FAST
+    for key in protocols.PROTOCOL_KEYS:
+        assert cfg[key] == getattr(fast, key), key
+    assert cfg["augment"] == "crop-flip" and cfg["head"] == "replace"
+    assert cfg["aux_logits"] is False and cfg["epochs"] == protocols.FAST_EPOCHS
+    paper = config_for("inception_v3", "mnist", "paper")
+    assert paper["amp"] is False and paper["grad_clip"] == 0 and paper["drop_last"] is False
+    assert paper["aux_logits"] is True and paper["head"] == "append" and paper["epochs"] == 6
+    # Each one overridable.
+    assert (
+        config_for("resnet50", "cifar10", "fast", grad_clip=0.5, drop_last=False)["drop_last"]
+        is False
+    )
+
+
+@pytest.mark.parametrize(
+    ("total", "share", "floor", "expected"),
+    [
+        (1000, 0.1, 30, 100),
+        (100, 0.1, 30, 30),
+        (40, 0.1, 30, 20),
+        (1000, 0.0, 0, 0),
+        (1, 0.1, 30, 0),
+    ],
+)
+def test_warmup_is_a_share_with_a_floor_and_at_most_half(total, share, floor, expected):
+    assert protocols.warmup_steps(total, share, floor) == expected
+
+
+def test_the_schedule_warms_up_linearly_then_decays_by_a_cosine():
+    import torch
+
+    cfg = {"epochs": 2, "schedule": "onecycle", "warmup": 0.1, "warmup_min_steps": 30,
+           "lr": 0.4}  # fmt: skip
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"])
+    sched = make_scheduler(cfg, opt, 100)  # 200 steps, a 30-step warm-up
+    lrs = []
+    for _ in range(200):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.4 / 30)
+    assert lrs[29] == pytest.approx(0.4)  # the peak at the warm-up's last step
+    assert lrs[30] == pytest.approx(0.4)  # the cosine's start
+    mid = 30 + 85
+    assert lrs[mid] == pytest.approx(0.2)  # half-way through the decay: half the peak
+    assert lrs[-1] == pytest.approx(0.4 * 0.5 * (1 + math.cos(math.pi * 169 / 170)))
+    # A constant schedule with a warm-up stays at the peak after it.
+    cfg = {**cfg, "schedule": "constant"}
+    opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"])
+    sched = make_scheduler(cfg, opt, 100)
+    for _ in range(150):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.4)
+    # No warm-up and constant: no scheduler at all (the seed's).
+    assert make_scheduler({**cfg, "warmup": 0, "warmup_min_steps": 0}, opt, 100) is None
+
+
+def test_no_weight_decay_on_norm_and_bias_under_fast():
+    import torch
+
+    from study.experiment import make_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    cfg = {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+           "decay_norm_bias": False}  # fmt: skip
+    groups = make_optimizer(cfg, model).param_groups
+    decayed = {p.ndim for g in groups if g["weight_decay"] for p in g["params"]}
+    plain = [p.ndim for g in groups if not g["weight_decay"] for p in g["params"]]
+    assert decayed == {4} and sorted(plain) == [1, 1, 1]
+    groups = make_optimizer({**cfg, "decay_norm_bias": True}, model).param_groups
+    assert len(groups) == 1 and groups[0]["weight_decay"] == 5e-4
+
+
+def test_zero_init_residual_under_fast_only():
+    spec = registry().model("resnet18")
+    fast = spec.factory(ModelOptions(num_classes=10, image_size=32, protocol="fast",
+                                     zero_init_residual=True))  # fmt: skip
+    plain = spec.factory(ModelOptions(num_classes=10, image_size=32, protocol="fast"))
+    assert float(fast.layer1[0].bn2.weight.detach().abs().sum()) == 0
+    assert float(plain.layer1[0].bn2.weight.detach().abs().sum()) > 0
+    assert config_for("resnet18", "mnist", "fast")["zero_init_residual"] is True
+    assert config_for("resnet18", "mnist", "paper")["zero_init_residual"] is False
+
+
+@pytest.mark.parametrize("model", ["vgg16", "vgg16_bn", "resnet18", "resnet50", "inception_v3"])
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10", "tiny_imagenet"])
+def test_fast_costs_no_more_than_the_paper_size(model, dataset):
+    """GMACs per image under `fast` (its size and stem for the data set) at most the model's
+    at its paper size, on each seed data set."""
+    spec, data = registry().model(model), registry().dataset(dataset)
+
+    def gmacs(protocol: str) -> float:
+        cfg = config_for(model, dataset, protocol)
+        net = spec.factory(
+            ModelOptions(num_classes=data.num_classes, image_size=cfg["image_size"],
+                         aux_logits=False, protocol=protocol)
+        )  # fmt: skip
+        return count_macs(net, cfg["image_size"], 3) / 1e9
+
+    assert gmacs("fast") <= gmacs("paper")
+
+
+@pytest.mark.parametrize(
+    ("size", "kept"), [(28, 0), (32, 0), (33, 1), (64, 1), (65, 2), (128, 2), (299, 4)]
+)
+def test_stem_downsamplings_keep_one_per_doubling_above_32(size, kept):
+    assert protocols.stem_downsamplings(size, 4) == kept
