@@ -237,6 +237,72 @@ def test_the_seed_study_grid(tmp_path):
     assert printed.splitlines()[0].startswith("torchrun --nproc_per_node=2 -m study run with")
 
 
+def _record(run_id, status, *, heartbeat_age=None, checkpoint=False, folder=None, **config):
+    """A run of the cell below, as a store reads it: its heartbeat `heartbeat_age` s old."""
+    from datetime import timedelta
+
+    from study import identity
+    from study.stores import RunRecord
+
+    beat = None
+    if heartbeat_age is not None:
+        beat = (identity.utcnow() - timedelta(seconds=heartbeat_age)).isoformat()
+    location = None
+    if checkpoint:
+        location = folder / run_id
+        location.mkdir(parents=True)
+        (location / "checkpoint.pt").write_bytes(b"weights")
+    return RunRecord(
+        id=run_id, store="memory", status=status, experiment="study", command="run",
+        config={**CELL_CONFIG, **config}, info={}, result=None, metrics={}, host={},
+        start_time=beat, stop_time=None, heartbeat=beat, location=location,
+    )  # fmt: skip
+
+
+CELL_CONFIG = {"model": "small_cnn", "dataset": "mnist", "seed": 0, "lr": 0.1, "epochs": 3}
+
+
+def _planned(records):
+    from study.sweep import Cell, describe, plan
+
+    cell = Cell(0, "small_cnn", "mnist", 0, dict(CELL_CONFIG))
+    plan(cell, records)
+    return cell.action, cell.run_id, describe(cell)
+
+
+def test_a_live_heartbeat_is_left_alone_and_a_stale_one_resumed(tmp_path):
+    from study import identity
+
+    live = _record("3", "RUNNING", heartbeat_age=10, checkpoint=True, folder=tmp_path)
+    assert _planned([live]) == (
+        "running", "3", f"skip: run 3 is RUNNING (heartbeat within {identity.STALE_S:.0f} s)"
+    )  # fmt: skip
+    # Just inside STALE_S still alive; just past it, the run's process is taken for gone.
+    edge = _record("4", "RUNNING", heartbeat_age=identity.STALE_S - 3, checkpoint=True,
+                   folder=tmp_path)  # fmt: skip
+    assert _planned([edge])[:2] == ("running", "4")
+    stale = _record("5", "RUNNING", heartbeat_age=identity.STALE_S + 3, checkpoint=True,
+                    folder=tmp_path)  # fmt: skip
+    assert _planned([stale]) == ("resume", "5", "resume run 5 from its checkpoint")
+    # A live run elsewhere beats a resumable one; a COMPLETED one beats both.
+    assert _planned([stale, live])[:2] == ("running", "3")
+    done = _record("7", "COMPLETED", heartbeat_age=500)
+    assert _planned([stale, live, done]) == ("done", "7", "skip: COMPLETED as run 7")
+
+
+def test_a_cell_resumes_its_latest_checkpoint_and_matches_what_was_trained(tmp_path):
+    two = _record("2", "INTERRUPTED", heartbeat_age=900, checkpoint=True, folder=tmp_path)
+    ten = _record("10", "FAILED", heartbeat_age=900, checkpoint=True, folder=tmp_path)
+    assert _planned([ten, two])[:2] == ("resume", "10")  # numeric order: 10 is the latest
+    bare = _record("11", "INTERRUPTED", heartbeat_age=900)  # no checkpoint: nothing to resume
+    assert _planned([bare]) == ("run", None, "run")
+    # Another place (data_root) is the same cell; another learning rate is not.
+    moved = _record("12", "COMPLETED", heartbeat_age=900, data_root="/elsewhere")
+    assert _planned([moved])[:2] == ("done", "12")
+    other = _record("13", "COMPLETED", heartbeat_age=900, lr=0.2)
+    assert _planned([other])[:2] == ("run", None)
+
+
 def test_a_mongo_password_is_never_printed():
     from study.sweep import make_store
 
