@@ -130,7 +130,7 @@ def results(session: Path) -> dict:
             elif result.test_outcome is None:
                 counts["incompetent"] += 1
             else:
-                counts[str(result.test_outcome)] += 1
+                counts[result.test_outcome.value] += 1
                 if result.test_outcome == "survived":
                     survivors.append(result.diff or "")
     tested = counts["killed"] + counts["survived"]

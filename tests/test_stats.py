@@ -166,7 +166,7 @@ def test_distributions_at_hand_computed_values():
     assert stats.normal_quantile(0.975) == pytest.approx(1.959963984540054, rel=1e-12)
     assert stats.normal_quantile(0.5) == pytest.approx(0.0, abs=1e-12)
     assert stats.normal_quantile(0.025) == pytest.approx(-1.959963984540054, rel=1e-12)
-    for bad in (0.0, 1.0):
+    for bad in (0.0, 1.0, 1.5, -0.5):
         with pytest.raises(ValueError):
             stats.t_quantile(bad, 3)
         with pytest.raises(ValueError):
@@ -196,6 +196,8 @@ def test_intervals_at_their_edges_by_hand():
     for bad in ((-1, 10), (11, 10), (0, 0)):
         with pytest.raises(ValueError):
             stats.wilson_interval(*bad)
+    one = stats.wilson_interval(1, 1)  # one test image is enough for an interval
+    assert one.high == 1.0 and one.low == pytest.approx(1 / (1 + z2), rel=1e-12)
     ci = stats.mean_interval([0.5, 0.7])  # t_{0.975, 1} = tan(0.475 pi), s = 0.1414, n = 2
     half = math.tan(math.pi * 0.475) * math.sqrt(0.02) / math.sqrt(2)
     assert (ci.low, ci.high) == (pytest.approx(0.6 - half), pytest.approx(0.6 + half))
