@@ -256,6 +256,22 @@ def test_a_failing_cell_does_not_stop_the_others(data, tmp_path):
     assert [r.dataset for r in read_file_store(store)] == ["mnist"]
 
 
+def test_cell_n_runs_only_that_cell(data, tmp_path):
+    store = tmp_path / "runs"
+    rc, out, _ = study(*sweep_args(data, store, "--cell", "3", "--dry-run"), cwd=tmp_path)
+    assert rc == 0
+    assert re.findall(r"^\s+\[(\d)\] (\S+)", out, re.M) == [("3", "resnet18/mnist/seed")]
+    assert "1 of 1 cells would run" in out
+    rc, out, _ = study(*sweep_args(data, store, "--cell", "3", "--print-commands"), cwd=tmp_path)
+    (command,) = out.splitlines()
+    assert "model=resnet18 dataset=mnist seed=1 " in command
+    for bad in ("8", "-1"):
+        rc, _, err = study(*sweep_args(data, store, "--cell", bad), cwd=tmp_path)
+        assert rc == 2
+        assert f"--cell {bad} is out of range; the grid has cells 0-7" in err
+    assert not store.exists()
+
+
 def test_bad_grid_config_stops_before_any_cell(data, tmp_path):
     for extra, message in (
         (["lr=abc"], "lr='abc' is invalid"),
