@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 import uuid
@@ -457,7 +458,8 @@ def test_two_sweeps_into_mongodb_run_each_cell_once_and_never_show_the_password(
 ):
     """Two sweep processes of one grid, recording into a MongoDB that requires authentication,
     the password on their command line: each cell runs once, and the password is in no output,
-    summary, log, claim or run document."""
+    summary, log, claim or run document; nor in what report, export and reproduce print and
+    write about those runs."""
     url = auth_server.url.replace("mongodb://", f"mongodb://{HASH_USER}:{HASH_PASSWORD}@")
     args = ["sweep", "--models", "small_cnn", "--datasets", "mnist", "--seeds", "2", "with",
             f"data_root={mnist_root}", "epochs=1", "batch_size=50", "image_size=32",
@@ -495,9 +497,24 @@ def test_two_sweeps_into_mongodb_run_each_cell_once_and_never_show_the_password(
     assert (
         summary["store"] == masked and [c["status"] for c in summary["cells"]] == ["COMPLETED"] * 2
     )
+
+    # What the other commands print and write about these runs holds no password either.
+    spec = f"{url}:{db_name}"
+    report = run_study("report", "--mongo", spec, "--format", "html", "--out", "r.html",
+                       cwd=tmp_path, env=env)  # fmt: skip
+    html = (tmp_path / "r.html").read_text()
+    assert "study report: 2 runs -> r.html" in report.stdout and masked in html
+    export = run_study("export", "e.tar.gz", "--mongo", spec, cwd=tmp_path, env=env)
+    assert f"2 run(s) from {masked}" in export.stdout
+    with tarfile.open(tmp_path / "e.tar.gz") as tar:
+        archived = [tar.extractfile(m).read().decode("latin-1") for m in tar if m.isfile()]
+    again = run_study("reproduce", runs[0].id, "--mongo", spec, cwd=tmp_path, env=env)
+    assert re.search(r"^verdict: identical \(run 3 reproducing run \d\)", again.stdout, re.M)
+    printed = [p.stdout + p.stderr for p in (report, export, again)]
+
     with auth_server.client(username=HASH_USER, password=HASH_PASSWORD) as client:
         db = client[db_name]
         stored = b"".join(bson.encode(d) for c in db.list_collection_names() for d in db[c].find())
         assert db.claims.count_documents({}) == 2  # one claim per cell, in the run database
-    for text in (*outs, *written, stored.decode("latin-1")):
+    for text in (*outs, *written, *printed, html, *archived, stored.decode("latin-1")):
         assert _no_secret(text)
