@@ -203,6 +203,20 @@ def test_an_export_round_trips(stored, tmp_path):
     ]
 
 
+def test_an_export_carries_checkpoints_only_when_asked(stored, tmp_path):
+    runs = _copy_store(stored, tmp_path)
+    (run,) = read_file_store(runs)
+    checkpoint = run.location / "checkpoint.pt"
+    assert run.info["checkpoint"] and checkpoint.is_file()
+    for flag, out in (([], "plain.tar.gz"), (["--checkpoints"], "full.tar.gz")):
+        run_study("export", out, "--runs", runs, *flag, cwd=tmp_path)
+    member = "study-export/runs/1/checkpoint.pt"
+    with tarfile.open(tmp_path / "plain.tar.gz") as tar:
+        assert not [n for n in tar.getnames() if "checkpoint" in n]
+    with tarfile.open(tmp_path / "full.tar.gz") as tar:
+        assert tar.extractfile(member).read() == checkpoint.read_bytes()
+
+
 def _archive(path, members):
     """A .tar.gz with (name, bytes | None for a symlink) members."""
     with tarfile.open(path, "w:gz") as tar:
