@@ -35,9 +35,9 @@ def run_order(run_id: str) -> tuple:
 
 
 # Sacred beats every 10 s (a claim holder touches its claim every CLAIM_TOUCH_S): two minutes
-# without a sign of life and the process is taken for gone.
-STALE_S = 120.0
-CLAIM_TOUCH_S = 30.0
+# without a sign of life and the process is taken for gone. Tests shorten both by environment.
+STALE_S = float(os.environ.get("STUDY_STALE_S", 120.0))
+CLAIM_TOUCH_S = float(os.environ.get("STUDY_CLAIM_TOUCH_S", 30.0))
 
 
 def this_host() -> str:

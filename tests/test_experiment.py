@@ -55,7 +55,9 @@ def test_a_run_records_config_metrics_results_and_artifacts(mnist_root, tmp_path
     assert np.isclose(np.mean(ev["topk"][:, 0] == ev["labels"]), rec.result["top1"])
     assert np.isclose(np.trace(ev["confusion"]) / 100, rec.result["top1"])
     per_class = rec.info["per_class_accuracy"]
-    assert len(per_class) == 10 and all(0 <= a <= 1 for a in per_class)
+    # Per class: its diagonal of the confusion matrix over its row.
+    expected = np.diag(ev["confusion"]) / ev["confusion"].sum(axis=1)
+    assert np.allclose(per_class, expected) and len(per_class) == 10
 
     gallery = rec.info["misclassified"]
     assert len(gallery) == min(5, int(round(100 * (1 - rec.result["top1"]))))

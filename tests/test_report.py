@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import statistics
 import zipfile
@@ -344,8 +345,22 @@ def test_the_figure_cache_follows_study_cache_dir(built, tmp_path, monkeypatch):
     assert {p.name for p in (tmp_path / "b" / ".figures").iterdir()} == cached
 
 
-def test_records_read_back_match(store, built):
-    assert [r.id for r in read_file_store(store)] == [r.id for r in built["records"]]
+def test_records_read_back_match_the_files_sacred_wrote(store, built):
+    # Read here with json alone, not through the reader under test.
+    folders = sorted((p for p in store.iterdir() if (p / "run.json").is_file()), key=lambda p:
+                     int(p.name))  # fmt: skip
+    assert [r.id for r in built["records"]] == [p.name for p in folders]
+    for record, folder in zip(built["records"], folders, strict=True):
+        run, config, metrics = (
+            json.loads((folder / name).read_text())
+            for name in ("run.json", "config.json", "metrics.json")
+        )
+        assert record.status == run["status"] == "COMPLETED"
+        assert record.result == run["result"] and record.start_time == run["start_time"]
+        assert {k: record.config[k] for k in config} == config
+        for name, series in metrics.items():
+            pairs = list(zip(series["steps"], series["values"], strict=True))
+            assert record.metric(name) == pairs, name
 
 
 def test_the_seeds_published_values_stand_beside_ours(built, tmp_path):
