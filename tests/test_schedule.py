@@ -10,13 +10,15 @@ import torch
 from study.experiment import make_scheduler
 
 
-def _lrs(schedule: str, epochs: int, steps_per_epoch: int, lr=0.1) -> list[float]:
+def _lrs(
+    schedule: str, epochs: int, steps_per_epoch: int, lr=0.1, warmup=0.0, warmup_min=0
+) -> list[float]:
     """The learning rate in force before each step, and after the last."""
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    scheduler = make_scheduler(
-        {"schedule": schedule, "epochs": epochs, "lr": lr}, optimizer, steps_per_epoch
-    )
+    config = {"schedule": schedule, "epochs": epochs, "lr": lr, "warmup": warmup,
+              "warmup_min_steps": warmup_min}  # fmt: skip
+    scheduler = make_scheduler(config, optimizer, steps_per_epoch)
     seen = [optimizer.param_groups[0]["lr"]]
     for _ in range(epochs * steps_per_epoch):
         optimizer.step()
@@ -35,6 +37,6 @@ def test_cosine_anneals_over_the_whole_run_to_zero():
 
 def test_constant_and_onecycle():
     assert _lrs("constant", epochs=2, steps_per_epoch=3) == [0.1] * 7
-    onecycle = _lrs("onecycle", epochs=2, steps_per_epoch=50)
+    onecycle = _lrs("onecycle", epochs=2, steps_per_epoch=50, warmup=0.1, warmup_min=30)
     assert max(onecycle) == pytest.approx(0.1)  # its peak is `lr`
     assert onecycle[0] < 0.01 and onecycle[-1] < 1e-4
