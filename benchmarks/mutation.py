@@ -66,6 +66,14 @@ TARGETS = {
         ["plan", "describe", "cell_key", "identity", "_run_order"],
         ["tests/test_sweep.py", "-k", "heartbeat or latest_checkpoint"],
     ),
+    # The health rule (study.health): its thresholds and verdicts, judged by its unit tests
+    # (the real-data runs in test_health.py are left out: too slow per mutant).
+    "health": (
+        "study/health.py",
+        None,
+        ["tests/test_health.py", "-m", "not realdata"],
+    ),
+    "protocols": ("study/protocols.py", None, ["tests/test_protocols.py"]),
     # The stores' reading of a run's record.
     "records": (
         "study/stores/records.py",
