@@ -1,5 +1,6 @@
 """study: reproducible image-classification studies."""
 
+import sys
 import warnings
 from pkgutil import extend_path
 
@@ -12,6 +13,10 @@ __path__ = extend_path(__path__, __name__)
 # would otherwise greet every `study` command.
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
+
+# Whether stderr is a terminal, read before Sacred captures the run's output (in a run,
+# sys.stderr is Sacred's tee): progress bars are drawn only there (study.engine.on_terminal).
+STDERR_IS_TERMINAL = sys.stderr is not None and sys.stderr.isatty()
 
 from study.hookspecs import hookimpl  # noqa: E402
 from study.specs import DatasetSpec, Decoded, Download, ModelOptions, ModelSpec, Split  # noqa: E402

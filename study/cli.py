@@ -21,8 +21,10 @@ from study.errors import StudyError
 
 OWN_COMMANDS = ("list", "runs", "sync")
 # Config keys that take true / false (some also take auto or a path): `false` means False.
+# Keys that take true/false (experiment.BOOLEAN_KEYS, and those that take other values too).
 BOOLEAN_KEYS = (
     "download", "pretrained", "aux_logits", "amp", "compile", "data_on_device", "sync_bn",
+    "zero_init_residual", "decay_norm_bias", "drop_last", "health_stop",
 )  # fmt: skip
 # Commands with their own argument parser, in their own module.
 DELEGATED_COMMANDS = {

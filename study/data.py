@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+import study
 from study.atomic import TEMP_SUFFIX, remove_stale_temps, temp_prefix
 from study.errors import DataError, MissingData
 from study.specs import DatasetSpec, Download, Split
@@ -144,9 +146,18 @@ def download_file(d: Download, root: Path) -> Path:
     md5 = hashlib.md5()
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(d.url, timeout=60) as response:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                md5.update(chunk)
+            size = response.headers.get("Content-Length")
+            with tqdm(
+                total=int(size) if size and size.isdigit() else None,
+                unit="B",
+                unit_scale=True,
+                desc=f"downloading {d.filename}",
+                disable=not study.STDERR_IS_TERMINAL,  # a bar only on a terminal
+            ) as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    md5.update(chunk)
+                    bar.update(len(chunk))
         if d.md5 and md5.hexdigest() != d.md5:
             raise DataError(f"{d.url}: downloaded md5 {md5.hexdigest()}; expected {d.md5}")
         os.chmod(tmp, 0o644)  # mkstemp makes it private; data files are shared

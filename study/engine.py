@@ -191,7 +191,10 @@ def train_one_epoch(
     stopped_early = False
     start = time.perf_counter()
     for step, (inputs, labels) in enumerate(
-        tqdm(batches, total=total, desc=progress, disable=progress is None), start=1
+        # A bar only where someone watches: on a terminal. Elsewhere (a log, Sacred's
+        # cout.txt, a cluster job) the line fit prints after each epoch says it all.
+        tqdm(batches, total=total, desc=progress, disable=progress is None or not on_terminal()),
+        start=1,
     ):
         loss, logits = train_step(setup, inputs, labels)
         loss_sum += loss.detach() * len(labels)
@@ -243,6 +246,14 @@ def train_one_epoch(
         "train_images": int(seen_total),
         "stopped_early": stopped_early,
     }
+
+
+def on_terminal() -> bool:
+    """Whether progress bars have a terminal to draw on (tqdm writes to stderr), as it was
+    before Sacred captured the run's output."""
+    import study
+
+    return study.STDERR_IS_TERMINAL
 
 
 def _past(start: float, limit: float, device: torch.device) -> bool:

@@ -35,9 +35,9 @@ def run_order(run_id: str) -> tuple:
 
 
 # Sacred beats every 10 s (a claim holder touches its claim every CLAIM_TOUCH_S): two minutes
-# without a sign of life and the process is taken for gone.
-STALE_S = 120.0
-CLAIM_TOUCH_S = 30.0
+# without a sign of life and the process is taken for gone. Tests shorten both by environment.
+STALE_S = float(os.environ.get("STUDY_STALE_S", 120.0))
+CLAIM_TOUCH_S = float(os.environ.get("STUDY_CLAIM_TOUCH_S", 30.0))
 # A sign of life dated more than this ahead of our clock (skew, or a hostile store) is no sign:
 # trusted, it would keep a run or claim alive, and a sweep waiting on it, for ever.
 FUTURE_S = 300.0

@@ -1,9 +1,10 @@
 """A real MongoDB-wire server for tests: SecantusDB's `secantusd-py` (WiredTiger storage) run as
-a subprocess on a free loopback port, with its data in a temp folder."""
+a subprocess on a loopback port it binds itself (port 0), with its data in a temp folder."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -36,24 +37,51 @@ class MongoServer:
     def __init__(self, storage: Path, port: int | None = None, args: tuple[str, ...] = ()):
         self.storage = Path(storage)
         self.args = tuple(args)  # e.g. ("--auth",): clients must authenticate (SCRAM)
-        self.port = port or free_port()
-        self.url = f"mongodb://{HOST}:{self.port}"
+        # None: the first start binds port 0 and reads the port the server got from its log
+        # (a port picked here could be taken before the server binds it); restarts keep it.
+        self.port = port
         self.proc: subprocess.Popen | None = None
-        self.log = self.storage.parent / f"secantusd-{self.port}.log"
+        self.log = self.storage.parent / f"secantusd-{self.storage.name}.log"
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("the server has not started: its port is not known yet")
+        return f"mongodb://{HOST}:{self.port}"
 
     def start(self, timeout: float = 60) -> MongoServer:
         command = server_command()
         if command is None:
             raise RuntimeError("secantusd-py not found: pip install secantusdb==0.7.0b3")
         self.storage.mkdir(parents=True, exist_ok=True)
+        offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
+            # INFO: the server's one info line says which port it listens on.
             self.proc = subprocess.Popen(
-                [*command, "--host", HOST, "--port", str(self.port),
-                 "--storage-path", str(self.storage), "--log-level", "WARNING", *self.args],
+                [*command, "--host", HOST, "--port", str(self.port or 0),
+                 "--storage-path", str(self.storage), "--log-level", "INFO", *self.args],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
+        if self.port is None:
+            self.port = self._bound_port(offset, timeout)
         self.wait_ready(timeout)
         return self
+
+    def _bound_port(self, offset: int, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(self.log, "rb") as log:
+                log.seek(offset)
+                said = log.read().decode(errors="replace")
+            found = re.search(r"secantus listening on [^\s:]+:(\d+)", said)
+            if found:
+                return int(found.group(1))
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"secantusd-py exited {self.proc.returncode}: {self.tail()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"secantusd-py: no port in {timeout} s: {self.tail()}")
+            time.sleep(0.05)
 
     def wait_ready(self, timeout: float) -> None:
         import pymongo

@@ -18,32 +18,49 @@ from study import identity
 from study.claims import FileClaims, MongoClaims
 
 RACERS = 8
-# Each racer waits for the start file, then claims once and says whether it won.
+# Each racer says it is ready, waits for the start file, claims once and says whether it won,
+# then holds what it got until the release file appears: the test creates it only once every
+# racer has tried, so no racer can find a winner already gone (and take the claim over).
 RACE = """
-import os, sys, time
+import sys, time
 from pathlib import Path
-start = Path(sys.argv[1])
+ready, start, release = (Path(p) for p in sys.argv[1:4])
+{make}
+ready.touch()
 while not start.exists():
     time.sleep(0.001)
-{make}
 claim = claims.acquire("cell-0123abcd")
 print("won" if claim is not None else "lost", flush=True)
-time.sleep(1.0)  # hold it while the others try
+while not release.exists():
+    time.sleep(0.01)
 """
 
 
 def _race(tmp_path, make: str) -> list[str]:
-    start = tmp_path / "go"
+    start, release = tmp_path / "go", tmp_path / "release"
+    ready = [tmp_path / f"ready-{i}" for i in range(RACERS)]
     script = RACE.format(make=make)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", script, str(start)], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", script, str(ready[i]), str(start), str(release)],
+            stdout=subprocess.PIPE,
+            text=True,
         )  # fmt: skip
-        for _ in range(RACERS)
+        for i in range(RACERS)
     ]
-    time.sleep(2.0)  # every racer is up and waiting
-    start.touch()
-    return [p.communicate(timeout=60)[0].strip() for p in procs]
+    try:
+        deadline = time.monotonic() + 120
+        while not all(r.exists() for r in ready):  # every racer is up and waiting
+            assert all(p.poll() is None for p in procs), "a racer exited before the start"
+            assert time.monotonic() < deadline, "the racers did not start in 120 s"
+            time.sleep(0.01)
+        start.touch()
+        results = [p.stdout.readline().strip() for p in procs]  # every racer has tried
+    finally:
+        release.touch()
+    for p in procs:
+        p.communicate(timeout=60)
+    return results
 
 
 def _dead_pid() -> int:
@@ -84,6 +101,21 @@ def test_a_file_claim_whose_holder_is_gone_is_taken_over(tmp_path):
     assert claims.acquire("cell-3") is None
 
 
+def test_touching_a_file_claim_renews_it(tmp_path):
+    claims = FileClaims(tmp_path)
+    claim = claims.acquire("cell-r")
+    path = tmp_path / "cell-r.0.claim"
+    old = time.time() - identity.STALE_S - 5
+    os.utime(path, (old, old))  # not touched for longer than STALE_S: taken for gone
+    assert claims.holder("cell-r") is None
+    claim.touch()
+    assert claims.holder("cell-r").pid == os.getpid()
+    assert claims.acquire("cell-r") is None  # renewed: nobody takes it over
+    claim.release()
+    claim.touch()  # a released claim stays released
+    assert list(tmp_path.glob("cell-r.*")) == [] and claims.holder("cell-r") is None
+
+
 needs_server = pytest.mark.skipif(server_command() is None, reason="secantusd-py not installed")
 
 
@@ -122,3 +154,19 @@ def test_a_mongo_claim_whose_holder_is_gone_is_taken_over(server):
             assert claims.acquire(key) is None  # now held, alive
             claim.release()
             assert claims.holder(key) is None and claims.acquire(key) is not None
+
+
+@needs_server
+def test_touching_a_mongo_claim_renews_it(server):
+    with server.client() as client:
+        collection = client[f"t{uuid.uuid4().hex[:12]}"].claims
+        claims = MongoClaims(collection)
+        claim = claims.acquire("sync-r")
+        gone = identity.utcnow() - timedelta(seconds=identity.STALE_S + 5)
+        collection.update_one({"_id": "sync-r"}, {"$set": {"beat": gone}})
+        assert claims.holder("sync-r") is None  # alive by its pid, but silent too long
+        claim.touch()
+        assert claims.holder("sync-r").pid == os.getpid()
+        assert claims.acquire("sync-r") is None
+        claim.release()
+        assert claims.holder("sync-r") is None

@@ -387,6 +387,7 @@ def test_real_prepare_and_reload(real_cache, name, train, test, shape):
     start = time.perf_counter()
     first = prepare(spec, REAL, download=False, workers=2, cache_dir=real_cache)
     built = time.perf_counter() - start
+    cached = {p: p.stat().st_mtime_ns for p in Path(first.cache_path).rglob("*") if p.is_file()}
     start = time.perf_counter()
     second = prepare(spec, REAL, download=False, workers=2, cache_dir=real_cache)
     reloaded = time.perf_counter() - start
@@ -395,4 +396,5 @@ def test_real_prepare_and_reload(real_cache, name, train, test, shape):
     assert second.train.images.shape == (train, *shape) and len(second.test.labels) == test
     assert second.class_names == list(spec.class_names)
     assert all(0 < m < 1 for m in second.mean) and all(0 < s < 1 for s in second.std)
-    assert reloaded < 2.0
+    # Read back from the cache, not rebuilt (the time it takes is printed, not asserted).
+    assert cached and {p: p.stat().st_mtime_ns for p in cached} == cached

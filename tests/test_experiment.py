@@ -55,7 +55,9 @@ def test_a_run_records_config_metrics_results_and_artifacts(mnist_root, tmp_path
     assert np.isclose(np.mean(ev["topk"][:, 0] == ev["labels"]), rec.result["top1"])
     assert np.isclose(np.trace(ev["confusion"]) / 100, rec.result["top1"])
     per_class = rec.info["per_class_accuracy"]
-    assert len(per_class) == 10 and all(0 <= a <= 1 for a in per_class)
+    # Per class: its diagonal of the confusion matrix over its row.
+    expected = np.diag(ev["confusion"]) / ev["confusion"].sum(axis=1)
+    assert np.allclose(per_class, expected) and len(per_class) == 10
 
     gallery = rec.info["misclassified"]
     assert len(gallery) == min(5, int(round(100 * (1 - rec.result["top1"]))))
@@ -205,3 +207,38 @@ def test_a_time_budget_is_recorded_with_the_images_each_epoch_saw(mnist_root, tm
     assert rec.metric("train_images") == [(1, 50.0)]  # one batch of the 600 training images
     assert rec.metric("test_top1")[-1][1] == rec.result["top1"]
     assert rec.evaluation()["labels"].shape == (100,)
+
+
+def _under_a_terminal(args, cwd) -> str:
+    """What `python -m study ARGS` writes to a real pseudo-terminal (stdout and stderr)."""
+    import os
+    import pty
+
+    out = bytearray()
+
+    def read(fd):
+        data = os.read(fd, 1 << 16)
+        out.extend(data)
+        return data
+
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        status = pty.spawn([sys.executable, "-m", "study", *map(str, args)], read)
+    finally:
+        os.chdir(old)
+    assert os.waitstatus_to_exitcode(status) == 0, out.decode(errors="replace")
+    return out.decode(errors="replace")
+
+
+def test_progress_bars_only_on_a_terminal(mnist_root, tmp_path):
+    """Piped (a log, a cluster job, Sacred's cout.txt) a run writes plain lines, one per
+    epoch, with no carriage-return debris; on a terminal it draws tqdm's bar."""
+    args = ["run", "with", *FAST, f"data_root={mnist_root}", "epochs=1", "test_limit=50"]
+    piped = run_study(*args, "-F", tmp_path / "piped", cwd=tmp_path)
+    assert "\r" not in piped.stdout + piped.stderr and "it/s" not in piped.stderr
+    (line,) = [ln for ln in piped.stdout.splitlines() if ln.startswith("epoch 1/1:")]
+    assert ", test top-1 " in line
+    assert "\r" not in (tmp_path / "piped" / "1" / "cout.txt").read_text()
+    shown = _under_a_terminal([*args, "-F", tmp_path / "tty"], tmp_path)
+    assert "epoch 1/1: 100%|" in shown  # tqdm's bar, drawn on the terminal

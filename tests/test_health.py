@@ -118,7 +118,7 @@ def test_a_run_at_lr_1_says_it_collapsed_at_the_epoch_and_in_its_record(tmp_path
     assert [e["epoch"] for e in rec.info["health"]["epochs"]] == [1, 2]
     assert rec.status == "COMPLETED" and rec.info["health"]["stopped"] is None
     listing = run_study("runs", "--runs", tmp_path / "runs", cwd=tmp_path).stdout
-    (line,) = [x for x in listing.splitlines() if x.split()[:1] == [rec.id]]
+    (line,) = [x for x in listing.splitlines() if x.split()[:2] == [rec.id, "small_cnn"]]
     assert line.endswith(", ".join(f.upper() for f in flags))
 
 

@@ -64,3 +64,24 @@ def test_times_and_the_one_liveness_rule():
     assert identity.alive(now, "another-host", proc.pid)  # elsewhere: by its age alone
     assert identity.run_alive("RUNNING", None, now.isoformat())  # no heartbeat yet: its start
     assert not identity.run_alive("COMPLETED", now.isoformat(), now.isoformat())
+
+
+def test_liveness_either_side_of_stale_s():
+    now = identity.utcnow()
+    assert identity.alive(now - timedelta(seconds=identity.STALE_S - 2))
+    assert not identity.alive(now - timedelta(seconds=identity.STALE_S + 2))
+    here = identity.this_host()
+    assert not identity.alive(now - timedelta(seconds=identity.STALE_S + 2), here, os.getpid())
+    assert identity.run_alive("QUEUED", None, now) and not identity.run_alive("FAILED", now, now)
+
+
+def test_the_intervals_are_shortened_through_the_environment():
+    # What tests of claim renewal and stale heartbeats set; a default run reads neither.
+    code = "from study import identity, sweep; print(identity.STALE_S, sweep.CLAIM_TOUCH_S)"
+    env = {**os.environ, "STUDY_STALE_S": "1.5", "STUDY_CLAIM_TOUCH_S": "0.25"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["1.5", "0.25"], out.stderr
+    for name in ("STUDY_STALE_S", "STUDY_CLAIM_TOUCH_S"):
+        env.pop(name)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["120.0", "30.0"], out.stderr

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 import uuid
@@ -245,8 +248,9 @@ def test_server_down_at_start_fails_fast_or_falls_back(server, mnist_root, tmp_p
     assert "unreachable" in line and f"{USER}:***@" in line and mongo.FALLBACK_ENV in line
     assert PASSWORD not in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists()
-    # 3 s of server selection plus interpreter and torch start-up, not pymongo's 30 s.
-    assert elapsed < 20, elapsed
+    # It waited study's server selection (3 s), not pymongo's 30 s: said, not timed (the time
+    # a start-up takes on a loaded machine is no test).
+    assert "(no answer within 3 s: " in line
     print(f"server down: study exited after {elapsed:.1f} s")
 
     env[mongo.FALLBACK_ENV] = "1"
@@ -446,3 +450,71 @@ def test_authentication_failures_are_one_line(auth_server, db_name, mnist_root, 
             assert line.startswith("study: error: MongoDB at mongodb://") and expected in line
             assert "wrong9" not in proc.stdout + proc.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mongo-shadow").exists()
+
+
+@needs_server
+def test_two_sweeps_into_mongodb_run_each_cell_once_and_never_show_the_password(
+    auth_server, db_name, mnist_root, tmp_path
+):
+    """Two sweep processes of one grid, recording into a MongoDB that requires authentication,
+    the password on their command line: each cell runs once, and the password is in no output,
+    summary, log, claim or run document; nor in what report, export and reproduce print and
+    write about those runs."""
+    url = auth_server.url.replace("mongodb://", f"mongodb://{HASH_USER}:{HASH_PASSWORD}@")
+    args = ["sweep", "--models", "small_cnn", "--datasets", "mnist", "--seeds", "2", "with",
+            f"data_root={mnist_root}", "epochs=1", "batch_size=50", "image_size=32",
+            "train_limit=100", "test_limit=50", "precise_bn=0", "gallery=1",
+            "-m", f"{url}:{db_name}"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in (mongo.URL_ENV, mongo.DB_ENV)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "study", *args],
+            cwd=tmp_path,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    masked = mongo.mask_url(f"{url}/{db_name}")
+    assert all(f"recording to {masked}" in out for out in outs), outs
+    assert all("2 of 2 cells COMPLETED" in out for out in outs), outs
+    started = [len(re.findall(r"^\[\d\] [^:]+: run \(log", out, re.M)) for out in outs]
+    assert sum(started) == 2, outs  # each cell started by one of the two
+
+    runs = mongo.read_mongo_runs(url, db_name)
+    assert sorted((r.config["seed"], r.status) for r in runs) == [
+        (0, "COMPLETED"),
+        (1, "COMPLETED"),
+    ]
+    (folder,) = (tmp_path / "sweeps").glob("sweep-grid-*")
+    written = [p.read_text() for p in sorted(folder.iterdir())]  # two cell logs, the summary
+    assert len(written) == 3
+    summary = json.loads((folder / "summary.json").read_text())
+    assert (
+        summary["store"] == masked and [c["status"] for c in summary["cells"]] == ["COMPLETED"] * 2
+    )
+
+    # What the other commands print and write about these runs holds no password either.
+    spec = f"{url}:{db_name}"
+    report = run_study("report", "--mongo", spec, "--format", "html", "--out", "r.html",
+                       cwd=tmp_path, env=env)  # fmt: skip
+    html = (tmp_path / "r.html").read_text()
+    assert "study report: 2 runs -> r.html" in report.stdout and masked in html
+    export = run_study("export", "e.tar.gz", "--mongo", spec, cwd=tmp_path, env=env)
+    assert f"2 run(s) from {masked}" in export.stdout
+    with tarfile.open(tmp_path / "e.tar.gz") as tar:
+        archived = [tar.extractfile(m).read().decode("latin-1") for m in tar if m.isfile()]
+    again = run_study("reproduce", runs[0].id, "--mongo", spec, cwd=tmp_path, env=env)
+    assert re.search(r"^verdict: identical \(run 3 reproducing run \d\)", again.stdout, re.M)
+    printed = [p.stdout + p.stderr for p in (report, export, again)]
+
+    with auth_server.client(username=HASH_USER, password=HASH_PASSWORD) as client:
+        db = client[db_name]
+        stored = b"".join(bson.encode(d) for c in db.list_collection_names() for d in db[c].find())
+        assert db.claims.count_documents({}) == 2  # one claim per cell, in the run database
+    for text in (*outs, *written, *printed, html, *archived, stored.decode("latin-1")):
+        assert _no_secret(text)

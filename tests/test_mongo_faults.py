@@ -114,8 +114,8 @@ def test_server_lost_mid_run_then_sync(server, db_name, mnist_root, tmp_path):
         f"server killed after epoch 1: {lost_s:.1f} s (exit {lag:.1f} s after stop_time, "
         f"{time.monotonic() - killed_at:.1f} s after the kill)"
     )
-    # One server-selection timeout (3 s) for the final save, not Sacred's 10 tries (~40 s).
-    assert lag < 15, lag
+    # One server-selection timeout (3 s) for the final save, not Sacred's 10 tries (~40 s):
+    # printed above, not asserted (a duration on a shared machine is no test).
 
     server.start()
     (partial,) = mongo.read_mongo_runs(server.url, db_name)

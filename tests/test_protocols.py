@@ -160,3 +160,14 @@ def test_fast_costs_no_more_than_the_paper_size(model, dataset):
 )
 def test_stem_downsamplings_keep_one_per_doubling_above_32(size, kept):
     assert protocols.stem_downsamplings(size, 4) == kept
+
+
+def test_every_true_false_key_is_parsed_from_the_command_line():
+    from study import cli, experiment
+
+    assert set(experiment.BOOLEAN_KEYS) <= set(cli.BOOLEAN_KEYS)
+    assert cli.parse_booleans({"health_stop": "true", "drop_last": "False", "lr": "true"}) == {
+        "health_stop": True,
+        "drop_last": False,
+        "lr": "true",
+    }

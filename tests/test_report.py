@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import statistics
 import zipfile
@@ -13,6 +14,7 @@ from conftest import run_study
 
 from study.errors import StudyError
 from study.report import build_report, main, select_runs
+from study.report.model import cell_flags
 from study.stores import read_file_store
 
 EVIL = ["<script>alert(1)</script>", "<img src=x onerror=alert(2)>"]
@@ -343,8 +345,22 @@ def test_the_figure_cache_follows_study_cache_dir(built, tmp_path, monkeypatch):
     assert {p.name for p in (tmp_path / "b" / ".figures").iterdir()} == cached
 
 
-def test_records_read_back_match(store, built):
-    assert [r.id for r in read_file_store(store)] == [r.id for r in built["records"]]
+def test_records_read_back_match_the_files_sacred_wrote(store, built):
+    # Read here with json alone, not through the reader under test.
+    folders = sorted((p for p in store.iterdir() if (p / "run.json").is_file()), key=lambda p:
+                     int(p.name))  # fmt: skip
+    assert [r.id for r in built["records"]] == [p.name for p in folders]
+    for record, folder in zip(built["records"], folders, strict=True):
+        run, config, metrics = (
+            json.loads((folder / name).read_text())
+            for name in ("run.json", "config.json", "metrics.json")
+        )
+        assert record.status == run["status"] == "COMPLETED"
+        assert record.result == run["result"] and record.start_time == run["start_time"]
+        assert {k: record.config[k] for k in config} == config
+        for name, series in metrics.items():
+            pairs = list(zip(series["steps"], series["values"], strict=True))
+            assert record.metric(name) == pairs, name
 
 
 def test_the_seeds_published_values_stand_beside_ours(built, tmp_path):
@@ -416,15 +432,19 @@ def test_claims_follow_the_paired_tests(built, tmp_path, capsys):
 
     # One run predicting exactly as another (the same run under a second model name): McNemar
     # gives p = 1, so neither is called best, however the means are ordered.
-    run = next(r for r in built["records"] if r.model == "resnet18")
+    # (Small CNN's seed-0 run: the one-epoch ResNet-18 run is flagged, and a flagged cell is
+    # never ranked at all.)
+    run = next(r for r in built["records"] if r.model == "small_cnn" and r.dataset == "mnist")
+    assert not cell_flags([run], lambda r: r.evaluation()).get("flagged")
     twin = dataclasses.replace(run, id="98", config={**run.config, "model": "resnet50"})
     pdf = build_report([run, twin], tmp_path / "twin.pdf", "pdf")
     text = pdf_text(pdf)
     abstract = section(text, "Abstract", "1. Method")
     closing = section(text, "5. Conclusions", "6. Limitations")
     assert re.search(
-        r"On MNIST no best model is named: the highest top-1, ResNet-\d+ \(top-1 [0-9.]+\), "
-        r"does not differ significantly from ResNet-\d+ \(p = 1\.0+\) by McNemar's test\.",
+        r"On MNIST no best model is named: the highest top-1, (Small CNN|ResNet-50) \(top-1 "
+        r"[0-9.]+\), does not differ significantly from (Small CNN|ResNet-50) \(p = 1\.0+\) by "
+        r"McNemar's test\.",
         abstract,
     ), abstract
     assert "has the highest top-1" not in abstract and "best model on" not in closing
@@ -456,15 +476,17 @@ def test_chance_and_collapsed_cells_are_flagged_everywhere(odd):
     arm = "small_cnn [lr=1.0, epochs=1]"
     title = "Small CNN (lr=1.0, epochs=1)"
     cell = re.search(rf'data-cell="mnist/{re.escape(arm)}/top1">(.*?)</td>', html, re.S).group(1)
-    assert re.search(r'<span class="flag"[^>]*>†‡</span>', cell)  # at chance and collapsed
+    # At chance, collapsed, and stuck (its one epoch's loss is far above ln 10).
+    assert re.search(r'<span class="flag"[^>]*>†‡§</span>', cell)
     assert "† At chance" in text and "‡ Predictions collapsed" in text
+    assert "§ Stuck: a run's training loss at its last epoch is still" in text
     share = f"{np.bincount(predicted).max() / predicted.size:.0%}"
     sentence = f"{title} on MNIST: top-1 {top1:.4f} is not significantly above chance (0.1000"
     assert sentence in text
     assert f"takes {share} of {predicted.size:,} predictions and 1 of 10 classes" in text
     assert f"Flagged: {title} on MNIST" in text  # in the data set's results section
     abstract = section(text, "Abstract", "1. Method")
-    assert f"{title} on MNIST: at chance; predictions collapsed" in abstract
+    assert f"{title} on MNIST: at chance; predictions collapsed; stuck" in abstract
     flagged = len(re.findall(r'<p class="flagged">', html))
     words = ["", "One cell is", "Two cells are", "Three cells are", "Four cells are"][flagged]
     assert f"{words} flagged as not a working classifier" in abstract  # no numeral opens it
@@ -472,7 +494,7 @@ def test_chance_and_collapsed_cells_are_flagged_everywhere(odd):
     # Its ECE is "not meaningful" in Table 3, the reliability panel and the appendix, and it
     # is left out of the calibration ranking.
     row = re.search(rf'<tr data-ece="MNIST/{re.escape(title)}">(.*?)</tr>', html, re.S).group(1)
-    assert "not meaningful (at chance; predictions collapsed)" in row
+    assert "not meaningful (at chance; predictions collapsed; stuck)" in row
     ranking = re.search(r'<p class="caption">Lowest ECE per data set(.*?)</p>', html, re.S)
     ranking = ranking.group(1)
     assert f": {title} (" not in ranking  # never ranked ...
@@ -480,7 +502,7 @@ def test_chance_and_collapsed_cells_are_flagged_everywhere(odd):
     uris = re.findall(r'<img class="reliability" src="data:image/svg\+xml;base64,([^"]+)"', html)
     assert "ECE not meaningful" in base64.b64decode(uris[0]).decode()
     appendix = text[text.index("Appendix B: runs") :]
-    assert "ECE not meaningful (at chance; predictions collapsed)" in appendix
+    assert "ECE not meaningful (at chance; predictions collapsed; stuck)" in appendix
 
     # A cell that learned (the two seeds of Small CNN at lr 0.003, 2 epochs) is not flagged.
     learned = re.search(

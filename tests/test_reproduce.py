@@ -81,6 +81,31 @@ def test_a_changed_learning_rate_is_named_and_judged(stored, tmp_path):
     assert re.search(r"McNemar on per-image correctness .*: b = \d+, c = \d+, p = ", proc.stdout)
 
 
+def test_a_clear_gap_is_different_and_exits_1(stored, tmp_path):
+    import numpy as np
+
+    runs = _copy_store(stored, tmp_path)
+    # The original's record made to say it got every test image wrong: a fixed gap.
+    folder = runs / "1"
+    with np.load(folder / "evaluation.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["topk"][:, 0] = (arrays["labels"] + 1) % 10
+    np.savez(folder / "evaluation.npz", **arrays)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["test_top1"]["values"] = [0.0] * len(metrics["test_top1"]["values"])
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    proc = run_study("reproduce", "1", "--runs", runs, cwd=tmp_path, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert _verdict(proc).groups() == ("different", "2", "1")
+    (again,) = [r for r in read_file_store(runs) if r.id == "2"]
+    right = int(round(again.result["top1"] * 100))
+    assert right > 0  # the reproduction learnt something: the gap is real
+    assert f"top-1 after epoch 2: 0.0000 (run 1) vs {right / 100:.4f} (run 2), 100 test images" in (
+        proc.stdout
+    )
+    assert f": b = 0, c = {right}, p = " in proc.stdout and ", significant" in proc.stdout
+
+
 def test_an_older_plugin_version_in_the_record_is_named(stored, tmp_path):
     runs = _copy_store(stored, tmp_path)
     info_path = runs / "1" / "info.json"
@@ -201,6 +226,20 @@ def test_an_export_round_trips(stored, tmp_path):
     assert [r.meta["reproduces"]["store"] for r in read_file_store(tmp_path / "again")] == [
         str(out)
     ]
+
+
+def test_an_export_carries_checkpoints_only_when_asked(stored, tmp_path):
+    runs = _copy_store(stored, tmp_path)
+    (run,) = read_file_store(runs)
+    checkpoint = run.location / "checkpoint.pt"
+    assert run.info["checkpoint"] and checkpoint.is_file()
+    for flag, out in (([], "plain.tar.gz"), (["--checkpoints"], "full.tar.gz")):
+        run_study("export", out, "--runs", runs, *flag, cwd=tmp_path)
+    member = "study-export/runs/1/checkpoint.pt"
+    with tarfile.open(tmp_path / "plain.tar.gz") as tar:
+        assert not [n for n in tar.getnames() if "checkpoint" in n]
+    with tarfile.open(tmp_path / "full.tar.gz") as tar:
+        assert tar.extractfile(member).read() == checkpoint.read_bytes()
 
 
 def _archive(path, members):

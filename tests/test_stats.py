@@ -114,6 +114,112 @@ def test_per_sample_values_from_an_evaluation():
 
 
 # ---------------------------------------------------------------------------------------------
+# The significance level: decisions on both sides of 0.05 and at it
+
+
+def test_the_decision_is_p_below_0_05():
+    def decided(p):
+        return stats.McNemar(0, 0, 0, None, p, "exact binomial").significant
+
+    assert stats.SIGNIFICANCE == 0.05
+    assert decided(math.nextafter(0.05, 0.0)) and decided(0.0)
+    assert not decided(0.05)  # at the level: not significant
+    assert not decided(math.nextafter(0.05, 1.0)) and not decided(1.0)
+
+
+@pytest.mark.parametrize(
+    ("b", "c", "p", "significant"),
+    [
+        # exact: 2 * P(X <= min(b, c)), X ~ Bin(b + c, 1/2)
+        (0, 7, 2 / 2**7, True),  # 0.0156: significant at 0.05, not at 0.01
+        (1, 8, 2 * (1 + 9) / 2**9, True),  # 0.0391
+        (10, 2, 2 * (1 + 12 + 66) / 2**12, True),  # 0.0386
+        (1, 7, 2 * (1 + 8) / 2**8, False),  # 0.0703
+        (9, 2, 2 * (1 + 11 + 55) / 2**11, False),  # 0.0654
+        # chi-square: (|b - c| - 1)^2 / (b + c) = 4 -> p = erfc(sqrt(2)) = 0.0455
+        (18, 7, math.erfc(math.sqrt(2.0)), True),
+        (8, 17, math.erfc(math.sqrt(1.28)), False),  # 64 / 25 = 2.56 -> 0.1096
+    ],
+)
+def test_p_values_either_side_of_0_05_by_hand(b, c, p, significant):
+    result = stats.mcnemar(*pairs(b, c, both_right=20, both_wrong=3))
+    assert result.p_value == pytest.approx(p, rel=1e-12)
+    assert result.significant is significant
+    assert 0.01 < p < 0.12  # every case lies between the usual levels
+
+
+def test_distributions_at_hand_computed_values():
+    # I_x(1, 1) = x, I_x(a, 1) = x^a, I_{1/2}(a, a) = 1/2
+    assert stats.betainc(1.0, 1.0, 0.3) == pytest.approx(0.3, rel=1e-12)
+    assert stats.betainc(3.0, 1.0, 0.5) == pytest.approx(0.125, rel=1e-12)
+    assert stats.betainc(2.5, 2.5, 0.5) == pytest.approx(0.5, rel=1e-12)
+    assert stats.betainc(2.0, 3.0, 0.9) == pytest.approx(0.9963, rel=1e-12)  # 1 - 4(.1)^3 + 3(.1)^4
+    assert (stats.betainc(2.0, 3.0, 0.0), stats.betainc(2.0, 3.0, 1.0)) == (0.0, 1.0)
+    # Student's t with 1 degree of freedom is Cauchy: F(t) = 1/2 + atan(t) / pi
+    for t in (-3.0, -0.5, 0.0, 0.5, 3.0):
+        assert stats.t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, rel=1e-12)
+    assert stats.t_quantile(0.975, 1) == pytest.approx(math.tan(math.pi * 0.475), rel=1e-10)
+    # 2 degrees of freedom: t_p = (2p - 1) / sqrt(2 p (1 - p))
+    assert stats.t_quantile(0.975, 2) == pytest.approx(0.95 / math.sqrt(0.04875), rel=1e-10)
+    assert stats.t_quantile(0.025, 2) == pytest.approx(-0.95 / math.sqrt(0.04875), rel=1e-10)
+    assert stats.t_quantile(0.5, 7) == pytest.approx(0.0, abs=1e-12)
+    assert stats.normal_quantile(0.975) == pytest.approx(1.959963984540054, rel=1e-12)
+    assert stats.normal_quantile(0.5) == pytest.approx(0.0, abs=1e-12)
+    assert stats.normal_quantile(0.025) == pytest.approx(-1.959963984540054, rel=1e-12)
+    for bad in (0.0, 1.0, 1.5, -0.5):
+        with pytest.raises(ValueError):
+            stats.t_quantile(bad, 3)
+        with pytest.raises(ValueError):
+            stats.normal_quantile(bad)
+
+
+def test_mcnemar_chi_square_edges_by_hand():
+    assert stats.mcnemar_chi2(13, 13) == (0.0, 1.0)  # the correction never overshoots
+    assert stats.mcnemar_chi2(14, 12) == (pytest.approx(1 / 26), pytest.approx(
+        math.erfc(math.sqrt(1 / 52))))  # fmt: skip
+    assert stats.mcnemar_chi2(0, 0) == (0.0, 1.0)
+    assert stats.mcnemar_exact_p(0, 0) == 1.0
+    assert stats.mcnemar_exact_p(0, 1) == 1.0  # 2 * 1/2
+    assert stats.mcnemar_exact_p(0, 2) == pytest.approx(0.5, rel=1e-12)
+    # The switch at MCNEMAR_EXACT_BELOW, and a caller's own threshold.
+    assert stats.MCNEMAR_EXACT_BELOW == 25
+    assert stats.mcnemar(*pairs(18, 7), exact_below=26).method == "exact binomial"
+    assert stats.mcnemar(*pairs(2, 2), exact_below=4).method.startswith("chi-square")
+
+
+def test_intervals_at_their_edges_by_hand():
+    none = stats.wilson_interval(0, 10)
+    z2 = 1.959963984540054**2
+    assert none.low == 0.0 and none.high == pytest.approx(z2 / (10 + z2), rel=1e-12)
+    everything = stats.wilson_interval(10, 10)  # the mirror image
+    assert everything.high == 1.0 and everything.low == pytest.approx(10 / (10 + z2), rel=1e-12)
+    for bad in ((-1, 10), (11, 10), (0, 0)):
+        with pytest.raises(ValueError):
+            stats.wilson_interval(*bad)
+    one = stats.wilson_interval(1, 1)  # one test image is enough for an interval
+    assert one.high == 1.0 and one.low == pytest.approx(1 / (1 + z2), rel=1e-12)
+    ci = stats.mean_interval([0.5, 0.7])  # t_{0.975, 1} = tan(0.475 pi), s = 0.1414, n = 2
+    half = math.tan(math.pi * 0.475) * math.sqrt(0.02) / math.sqrt(2)
+    assert (ci.low, ci.high) == (pytest.approx(0.6 - half), pytest.approx(0.6 + half))
+    assert stats.mean_interval([0.4, 0.4, 0.4]).low == pytest.approx(0.4)  # no spread
+    ninety = stats.mean_interval([0.8, 0.9, 1.0], confidence=0.9)  # t_{0.95, 2} = 2.919986
+    assert ninety.high - ninety.estimate == pytest.approx(2.919985580355516 * 0.1 / math.sqrt(3))
+    assert stats.accuracy_interval([], 100) is None
+    assert stats.accuracy_interval([0.8], 0) is None
+
+
+def test_ece_of_an_empty_set_and_of_perfect_calibration():
+    assert math.isnan(stats.expected_calibration_error([], []))
+    # Half right at confidence 0.5, all right at confidence 1: perfectly calibrated.
+    conf = [0.5, 0.5, 1.0]
+    assert stats.expected_calibration_error(conf, [True, False, True]) == 0.0
+    assert stats.expected_calibration_error([0.2, 0.2], [True, True], bins=5) == pytest.approx(0.8)
+    rel = stats.reliability_bins([0.2, 0.2], [True, True], bins=5)
+    assert list(rel.count) == [2, 0, 0, 0, 0]
+    assert rel.edges == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+
+
+# ---------------------------------------------------------------------------------------------
 # Against scipy / statsmodels
 
 
@@ -298,3 +404,32 @@ def test_runs_trained_differently_are_separate_arms_never_pooled(tmp_path):
         "resnet18 [fast, lr=0.05]", "resnet18 [fast, lr=0.1]", "resnet18 [fast, lr=0.1]",
         "resnet18 [paper, lr=0.0002]",
     ]  # fmt: skip
+
+
+def _pair_of_runs(b: int, c: int):
+    """Two one-run cells on 100 images: ResNet-18 right where Small CNN is wrong on b images,
+    the reverse on c."""
+    right, wrong = pairs(b, c, both_right=60, both_wrong=100 - 60 - b - c)
+    return [fake_run(1, "resnet18", right), fake_run(2, "small_cnn", wrong)]
+
+
+def test_the_report_calls_p_0_039_a_difference(tmp_path):
+    html = report_html(_pair_of_runs(8, 1), tmp_path)  # exact p = 2 * 10 / 512 = 0.0391
+    text = conclusions(html)
+    assert (
+        "ResNet-18 is the best model on MNIST: it differs significantly from every other model. "
+        "ResNet-18 (top-1 0.6800) differs significantly from Small CNN (0.6100): McNemar exact "
+        "binomial, p = 0.0391, below 0.05." in text
+    )
+    assert "no significant difference" not in text
+
+
+def test_the_report_calls_p_0_065_no_difference(tmp_path):
+    html = report_html(_pair_of_runs(9, 2), tmp_path)  # exact p = 2 * 67 / 2048 = 0.0654
+    text = conclusions(html)
+    assert (
+        "No model is shown best on MNIST: the highest mean top-1 does not differ significantly "
+        "from every other model. ResNet-18 (top-1 0.6900) and Small CNN (0.6200) show no "
+        "significant difference (McNemar exact binomial, p = 0.0654 ≥ 0.05)" in text
+    )
+    assert "differs significantly" not in text

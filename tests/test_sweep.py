@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,7 +128,9 @@ def test_stopped_sweep_then_rerun_completes_only_the_rest(swept):
     before = {r.id: r for r in swept["after_kill"]}
     finished = {r.id for r in before.values() if r.status == "COMPLETED"}
     assert len(finished) >= KILL_AFTER
-    # The cell running when the sweep was stopped was recorded as INTERRUPTED, not left RUNNING.
+    # A cell running when the sweep was stopped is recorded INTERRUPTED, not left RUNNING (the
+    # stop may fall between cells: test_a_sweep_stopped_mid_cell_resumes_the_same_run stops
+    # one mid-cell for certain).
     stopped = [r for r in before.values() if r.status != "COMPLETED"]
     assert all(r.status == "INTERRUPTED" for r in stopped), [r.status for r in stopped]
 
@@ -139,9 +142,6 @@ def test_stopped_sweep_then_rerun_completes_only_the_rest(swept):
     for run_id in finished:  # untouched
         assert after[run_id].stop_time == before[run_id].stop_time
     # An interrupted cell was resumed in its own run (checkpoint) or run afresh (none yet).
-    for r in stopped:
-        if "resume run" in second:
-            assert after[r.id].status == "COMPLETED"
     new_ids = set(after) - set(before)
     assert len(new_ids) + sum("resume run" in x for x in ran) == 8 - len(finished)
 
@@ -165,11 +165,64 @@ def test_summary_lists_status_and_log_of_each_cell(swept):
         assert str(log) in swept["second"]
     summary = json.loads((folder / "summary.json").read_text())
     assert [c["status"] for c in summary["cells"]] == ["COMPLETED"] * 8
-    assert "Started run with ID" in logs[0].read_text() or "COMPLETED" in logs[0].read_text()
+    for log in logs:  # each cell's own output: its command, Sacred's start, its epoch
+        text = log.read_text()
+        assert text.startswith("=== ") and " -m study run with " in text.splitlines()[0]
+        assert re.search(r'Started run with ID "\d+"', text)
+        assert re.search(r"epoch 1/1: [\d.]+ s, train loss \d\.\d{4}, ", text)
+
+
+LONG = [t for t in TINY if not t.startswith(("epochs=", "train_limit="))] + [
+    "epochs=8", "train_limit=40",
+]  # fmt: skip
+
+
+def test_a_sweep_stopped_mid_cell_resumes_the_same_run(data, tmp_path):
+    """Stopped after the cell's first checkpoint (of 8 epochs): the run is INTERRUPTED, and
+    the same command resumes it as the same run id. Meanwhile the sweep renews its claim on
+    the cell (every STUDY_CLAIM_TOUCH_S, shortened here)."""
+    store = tmp_path / "runs"
+    args = ["sweep", "--models", "small_cnn", "--datasets", "mnist", "with",
+            f"data_root={data}", *LONG, "-F", str(store)]  # fmt: skip
+    env = {**os.environ, "STUDY_CLAIM_TOUCH_S": "0.05"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "study", *args],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    touched = set()  # the claim file's modification times while the cell runs
+    deadline = time.monotonic() + 300
+    while not (store / "1" / "checkpoint.pt").exists():  # epoch 1 of 8 is done
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "the cell's first epoch did not end in 300 s"
+        for claim in (store / ".claims").glob("cell-*.claim"):
+            with contextlib.suppress(FileNotFoundError):
+                touched.add(claim.stat().st_mtime_ns)
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert len(touched) >= 2, "the claim was never renewed while its cell ran"
+    (stopped,) = read_file_store(store)
+    epochs = [step for step, _ in stopped.metric("test_top1")]
+    assert stopped.status == "INTERRUPTED" and 1 <= len(epochs) < 8, (stopped.status, epochs)
+    assert stopped.has_checkpoint()
+    assert re.search(r"^\s+0  small_cnn\s+mnist\s+0  INTERRUPTED\s+1  ", out, re.M), out
+
+    rc, again, _ = study(*args, cwd=tmp_path)
+    assert rc == 0, again
+    assert "[0] small_cnn/mnist/seed 0: resume run 1 from its checkpoint (log" in again
+    (resumed,) = read_file_store(store)  # the same run, not a second one
+    assert (resumed.id, resumed.status) == ("1", "COMPLETED")
+    assert [step for step, _ in resumed.metric("test_top1")] == list(range(1, 9))
+    assert len(resumed.resumed) == 1
+    (log,) = store.glob("sweep-grid-*/000-small_cnn-mnist-seed0.log")
+    assert log.read_text().count("=== ") == 2  # both attempts, one log
+    assert list((store / ".claims").glob("*.claim")) == []  # released
 
 
 def test_dry_run_and_print_commands_run_nothing(swept, data, tmp_path):
-    store = swept["store"]
+    store = tmp_path / "runs"  # a copy: this test adds a run, which no other test may see
+    shutil.copytree(swept["store"], store)
     ids = [r.id for r in read_file_store(store)]
     dry = study(*sweep_args(data, store, "--dry-run", "--seeds", "3"), cwd=tmp_path)[1]
     assert dry.count("skip: COMPLETED") == 8 and "4 of 12 cells would run" in dry
@@ -199,8 +252,24 @@ def test_a_failing_cell_does_not_stop_the_others(data, tmp_path):
     assert re.search(r"small_cnn\s+fashion_mnist\s+0\s+FAILED \(exit 2\)", out)
     assert re.search(r"small_cnn\s+mnist\s+0\s+COMPLETED", out)
     log = next(store.glob("sweep-*/000-small_cnn-fashion_mnist-seed0.log")).read_text()
-    assert "FashionMNIST" in log or "fashion" in log.lower()
+    assert f"study: error: fashion_mnist: files not found under {data}" in log
     assert [r.dataset for r in read_file_store(store)] == ["mnist"]
+
+
+def test_cell_n_runs_only_that_cell(data, tmp_path):
+    store = tmp_path / "runs"
+    rc, out, _ = study(*sweep_args(data, store, "--cell", "3", "--dry-run"), cwd=tmp_path)
+    assert rc == 0
+    assert re.findall(r"^\s+\[(\d)\] (\S+)", out, re.M) == [("3", "resnet18/mnist/seed")]
+    assert "1 of 1 cells would run" in out
+    rc, out, _ = study(*sweep_args(data, store, "--cell", "3", "--print-commands"), cwd=tmp_path)
+    (command,) = out.splitlines()
+    assert "model=resnet18 dataset=mnist seed=1 " in command
+    for bad in ("8", "-1"):
+        rc, _, err = study(*sweep_args(data, store, "--cell", bad), cwd=tmp_path)
+        assert rc == 2
+        assert f"--cell {bad} is out of range; the grid has cells 0-7" in err
+    assert not store.exists()
 
 
 def test_bad_grid_config_stops_before_any_cell(data, tmp_path):
@@ -235,6 +304,72 @@ def test_the_seed_study_grid(tmp_path):
     printed = study("sweep", "seed-study", "--print-commands", "--launcher",
                     "torchrun --nproc_per_node=2", cwd=tmp_path)[1]  # fmt: skip
     assert printed.splitlines()[0].startswith("torchrun --nproc_per_node=2 -m study run with")
+
+
+def _record(run_id, status, *, heartbeat_age=None, checkpoint=False, folder=None, **config):
+    """A run of the cell below, as a store reads it: its heartbeat `heartbeat_age` s old."""
+    from datetime import timedelta
+
+    from study import identity
+    from study.stores import RunRecord
+
+    beat = None
+    if heartbeat_age is not None:
+        beat = (identity.utcnow() - timedelta(seconds=heartbeat_age)).isoformat()
+    location = None
+    if checkpoint:
+        location = folder / run_id
+        location.mkdir(parents=True)
+        (location / "checkpoint.pt").write_bytes(b"weights")
+    return RunRecord(
+        id=run_id, store="memory", status=status, experiment="study", command="run",
+        config={**CELL_CONFIG, **config}, info={}, result=None, metrics={}, host={},
+        start_time=beat, stop_time=None, heartbeat=beat, location=location,
+    )  # fmt: skip
+
+
+CELL_CONFIG = {"model": "small_cnn", "dataset": "mnist", "seed": 0, "lr": 0.1, "epochs": 3}
+
+
+def _planned(records):
+    from study.sweep import Cell, describe, plan
+
+    cell = Cell(0, "small_cnn", "mnist", 0, dict(CELL_CONFIG))
+    plan(cell, records)
+    return cell.action, cell.run_id, describe(cell)
+
+
+def test_a_live_heartbeat_is_left_alone_and_a_stale_one_resumed(tmp_path):
+    from study import identity
+
+    live = _record("3", "RUNNING", heartbeat_age=10, checkpoint=True, folder=tmp_path)
+    assert _planned([live]) == (
+        "running", "3", f"skip: run 3 is RUNNING (heartbeat within {identity.STALE_S:.0f} s)"
+    )  # fmt: skip
+    # Just inside STALE_S still alive; just past it, the run's process is taken for gone.
+    edge = _record("4", "RUNNING", heartbeat_age=identity.STALE_S - 3, checkpoint=True,
+                   folder=tmp_path)  # fmt: skip
+    assert _planned([edge])[:2] == ("running", "4")
+    stale = _record("5", "RUNNING", heartbeat_age=identity.STALE_S + 3, checkpoint=True,
+                    folder=tmp_path)  # fmt: skip
+    assert _planned([stale]) == ("resume", "5", "resume run 5 from its checkpoint")
+    # A live run elsewhere beats a resumable one; a COMPLETED one beats both.
+    assert _planned([stale, live])[:2] == ("running", "3")
+    done = _record("7", "COMPLETED", heartbeat_age=500)
+    assert _planned([stale, live, done]) == ("done", "7", "skip: COMPLETED as run 7")
+
+
+def test_a_cell_resumes_its_latest_checkpoint_and_matches_what_was_trained(tmp_path):
+    two = _record("2", "INTERRUPTED", heartbeat_age=900, checkpoint=True, folder=tmp_path)
+    ten = _record("10", "FAILED", heartbeat_age=900, checkpoint=True, folder=tmp_path)
+    assert _planned([ten, two])[:2] == ("resume", "10")  # numeric order: 10 is the latest
+    bare = _record("11", "INTERRUPTED", heartbeat_age=900)  # no checkpoint: nothing to resume
+    assert _planned([bare]) == ("run", None, "run")
+    # Another place (data_root) is the same cell; another learning rate is not.
+    moved = _record("12", "COMPLETED", heartbeat_age=900, data_root="/elsewhere")
+    assert _planned([moved])[:2] == ("done", "12")
+    other = _record("13", "COMPLETED", heartbeat_age=900, lr=0.2)
+    assert _planned([other])[:2] == ("run", None)
 
 
 def test_a_mongo_password_is_never_printed():

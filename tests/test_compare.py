@@ -1,0 +1,157 @@
+"""`study reproduce`'s verdict (study.reproduce.compare) on fixed records: identical,
+equivalent at a small gap, different at a clear one, and the exit status of each."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from test_stats import fake_run, pairs
+
+from study import stats
+from study.reproduce import Verdict, compare, differences, render
+
+
+def run(run_id, correct, top1_by_epoch, *, seconds=(1.0, 1.0), loss=(2.0, 1.0)):
+    """A COMPLETED two-epoch run with these per-image outcomes (last epoch) and metrics."""
+    record = fake_run(run_id, "small_cnn", correct)
+    metrics = {
+        "test_top1": list(enumerate(top1_by_epoch, start=1)),
+        "train_loss": list(enumerate(loss, start=1)),
+        "epoch_seconds": list(enumerate(seconds, start=1)),  # a timing: never compared
+    }
+    return dataclasses.replace(record, metrics=metrics)
+
+
+def correct_count(count, n):
+    return np.arange(n) < count
+
+
+def test_the_same_metrics_and_predictions_are_identical():
+    outcome = correct_count(900, 1000)
+    a = run(1, outcome, (0.8, 0.9))
+    b = run(2, outcome, (0.8, 0.9), seconds=(7.0, 9.0))  # another machine's speed
+    verdict = compare(a, b)
+    assert verdict.kind == "identical" and verdict.exit_status == 0
+    assert verdict.evidence == [
+        "equal: every per-epoch metric (2 metrics over 2 epochs) and all 1,000 per-image "
+        "predictions"
+    ]
+
+
+def test_one_changed_prediction_is_not_identical():
+    outcome = correct_count(900, 1000)
+    other = outcome.copy()
+    other[0] = False  # the same metrics, one image predicted otherwise
+    verdict = compare(run(1, outcome, (0.8, 0.9)), run(2, other, (0.8, 0.9)))
+    assert verdict.kind == "equivalent"
+    assert verdict.evidence[0] == "not identical: per-image predictions differ"
+
+
+def test_a_small_gap_is_equivalent():
+    a, b = pairs(10, 5, both_right=885, both_wrong=100)  # top-1 0.895 vs 0.890
+    verdict = compare(run(1, a, (0.8, 0.895)), run(2, b, (0.8, 0.890)))
+    assert (verdict.kind, verdict.exit_status) == ("equivalent", 0)
+    ia, ib = stats.wilson_interval(895, 1000), stats.wilson_interval(890, 1000)
+    assert verdict.evidence == [
+        "not identical: test_top1 differ",
+        "top-1 after epoch 2: 0.8950 (run 1) vs 0.8900 (run 2), 1,000 test images",
+        f"95% Wilson intervals [{ia.low:.4f}, {ia.high:.4f}] and [{ib.low:.4f}, {ib.high:.4f}]: "
+        "each top-1 lies in the other's",
+        "McNemar on per-image correctness (exact binomial): b = 10, c = 5, p = 0.302, "
+        "not significant",
+    ]
+
+
+def test_a_clear_gap_is_different():
+    # The issue's case: top-1 1.00 against 0.49 on 100 images, McNemar p = 2.5e-12.
+    a, b = pairs(51, 0, both_right=49)
+    verdict = compare(run(1, a, (0.9, 1.0)), run(2, b, (0.4, 0.49)))
+    assert (verdict.kind, verdict.exit_status) == ("different", 1)
+    assert verdict.evidence[0] == "not identical: test_top1 differ"
+    assert verdict.evidence[1] == (
+        "top-1 after epoch 2: 1.0000 (run 1) vs 0.4900 (run 2), 100 test images"
+    )
+    assert verdict.evidence[2].endswith("a top-1 lies outside the other's")
+    assert verdict.evidence[3] == (
+        "McNemar on per-image correctness (chi-square with continuity correction): b = 51, "
+        "c = 0, p = 2.53e-12, significant"
+    )
+    text = render(verdict, *(run(1, a, (0.9, 1.0)), run(2, b, (0.4, 0.49))))
+    assert text.splitlines()[0] == "verdict: different (run 2 reproducing run 1)"
+
+
+def test_mcnemar_alone_can_make_a_difference():
+    # 0.900 vs 0.893: each lies in the other's Wilson interval, but the 7 changed images all
+    # went one way (exact p = 2 / 2^7 = 0.0156 < 0.05).
+    a, b = pairs(7, 0, both_right=893, both_wrong=100)
+    verdict = compare(run(1, a, (0.8, 0.9)), run(2, b, (0.8, 0.893)))
+    assert verdict.evidence[2].endswith("each top-1 lies in the other's")
+    assert "p = 0.0156, significant" in verdict.evidence[3]
+    assert (verdict.kind, verdict.exit_status) == ("different", 1)
+    # One image back the other way: p = 2 * 9 / 2^8 = 0.0703, no longer a difference.
+    a, b = pairs(7, 1, both_right=892, both_wrong=100)
+    verdict = compare(run(1, a, (0.8, 0.899)), run(2, b, (0.8, 0.893)))
+    assert "p = 0.0703, not significant" in verdict.evidence[3]
+    assert (verdict.kind, verdict.exit_status) == ("equivalent", 0)
+
+
+def test_each_top1_must_lie_in_the_others_interval():
+    # 1.000 lies outside 0.985's interval [0.9568, 0.9949] on 200 images, while 0.985 lies in
+    # 1.000's [0.9812, 1]; McNemar (b = 3, c = 0, p = 0.25) finds nothing: still different.
+    a, b = pairs(3, 0, both_right=197)
+    verdict = compare(run(1, a, (0.9, 1.0)), run(2, b, (0.9, 0.985)))
+    assert verdict.evidence[2] == (
+        "95% Wilson intervals [0.9812, 1.0000] and [0.9568, 0.9949]: a top-1 lies outside the "
+        "other's"
+    )
+    assert "p = 0.25, not significant" in verdict.evidence[3]
+    assert (verdict.kind, verdict.exit_status) == ("different", 1)
+
+
+def test_a_prefix_is_judged_by_its_epoch_and_the_intervals():
+    outcome = correct_count(900, 1000)
+    a = run(1, outcome, (0.80, 0.90))
+    same = compare(a, run(2, ~outcome, (0.80,), loss=(2.0,)), prefix=1)
+    assert same.kind == "identical"  # the final predictions are not the prefix's
+    assert same.evidence == [
+        "equal: every per-epoch metric (2 metrics over 1 epoch): the first 1 of run 1's 2 epochs"
+    ]
+    close = compare(a, run(2, outcome, (0.79,), loss=(2.0,)), prefix=1)
+    assert close.kind == "equivalent"
+    assert close.evidence[0] == "not identical: test_top1 differ within the first 1 epochs"
+    assert close.evidence[1].startswith("top-1 after epoch 1: 0.8000 (run 1) vs 0.7900 (run 2)")
+    assert close.evidence[3].startswith("McNemar needs per-image predictions of the same epoch")
+    far = compare(a, run(2, outcome, (0.70,), loss=(2.0,)), prefix=1)
+    assert (far.kind, far.exit_status) == ("different", 1)
+    assert far.evidence[2].endswith("a top-1 lies outside the other's")
+
+
+def test_only_different_exits_1():
+    assert [Verdict(kind, []).exit_status for kind in ("identical", "equivalent", "different")] == [
+        0,
+        0,
+        1,
+    ]
+
+
+def test_differences_name_config_given_with_and_the_code():
+    outcome = correct_count(90, 100)
+    a = run(1, outcome, (0.8, 0.9))
+    b = run(2, outcome, (0.8, 0.9))
+    b = dataclasses.replace(b, config={**b.config, "lr": 0.01, "data_root": "/elsewhere"})
+    a.info["provenance"] = {"study": "0.1", "git": {"commit": "abc", "dirty": False}}
+    b.info["provenance"] = {"study": "0.1", "git": {"commit": "def", "dirty": False}}
+    lines = differences(a, b, {"lr": 0.01}, None)
+    assert "config: lr not in the original (a key added since) -> 0.01 (given with `with`)" in lines
+    assert "code: commit 'abc' -> 'def'" in lines
+    assert not any("data_root" in line for line in lines)  # a place, not given with `with`
+    assert differences(a, a, {}, None) == []
+
+
+@pytest.mark.parametrize("kind", ["identical", "equivalent", "different"])
+def test_render_names_the_verdict_first(kind):
+    a = run(1, correct_count(9, 10), (0.8, 0.9))
+    text = render(Verdict(kind, ["why"]), a, dataclasses.replace(a, id="5"))
+    assert text.splitlines()[:2] == [f"verdict: {kind} (run 5 reproducing run 1)", "  why"]
