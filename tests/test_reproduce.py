@@ -332,7 +332,7 @@ def test_the_report_leaves_reproductions_out_and_names_the_data(stored, tmp_path
     run_study("reproduce", "1", "--runs", runs, cwd=tmp_path)
     proc = run_study("report", "--runs", runs, "--format", "html", "--out", "r.html", cwd=tmp_path)
     assert "study report: 1 run -> r.html" in proc.stdout
-    html = (tmp_path / "r.html").read_text()
+    html = re.sub(r"</?a\b[^>]*>", "", (tmp_path / "r.html").read_text())  # links aside
     assert "Reproductions left out" in html
     assert f"run 2 reproduces run 1 of {runs} (`study reproduce`)" in html
     (run,) = [r for r in read_file_store(runs) if r.id == "1"]
