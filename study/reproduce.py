@@ -66,7 +66,9 @@ def main(argv: list[str]) -> int:
         )
     updates = parse_updates(with_tokens)
     tokens, prefix = plan(original, with_tokens, updates, args.epochs)
-    data_note = check_data(original, {**original.config, **updates}, args.allow_data_change)
+    data_note = check_data(
+        original, {**reproducible_config(original.config), **updates}, args.allow_data_change
+    )
 
     store_args, into = _where_to_record(args, store)
     print(
@@ -191,8 +193,11 @@ NOT_REPRODUCED = ("resume", "checkpoint_dir")
 
 def reproducible_config(config: dict) -> dict:
     """The original's config as a base for the new run: what it trained and where it read,
-    without the resume that continued it and the folder its checkpoints went to."""
-    return {k: v for k, v in config.items() if k not in NOT_REPRODUCED}
+    without the resume that continued it and the folder its checkpoints went to. It reads the
+    data where the original did and never downloads there (the record names that folder: a
+    hostile archive could name any), unless `with download=true` asks for it."""
+    kept = {k: v for k, v in config.items() if k not in NOT_REPRODUCED}
+    return {**kept, "download": False}
 
 
 def _where_to_record(args, store) -> tuple[list[str], object]:
@@ -221,7 +226,7 @@ def check_data(original: RunRecord, config: dict, allow_change: bool) -> str | N
     recorded = (original.info.get("dataset") or {}).get("content")
     if not isinstance(recorded, dict) or not recorded:
         return "data not checked: the original run recorded no content fingerprints"
-    _, data = prepare_data({"num_workers": 0, "download": True, **config})
+    _, data = prepare_data({"num_workers": 0, **config})
     problem = _data_difference(recorded, data.content)
     if problem is None:
         return None

@@ -300,6 +300,25 @@ def test_reproduce_writes_no_checkpoint_where_the_original_did():
     base = reproducible_config({**config, "checkpoint_dir": "/home/victim/.ssh", "resume": 3})
     assert "checkpoint_dir" not in base and "resume" not in base
     assert base["model"] == config["model"] and base["seed"] == config["seed"]
+    assert base["download"] is False  # never into the folder a record names
+
+
+def test_reproduce_downloads_nothing_into_the_data_root_a_record_names(mnist_root, tmp_path):
+    """A record whose data_root names another folder (a hostile archive's `/home/victim`):
+    reproduce reads there, finds no data, and stops with one line; nothing is written there."""
+    run_study(
+        "run", "with", "model=small_cnn", "dataset=mnist", f"data_root={mnist_root}",
+        "epochs=1", "batch_size=50", "test_limit=50", "-F", tmp_path / "runs", cwd=tmp_path,
+    )  # fmt: skip
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    config = tmp_path / "runs" / "1" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "data_root": str(victim)}))
+    proc = run_study("reproduce", "1", "--runs", tmp_path / "runs", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("study: error: ") and str(victim) in line
+    assert list(victim.iterdir()) == []  # no download, not even a folder
 
 
 def test_a_plugin_exiting_at_import_is_a_failed_plugin(tmp_path):

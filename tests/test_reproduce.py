@@ -50,7 +50,9 @@ def test_a_reproduction_on_the_same_machine_is_identical(stored, tmp_path):
     again = {r.id: r for r in read_file_store(runs)}[new]
     assert again.meta["reproduces"] == {"id": "1", "store": str(runs)}
     assert "reproduces" not in again.config
-    assert again.config == {**read_file_store(runs)[0].config}
+    # The original's config, but for download: a reproduction never downloads unasked.
+    original_config = read_file_store(runs)[0].config
+    assert again.config == {**original_config, "download": False}
 
 
 def test_a_prefix_is_reproduced_with_the_original_schedule(stored, tmp_path):
