@@ -3,8 +3,8 @@
 # so one slow part cannot take the others' time; at most 9.5 minutes, expected about 6 on a fresh
 # machine): study's training step against the seed-style pipeline (fp32 and bf16) and timm's
 # step for the three seed networks at batch 100, the host-device syncs of each step with their
-# source lines, the CUDA tests, one real-data `study run` per seed network (MNIST, `fast`,
-# 1 epoch) with its accuracy, and the `fast` sizes. Limits are sized from a fresh H200
+# source lines, the CUDA tests, issue 19's protocol check of the seed networks (real MNIST,
+# `fast`, 300 steps of batch 128: top-1, health flags, GMACs), and the `fast` sizes. Limits are sized from a fresh H200
 # (2026-11-27), where the first network's part took over 70 s (cuDNN's first plans, the
 # kernels' first load) and 51 s once warm. PAPER_BATCHES=100,256 adds batch 256 (about 30 s
 # more per network); COMPILE=1 adds ResNet-50 under torch.compile (49 s to compile on an H100,
@@ -33,13 +33,12 @@ part() {
 BENCH=(python3 benchmarks/benchmark.py --machine "$MACHINE" --out "$OUT" --device "$DEVICE")
 if [ "$DEVICE" = cpu ]; then
     SIZES=(--steps 1 --warmup 0 --baseline-steps 1 --baseline-warmup 0 --workers 1 --image-size 64)
-    MODELS=resnet18 PAPER_BATCHES=4,8 FAST_BATCH=8 EPOCH=(train_limit=200 test_limit=100)
-    RUN_MODELS=small_cnn
+    MODELS=resnet18 PAPER_BATCHES=4,8 FAST_BATCH=8
+    RUN_MODELS=small_cnn CHECK=(--steps 2 --batch-size 8 --test-limit 100) CHECK_LIMIT=120
 else
     SIZES=(--steps 30 --warmup 10 --baseline-steps 20 --baseline-warmup 5 --workers 16)
     MODELS=resnet50,vgg16,inception_v3 PAPER_BATCHES=${PAPER_BATCHES:-100} FAST_BATCH=512
-    EPOCH=(train_limit=10000)
-    RUN_MODELS="resnet50 vgg16 inception_v3"
+    RUN_MODELS=vgg16,resnet50,inception_v3 CHECK=(--steps 300) CHECK_LIMIT=180
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null | tee "$OUT/paper.log"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/paper.log"
@@ -57,29 +56,14 @@ done
 # 2. The CUDA tests (sync-free step, compile, resume, checkpoint across devices, host path).
 [ "$DEVICE" = cpu ] || part 50 tests python3 -m pytest -q -m cuda -p no:cacheprovider \
     tests/test_gpu_path.py
-# 3. One real-data run per seed network: MNIST (10,000 training images, the 10,000 test
-#    images), the fast protocol, one epoch, its accuracy.
+# 3. Does `fast` train the seed networks? benchmarks/protocol_check.py: each one a real
+#    `study run` on real MNIST, 300 steps of batch 128 (issue 19's target: top-1 >= 0.97, no
+#    health flag), its top-1, flags and GMACs to OUT/<date>-<machine>-protocol-check.jsonl.
+#    Its exit status is 1 when a model misses the target ("FAILED (1): runs").
 rm -rf "$RUNS"
-for model in $RUN_MODELS; do
-    part 45 runs python3 -m study run with fast model="$model" dataset=mnist epochs=1 \
-        data_root="$DATA_ROOT" device="$DEVICE" "${EPOCH[@]}" -F "$RUNS"
-done
-python3 - "$RUNS" "$OUT/runs.jsonl" <<'PY'
-import json, sys
-from study.stores import read_file_store
-with open(sys.argv[2], "w") as out:
-    for r in read_file_store(sys.argv[1]):
-        t = r.info.get("training", {})
-        row = {"id": r.id, "model": r.model, "dataset": r.dataset, "status": r.status,
-               "protocol": r.config.get("protocol"), "epochs": r.config.get("epochs"),
-               "image_size": r.config.get("image_size"), "batch_size": r.config.get("batch_size"),
-               "train_count": r.info.get("dataset", {}).get("train_count"),
-               "test_count": r.info.get("dataset", {}).get("test_count"),
-               "top1": (r.result or {}).get("top1"), "top5": (r.result or {}).get("top5"),
-               **{k: t.get(k) for k in ("device_name", "train_seconds", "images_per_s",
-                                         "data_on_device", "compile_seconds")}}
-        print(json.dumps(row)); out.write(json.dumps(row) + "\n")
-PY
+part "$CHECK_LIMIT" runs python3 benchmarks/protocol_check.py --data-root "$DATA_ROOT" \
+    --device "$DEVICE" --models "$RUN_MODELS" --machine "$MACHINE" --out "$OUT" \
+    --store "$RUNS" "${CHECK[@]}"
 # 4. The fast protocol's sizes (the data set's own, small-image stems) at batch 512.
 for model in ${MODELS//,/ }; do
     part "$(limit "$model" 70 45)" fast "${BENCH[@]}" --model "$model" --dataset cifar10 --protocol fast \
