@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from study.stores import read_file_store
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark.py"
 FIELDS = {"model", "dataset", "protocol", "image_size", "batch_size", "compile", "device",
           "images_per_s", "step_ms", "data_share", "syncs", "baseline_images_per_s", "ratio",
@@ -109,3 +111,30 @@ def test_report_speed_builds_the_committed_sample_in_fresh_processes(tmp_path):
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().startswith("report_speed: the pdf build failed:"), bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_protocol_check_records_each_model_with_its_verdict(mnist_root, tmp_path):
+    """benchmarks/protocol_check.py runs each model as a recorded `study run` and writes one
+    JSON line per model; a run that misses the target makes the exit status 1."""
+    script = SCRIPT.parent / "protocol_check.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--data-root", str(mnist_root), "--models",
+         "small_cnn,resnet18", "--steps", "2", "--batch-size", "8", "--test-limit", "50",
+         "--machine", "test", "--out", str(tmp_path), "--store", str(tmp_path / "runs")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-2000:]  # two steps reach no 0.97
+    (path,) = tmp_path.glob("*-test-protocol-check.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["model"] for r in rows] == ["small_cnn", "resnet18"]
+    runs = {r.id: r for r in read_file_store(tmp_path / "runs")}
+    for row in rows:
+        rec = runs[row["run"]]
+        assert (row["dataset"], row["protocol"], row["steps"]) == ("mnist", "fast", 2)
+        assert row["top1"] == rec.result["top1"] and row["flags"] == rec.info["health"]["flags"]
+        assert rec.config["train_limit"] == 16 and rec.config["batch_size"] == 8
+        assert row["gmacs"] == round(rec.info["model"]["gmacs_per_image"], 4)
+    resnet = rows[1]
+    assert resnet["gmacs_paper"] > resnet["gmacs"]  # 224 px against the fast stem at 28 px
+    assert rows[0]["gmacs_paper"] is None  # small_cnn has no paper size of its own
+    assert "MISSED" in proc.stdout
