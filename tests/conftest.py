@@ -69,3 +69,13 @@ def run_study(*args, cwd, env=None, check=True, timeout=600) -> subprocess.Compl
             f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
         )
     return proc
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real MongoDB-wire server (tests/mongo_server.py) for one test module."""
+    from mongo_server import MongoServer
+
+    srv = MongoServer(tmp_path_factory.mktemp("mongo") / "data").start()
+    yield srv
+    srv.stop()

@@ -132,3 +132,13 @@ class MongoServer:
         import pymongo
 
         return pymongo.MongoClient(self.url, serverSelectionTimeoutMS=5000, **kwargs)
+
+
+def _needs_server():
+    import pytest
+
+    return pytest.mark.skipif(server_command() is None, reason="secantusd-py not installed")
+
+
+# Marks a test that starts the server (the `server` fixture of conftest.py).
+needs_server = _needs_server()

@@ -11,8 +11,7 @@ import time
 import uuid
 from datetime import timedelta
 
-import pytest
-from mongo_server import MongoServer, server_command
+from mongo_server import needs_server
 
 from study import identity
 from study.claims import FileClaims, MongoClaims
@@ -114,16 +113,6 @@ def test_touching_a_file_claim_renews_it(tmp_path):
     claim.release()
     claim.touch()  # a released claim stays released
     assert list(tmp_path.glob("cell-r.*")) == [] and claims.holder("cell-r") is None
-
-
-needs_server = pytest.mark.skipif(server_command() is None, reason="secantusd-py not installed")
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = MongoServer(tmp_path_factory.mktemp("mongo") / "data").start()
-    yield srv
-    srv.stop()
 
 
 @needs_server

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import fake_distribution, run_study
+from mongo_server import needs_server
 
 from study import identity
 from study.claims import FileClaims, claim_resume
@@ -355,19 +356,6 @@ def test_checkpoint_check_refuses_what_is_not_one(tmp_path):
 
 
 # -- MongoDB documents, through a real server ----------------------------------------------
-
-needs_server = pytest.mark.skipif(
-    __import__("mongo_server").server_command() is None, reason="secantusd-py not installed"
-)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from mongo_server import MongoServer
-
-    srv = MongoServer(tmp_path_factory.mktemp("mongo") / "data").start()
-    yield srv
-    srv.stop()
 
 
 @needs_server

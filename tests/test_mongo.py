@@ -19,7 +19,7 @@ import bson
 import numpy as np
 import pytest
 from conftest import run_study
-from mongo_server import MongoServer, free_port, server_command
+from mongo_server import MongoServer, free_port, needs_server
 from PIL import Image
 
 from study.errors import StoreError
@@ -28,8 +28,6 @@ from study.stores import mongo, read_file_store
 
 FAST = ["model=small_cnn", "dataset=mnist", "batch_size=50", "lr=0.003"]
 USER, PASSWORD = "trainer", "s3cret-Pa55"
-
-needs_server = pytest.mark.skipif(server_command() is None, reason="secantusd-py not installed")
 
 
 @pytest.fixture(scope="module")

@@ -13,21 +13,14 @@ from datetime import UTC, datetime
 
 import pytest
 from conftest import run_study
-from mongo_server import MongoServer, free_port, server_command
+from mongo_server import free_port, needs_server
 
 from study.record import EPOCH_METRICS, EVALUATION_ARTIFACT
 from study.stores import mongo, read_file_run, read_file_store
 
 FAST = ["model=small_cnn", "dataset=mnist", "batch_size=50", "lr=0.003"]
 
-pytestmark = pytest.mark.skipif(server_command() is None, reason="secantusd-py not installed")
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = MongoServer(tmp_path_factory.mktemp("mongo") / "data").start()
-    yield srv
-    srv.stop()
+pytestmark = needs_server
 
 
 @pytest.fixture
