@@ -90,6 +90,12 @@ def test_the_same_seed_gives_the_same_metrics(mnist_root, tmp_path):
         ("head=middle", "head='middle' is invalid; expected one of: replace, append"),
         ("device=tpu", "device='tpu' is invalid"),
         ("time_budget=0", "time_budget=0 is invalid; expected a number > 0"),
+        (
+            "warmup=0.9",
+            "warmup=0.9 is invalid; expected a share of the schedule's steps, 0 <= x <= 0.5",
+        ),
+        ("grad_clip=-1", "grad_clip=-1 is invalid; expected a number >= 0"),
+        ("health_stop=maybe", "health_stop='maybe' is invalid; expected true or false"),
     ],
 )
 def test_bad_config_is_one_clear_line_and_records_nothing(mnist_root, tmp_path, update, message):

@@ -171,3 +171,30 @@ def test_every_true_false_key_is_parsed_from_the_command_line():
         "drop_last": False,
         "lr": "true",
     }
+
+
+def test_grad_clip_bounds_each_step_by_the_gradients_global_norm():
+    """train_step clips the global gradient norm to grad_clip before the optimizer steps: with
+    plain SGD at lr 1, no parameter vector moves further than grad_clip."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from study.engine import train_step
+
+    def step(clip: float) -> float:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(8, 3)
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        setup = SimpleNamespace(
+            model=model, optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
+            criterion=torch.nn.CrossEntropyLoss(), train_criterion=None, autocast_dtype=None,
+            aux_weight=0.4, grad_clip=clip, scheduler=None,
+        )  # fmt: skip
+        inputs = torch.randn(16, 8) * 100  # large inputs: a gradient norm far above 0.5
+        train_step(setup, inputs, torch.randint(0, 3, (16,)))
+        after = torch.cat([p.detach().flatten() for p in model.parameters()])
+        return float((after - before).norm())
+
+    assert step(0.0) > 5  # unclipped: a long step
+    assert step(0.5) == pytest.approx(0.5, rel=1e-4)  # clipped to exactly the bound
