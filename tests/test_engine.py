@@ -194,3 +194,18 @@ def test_precise_bn_re_estimates_statistics_from_training_images():
     x = torch.cat([xb for xb, _ in data.batches(64, t, train=False)])
     torch.testing.assert_close(bn.running_mean, x.mean(dim=(0, 2, 3)))
     assert not model.training and bn.momentum == 0.1  # the model is left as it was
+
+
+def test_the_first_steps_a_process_trains_are_timed_apart():
+    """images_per_s of the first epoch counts the images after the first UNTIMED_STEPS steps
+    over their time; those steps' time is startup_seconds. Later epochs time every step."""
+    model, opt, train, test, t = _setup()
+    state, _ = _fit(model, opt, train, test, t, 2, drop_last=True)
+    first, second = state.history
+    assert first["train_images"] == second["train_images"] == 192  # 6 batches of 32; 8 dropped
+    assert 0 < first["startup_seconds"] < first["train_seconds"]
+    timed = first["train_seconds"] - first["startup_seconds"]
+    untimed_images = engine.UNTIMED_STEPS * 32
+    assert first["images_per_s"] == pytest.approx((192 - untimed_images) / timed, rel=1e-6)
+    assert second["startup_seconds"] == 0
+    assert second["images_per_s"] == pytest.approx(192 / second["train_seconds"])
