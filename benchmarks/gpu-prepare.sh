@@ -3,7 +3,9 @@
 # torchvision, timm, pluggy, numpy, jinja2, matplotlib and pytest but no network:
 #   .whl/        Sacred and its dependencies, pymongo, setuptools<82, as Python 3.12 wheels
 #   build-site/  this checkout installed with --no-deps (the entry points register the plugins)
-#   .gpu-data/   the real MNIST files (11 MB) from DATA_ROOT, without any decoded cache
+#   .gpu-data/   the real MNIST files (11 MB) from DATA_ROOT, without any decoded cache, and
+#                compact CIFAR-10 and Tiny-ImageNet subsets in their own formats (12 + 13 MB:
+#                300 / 100 and 20 / 5 train / test images a class; benchmarks/subset_data.py)
 # All three are git-ignored; name them in the device call's `carry`. Usage:
 #   benchmarks/gpu-prepare.sh ../shared/data
 set -euo pipefail
@@ -13,10 +15,11 @@ rm -rf .whl build-site .gpu-data
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 -d .whl \
-    sacred==0.8.7 GitPython gitdb smmap docopt-ng jsonpickle munch pymongo dnspython \
+    sacred==0.8.7 GitPython gitdb smmap docopt-ng jsonpickle munch pymongo dnspython pyyaml \
     "setuptools>=77.0.3,<82"
 python3 -m pip install -q --no-deps --target build-site .
 rm -rf build-site/bin build
 mkdir -p .gpu-data/MNIST/raw
 cp "$DATA_ROOT"/MNIST/raw/*-ubyte.gz .gpu-data/MNIST/raw/
+STUDY_CACHE_DIR=$(mktemp -d) python3 benchmarks/subset_data.py "$DATA_ROOT" .gpu-data
 du -sh .whl build-site .gpu-data

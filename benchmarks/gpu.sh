@@ -15,6 +15,9 @@
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 #   PYTHONPATH=/tmp/site:$PWD/build-site bash benchmarks/gpu.sh .gpu-data "$OUT"
 # DEVICE=cpu runs the same script on the CPU with tiny sizes (a check of the script itself).
+# CELLS=1 runs instead, in its own call, issue 19's nine seed cells under `fast` (VGG-16,
+# ResNet-50, Inception-V3 on MNIST and on gpu-prepare's CIFAR-10 and Tiny-ImageNet subsets, 300
+# steps of batch 128 each): top-1, health flags and GMACs per cell, about 4 minutes on an H200.
 set -uo pipefail
 DATA_ROOT=$(cd "${1:?usage: benchmarks/gpu.sh DATA_ROOT OUT_DIR}" && pwd)
 OUT=$(mkdir -p "${2:?usage: benchmarks/gpu.sh DATA_ROOT OUT_DIR}" && cd "$2" && pwd)
@@ -39,6 +42,17 @@ else
     SIZES=(--steps 30 --warmup 10 --baseline-steps 20 --baseline-warmup 5 --workers 16)
     MODELS=resnet50,vgg16,inception_v3 PAPER_BATCHES=${PAPER_BATCHES:-100} FAST_BATCH=512
     RUN_MODELS=vgg16,resnet50,inception_v3 CHECK=(--steps 300) CHECK_LIMIT=180
+fi
+if [ "${CELLS:-0}" = 1 ]; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null | tee "$OUT/cells.log"
+    for dataset in mnist cifar10 tiny_imagenet; do
+        rm -rf "$RUNS"
+        part $((CHECK_LIMIT * 3 / 2)) cells python3 benchmarks/protocol_check.py \
+            --data-root "$DATA_ROOT" --dataset "$dataset" --device "$DEVICE" \
+            --models "$RUN_MODELS" --machine "$MACHINE" --out "$OUT" --store "$RUNS" "${CHECK[@]}"
+    done
+    echo "== done ($(date +%T))"
+    exit 0
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null | tee "$OUT/paper.log"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/paper.log"

@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 
 MODELS = ("vgg16", "vgg16_bn", "resnet18", "resnet50", "inception_v3", "small_cnn")
+# Issue 19's accuracy target, on MNIST only; elsewhere a run must be unflagged and within the
+# cost cap (CIFAR-10 and Tiny-ImageNet in 300 steps are a check that `fast` trains, no target).
+TOP1_TARGET = {"mnist": 0.97}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -148,7 +151,7 @@ def main(argv=None) -> int:
             row["gmacs_paper"] = paper_gmacs(model, args.dataset)
         ok = (
             row.get("top1") is not None
-            and row["top1"] >= 0.97
+            and row["top1"] >= TOP1_TARGET.get(args.dataset, 0.0)
             and not row["flags"]
             and (row["gmacs_paper"] is None or row["gmacs"] <= row["gmacs_paper"])
         )

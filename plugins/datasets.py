@@ -12,6 +12,7 @@ from __future__ import annotations
 from study import hookimpl
 from study.plugins.cifar import CIFAR_ARCHIVE, decode_cifar10, find_cifar10
 from study.plugins.idx import decode_idx, find_idx
+from study.plugins.imagefolder import image_folder_spec
 from study.plugins.tinyimagenet import TINY_ARCHIVE, TINY_SIZE, decode_tiny, find_tiny, tiny_classes
 from study.specs import DatasetSpec, Download
 
@@ -169,4 +170,10 @@ def tiny_imagenet_spec() -> DatasetSpec:
 
 @hookimpl
 def study_datasets():
-    return [mnist_spec(), fashion_mnist_spec(), cifar10_spec(), tiny_imagenet_spec()]
+    return [
+        mnist_spec(),
+        fashion_mnist_spec(),
+        cifar10_spec(),
+        tiny_imagenet_spec(),
+        image_folder_spec(),
+    ]

@@ -360,6 +360,9 @@ def study_models() -> list[ModelSpec]:
         ModelSpec(
             name="small_cnn",
             normalises_activations=True,
+            # A shallow net takes 3x the deep ones' AdamW rate: the README's first command
+            # (100 steps) measured 0.977 top-1 at it against 0.955 at 0.002 (2-core CPU).
+            base_lr=0.006,
             display_name="Small CNN",
             factory=_small_cnn,
             description="Small 5-conv CNN with BN and global average pooling, for quick CPU runs",

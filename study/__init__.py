@@ -19,7 +19,15 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated", categor
 STDERR_IS_TERMINAL = sys.stderr is not None and sys.stderr.isatty()
 
 from study.hookspecs import hookimpl  # noqa: E402
-from study.specs import DatasetSpec, Decoded, Download, ModelOptions, ModelSpec, Split  # noqa: E402
+from study.specs import (  # noqa: E402
+    DatasetSpec,
+    Decoded,
+    Download,
+    ModelFamily,
+    ModelOptions,
+    ModelSpec,
+    Split,
+)
 
 __version__ = "0.1.0"
 
@@ -27,6 +35,7 @@ __all__ = [
     "DatasetSpec",
     "Decoded",
     "Download",
+    "ModelFamily",
     "ModelOptions",
     "ModelSpec",
     "Split",

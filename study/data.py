@@ -13,7 +13,9 @@ import json
 import os
 import shutil
 import stat
+import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -76,7 +78,9 @@ def prepare(
     """Find (or download) a data set's files and return both splits from the cache."""
     root = Path(data_root).expanduser()
     files = locate(spec, root, download=download)
-    key = fingerprint(files, decoder_fingerprint(spec))
+    # What the cache holds follows the spec's shape too (a described spec's size may change).
+    shape = f"|{spec.image_size}x{spec.channels}|{spec.num_classes}"
+    key = fingerprint(files, decoder_fingerprint(spec) + shape)
     cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir(root)
     folder = cache_root / f"{spec.name}-{key}"
     if not (folder / "meta.json").is_file():
@@ -147,17 +151,31 @@ def download_file(d: Download, root: Path) -> Path:
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(d.url, timeout=60) as response:
             size = response.headers.get("Content-Length")
+            total = int(size) if size and size.isdigit() else None
+            on_terminal = study.STDERR_IS_TERMINAL
+            if not on_terminal:  # a log gets a line where a terminal gets a bar
+                how_big = f" ({total / 1e6:.1f} MB)" if total is not None else ""
+                print(f"downloading {d.url}{how_big}", file=sys.stderr, flush=True)
+            start, received = time.perf_counter(), 0
             with tqdm(
-                total=int(size) if size and size.isdigit() else None,
+                total=total,
                 unit="B",
                 unit_scale=True,
                 desc=f"downloading {d.filename}",
-                disable=not study.STDERR_IS_TERMINAL,  # a bar only on a terminal
+                disable=not on_terminal,
             ) as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     md5.update(chunk)
                     bar.update(len(chunk))
+                    received += len(chunk)
+            if not on_terminal:
+                seconds = time.perf_counter() - start
+                print(
+                    f"downloaded {d.filename}: {received / 1e6:.1f} MB in {seconds:.1f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if d.md5 and md5.hexdigest() != d.md5:
             raise DataError(f"{d.url}: downloaded md5 {md5.hexdigest()}; expected {d.md5}")
         os.chmod(tmp, 0o644)  # mkstemp makes it private; data files are shared
@@ -179,21 +197,12 @@ def decoder_fingerprint(spec: DatasetSpec) -> str:
     """The code that decodes `spec`: the source of every module in the package (or the lone
     module) that defines its `decode`, so a plugin author's change to the decoder rebuilds
     the cache instead of reusing arrays the old code made."""
-    import inspect
     import sys
 
+    from study.registry import source_digest
+
     module = sys.modules.get(getattr(spec.decode, "__module__", "") or "")
-    source = Path(inspect.getsourcefile(module)) if module is not None else None
-    if source is None or not source.exists():
-        return ""
-    is_package_member = bool(module.__package__) and module.__package__ != module.__name__
-    files = sorted(source.parent.glob("*.py")) if is_package_member else [source]
-    if source.name == "__init__.py":
-        files = sorted(source.parent.glob("*.py"))
-    h = hashlib.sha256()
-    for file in files:
-        h.update(file.name.encode() + b"\0" + file.read_bytes())
-    return h.hexdigest()[:16]
+    return source_digest(module) if module is not None else ""
 
 
 def fingerprint(files: Sequence[Path], code: str = "") -> str:
@@ -344,9 +353,15 @@ def checked(spec: DatasetSpec, split: Split, which: str) -> Split:
             f"{where}: decoded images are {images.dtype} {images.shape}; the spec declares "
             f"uint8 (N, {size}, {size}, {spec.channels})"
         )
+    if not len(images):
+        raise DataError(f"{where}: no images; every split needs at least one")
     if labels.shape != (len(images),):
         raise DataError(f"{where}: {labels.size} labels for {len(images)} images; expected equal")
-    if labels.size and (labels.min() < 0 or labels.max() >= spec.num_classes):
+    if labels.dtype.kind not in "iu":  # 2.7 as a label would silently become class 2
+        raise DataError(
+            f"{where}: labels are {labels.dtype}; expected integers 0..{spec.num_classes - 1}"
+        )
+    if labels.min() < 0 or labels.max() >= spec.num_classes:
         raise DataError(f"{where}: labels outside 0..{spec.num_classes - 1}")
     return Split(np.ascontiguousarray(images), labels.astype(np.int64))
 

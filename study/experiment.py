@@ -18,27 +18,15 @@ from sacred.host_info import host_info_gatherer
 from sacred.utils import apply_backspaces_and_linefeeds
 
 import study
-from study import protocols, sacred_api
+from study import protocols, sacred_api, settings
 from study.errors import ConfigError
 from study.identity import PLACE_KEYS
-from study.specs import PROTOCOLS, ModelOptions
+from study.specs import ModelOptions
 
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("constant", "onecycle", "cosine")
-HEADS = ("replace", "append")
 DEVICES = ("auto", "cpu", "cuda")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-GRAD_COMPRESSION = ("none", "bf16")
-BOOLEAN_KEYS = (
-    "compile",
-    "sync_bn",
-    "download",
-    "zero_init_residual",
-    "decay_norm_bias",
-    "drop_last",
-    "health_stop",
-)
-MAX_SEED = 2**32 - 1  # what NumPy's and torch's seeding accept
+# Each setting's type and range: study.settings.VALID (checked in resolve_config).
+OPTIMIZERS, SCHEDULES, HEADS = settings.OPTIMIZERS, settings.SCHEDULES, settings.HEADS
+BOOLEAN_KEYS = tuple(k for k, v in settings.VALID.items() if v is settings.FLAG)
 # A decaying schedule shorter than this many steps gets a warning before the run.
 MIN_SCHEDULE_STEPS = 100
 # Rank r of a torchrun run seeds its global generator (dropout) with seed + r * this, so ranks
@@ -47,13 +35,6 @@ RANK_SEED_STRIDE = 1_000_003
 
 # Keys a resumed run may change: how long it trains, and where it runs (identity.PLACE_KEYS).
 RESUMABLE_KEYS = ("epochs", "time_budget", "stop_after", *PLACE_KEYS)
-
-
-def default_data_root() -> str:
-    if os.environ.get("STUDY_DATA_ROOT"):
-        return os.environ["STUDY_DATA_ROOT"]
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(cache, "study", "data")
 
 
 @host_info_gatherer("study")
@@ -84,51 +65,8 @@ for _package in ("torch", "torchvision", "numpy", "pluggy"):
 ex.captured_out_filter = apply_backspaces_and_linefeeds
 
 
-@ex.config
-def config():
-    # A null is resolved by the protocol (study.protocols) for this model and data set.
-    model = None  # a registered model name (`study list`)
-    dataset = None  # a registered data set name (`study list`)
-    data_root = default_data_root()  # where data sets live, as torchvision lays them out
-    download = True  # fetch missing data set files from their official location
-    protocol = "paper"  # the recipe that fills every null below: paper (the seed's) or fast
-    epochs = None  # null: the protocol's (paper: the data set's 6 / 25 / 30; fast: 10)
-    time_budget = None  # seconds of training steps; training ends after the first step past it
-    stop_after = None  # train only the first N epochs of the `epochs` schedule (a prefix)
-    batch_size = None  # paper: 100; fast: 128
-    lr = None  # peak learning rate; paper: 0.0002; fast: base x batch_size / 256
-    optimizer = None  # adam or sgd (Nesterov); paper: adam; fast: sgd
-    momentum = None  # sgd only
-    weight_decay = None
-    decay_norm_bias = None  # weight decay on normalisation and bias parameters too
-    seed = 0
-    image_size = None  # null: the model's input size for the protocol
-    pretrained = False  # True: torchvision's ImageNet weights; or a path to a weights file
-    head = None  # replace the last layer, or append a Linear to it; null: the protocol's
-    aux_logits = None  # null: the auxiliary classifier under paper where the model has one
-    augment = None  # none, flip, crop, crop-flip; null: the protocol's (fast: crop, and flip)
-    precise_bn = None  # training images that re-estimate BatchNorm statistics
-    schedule = None  # learning rate per step: constant, onecycle (warm-up, cosine) or cosine
-    warmup = None  # linear warm-up over this share of the schedule's steps...
-    warmup_min_steps = None  # ...and at least this many steps (at most half of them)
-    grad_clip = None  # clip the gradients' global norm to this; 0: never
-    zero_init_residual = None  # residual blocks start as identities (their last BN's scale 0)
-    drop_last = None  # drop each epoch's last, smaller training batch (one batch shape)
-    label_smoothing = None
-    amp = None  # bf16 autocast: auto (on CUDA), true or false; paper: false (the seed's fp32)
-    health_stop = False  # end the run (COMPLETED) at the first evaluation the health rule flags
-    compile = False  # torch.compile the model
-    compile_mode = "default"  # torch.compile's mode: default, reduce-overhead, max-autotune...
-    data_on_device = "auto"  # hold the data on the device: auto (if it fits), true, false
-    sync_bn = False  # torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
-    grad_compression = "none"  # torchrun: none, or bf16 gradients in the all-reduce
-    train_limit = None  # a stratified, seeded subset of the training split
-    test_limit = None  # a stratified, seeded subset of the test split
-    device = "auto"  # auto, cpu, cuda or cuda:N
-    num_workers = 0  # processes that decode a data set into its cache (first run only)
-    gallery = 16  # how many confidently misclassified test images to keep
-    checkpoint_dir = None  # None: the run's folder in the file store, else ./checkpoints/<id>
-    resume = None  # a run id to continue from its last checkpoint
+# Every setting and its default: study.settings, the one table (help and the README come from it).
+sacred_api.add_documented_config(ex, settings.defaults, {s.name: s.help for s in settings.SETTINGS})
 
 
 # The named configs only name the protocol: study.protocols holds what each one sets, and the
@@ -153,35 +91,6 @@ def resolve_and_validate(config, command_name, logger):
     return resolve_config(config)
 
 
-def _int(config, key, minimum, allow_none=False):
-    value = config[key]
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        valid = f"an integer >= {minimum}" + (" or null" if allow_none else "")
-        raise ConfigError(f"{key}={value!r} is invalid; expected {valid}")
-    return value
-
-
-def _float(config, key, positive):
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{key}={value!r} is invalid; expected a number")
-    if not math.isfinite(value):  # 1e999, nan from a JSON config
-        raise ConfigError(f"{key}={value!r} is invalid; expected a finite number")
-    if (positive and value <= 0) or value < 0:
-        bound = "> 0" if positive else ">= 0"
-        raise ConfigError(f"{key}={value!r} is invalid; expected a number {bound}")
-    return float(value)
-
-
-def _choice(config, key, choices):
-    value = config[key]
-    if value not in choices:
-        raise ConfigError(f"{key}={value!r} is invalid; expected one of: {', '.join(choices)}")
-    return value
-
-
 def resolve_config(config: dict) -> dict:
     """Validate `config` and return the values that replace its nulls: the protocol's (see
     study.protocols) and the model's (image_size)."""
@@ -194,9 +103,10 @@ def resolve_config(config: dict) -> dict:
                 f"{key} is required, e.g. `with {key}=...`; registered: {', '.join(table)}"
             )
     model_spec = reg.model(config["model"])
-    data_spec = reg.dataset(config["dataset"])
+    data_spec = dataset_spec(config)
 
-    protocol = protocols.PROTOCOLS[_choice(config, "protocol", PROTOCOLS)]
+    settings.VALID["protocol"].check("protocol", config["protocol"])
+    protocol = protocols.PROTOCOLS[config["protocol"]]
     if config["epochs"] is None and protocol is protocols.PAPER and not data_spec.paper_epochs:
         raise ConfigError(
             f"dataset {data_spec.name} declares no epochs for the paper protocol "
@@ -205,39 +115,7 @@ def resolve_config(config: dict) -> dict:
     fills = protocols.resolve(protocol, model_spec, data_spec, config)
     config = {**config, **fills}  # validated below as one
 
-    _choice(config, "optimizer", OPTIMIZERS)
-    _choice(config, "schedule", SCHEDULES)
-    if not 0 <= _float(config, "label_smoothing", positive=False) < 1:
-        raise ConfigError(
-            f"label_smoothing={config['label_smoothing']!r} is invalid; expected 0 <= x < 1"
-        )
-    if config["amp"] not in ("auto", True, False):
-        raise ConfigError(f"amp={config['amp']!r} is invalid; expected auto, true or false")
-    for key in BOOLEAN_KEYS:
-        if not isinstance(config[key], bool):
-            raise ConfigError(f"{key}={config[key]!r} is invalid; expected true or false")
-    _choice(config, "head", HEADS)
-    _int(config, "precise_bn", 0)
-    _choice(config, "compile_mode", COMPILE_MODES)
-    _choice(config, "grad_compression", GRAD_COMPRESSION)
-    if config["data_on_device"] not in ("auto", True, False):
-        raise ConfigError(
-            f"data_on_device={config['data_on_device']!r} is invalid; expected auto, true or false"
-        )
-    from study.loader import AUGMENTATIONS
-
-    _choice(config, "augment", AUGMENTATIONS)
-    _float(config, "lr", positive=True)
-    _float(config, "momentum", positive=False)
-    _float(config, "weight_decay", positive=False)
-    _float(config, "grad_clip", positive=False)
-    if not 0 <= _float(config, "warmup", positive=False) <= 0.5:
-        raise ConfigError(
-            f"warmup={config['warmup']!r} is invalid; expected a share of the schedule's steps, "
-            "0 <= x <= 0.5"
-        )
-    _int(config, "warmup_min_steps", 0)
-    _int(config, "batch_size", 1)
+    settings.check_values(config)  # each value against its declared type and range
     processes = int(os.environ.get("WORLD_SIZE", 1))  # torchrun's
     if config["batch_size"] % processes:
         b = config["batch_size"]
@@ -246,32 +124,19 @@ def resolve_config(config: dict) -> dict:
             f"batch_size={b} does not split evenly over {processes} processes; "
             f"use a multiple of {processes}" + (f", e.g. {lower} or {upper}" if lower else "")
         )
-    if _int(config, "seed", 0) > MAX_SEED:
-        raise ConfigError(f"seed={config['seed']} is invalid; expected 0 <= seed <= {MAX_SEED}")
     from study.record import usable_cpus
 
     cpus = usable_cpus()
-    if _int(config, "num_workers", 0) > (cpus or 1):
+    if config["num_workers"] > (cpus or 1):
         raise ConfigError(
             f"num_workers={config['num_workers']} is invalid; this machine has {cpus} CPUs "
             f"for decoding, so use 0..{cpus}"
         )
-    _int(config, "gallery", 0)
-    _int(config, "train_limit", 1, allow_none=True)
-    _int(config, "test_limit", 1, allow_none=True)
-    if config["time_budget"] is not None:
-        _float(config, "time_budget", positive=True)
     device = config["device"]
     if not (device in DEVICES or (isinstance(device, str) and device.startswith("cuda:"))):
         raise ConfigError(f"device={device!r} is invalid; expected auto, cpu, cuda or cuda:N")
-    pretrained = config["pretrained"]
-    if not isinstance(pretrained, bool | str):
-        raise ConfigError(
-            f"pretrained={pretrained!r} is invalid; expected true, false or a weights file path"
-        )
 
-    epochs = _int(config, "epochs", 1)
-    stop_after = _int(config, "stop_after", 1, allow_none=True)
+    epochs, stop_after = config["epochs"], config["stop_after"]
     if stop_after is not None and stop_after > epochs:
         raise ConfigError(
             f"stop_after={stop_after} is invalid; expected 1..{epochs} (the run's epochs): it "
@@ -289,8 +154,6 @@ def resolve_config(config: dict) -> dict:
         )
 
     aux = config["aux_logits"]
-    if not isinstance(aux, bool):
-        raise ConfigError(f"aux_logits={aux!r} is invalid; expected true, false or null")
     if aux and not model_spec.aux_logits:
         raise ConfigError(
             f"aux_logits=True is invalid: model {model_spec.name} has no auxiliary head"
@@ -301,7 +164,7 @@ def resolve_config(config: dict) -> dict:
     if size is None:  # the protocol's size, enlarged to the model's minimum where needed
         size = max(model_spec.default_input_size(protocol.name, data_spec.image_size), minimum)
     else:
-        size = _int(config, "image_size", 1)
+        settings.integer(1).check("image_size", size)
     if size < minimum:
         which = f"{model_spec.name} with aux_logits" if aux else model_spec.name
         hint = (
@@ -312,9 +175,6 @@ def resolve_config(config: dict) -> dict:
             f"image_size={size} is too small for {which}; it needs at least {minimum} px"
             + (hint if aux else "")
         )
-    resume = config["resume"]
-    if resume is not None and not isinstance(resume, int | str):
-        raise ConfigError(f"resume={resume!r} is invalid; expected a run id")
     return {**fills, "image_size": size}
 
 
@@ -341,12 +201,22 @@ def pick_device(name: str):
     return torch.device(name)
 
 
-def prepare_data(config: dict):
-    """Find (or download) the data set and build its cache. Safe to call twice: cached."""
-    from study.data import prepare
+def dataset_spec(config: dict):
+    """The run's data set spec: the registered one, or, for a data set that describes itself
+    from its files (DatasetSpec.describe, e.g. image_folder), the one for this data_root."""
     from study.registry import registry
 
     spec = registry().dataset(config["dataset"])
+    if spec.describe is not None:
+        spec = spec.describe(Path(config["data_root"]).expanduser(), config)
+    return spec
+
+
+def prepare_data(config: dict):
+    """Find (or download) the data set and build its cache. Safe to call twice: cached."""
+    from study.data import prepare
+
+    spec = dataset_spec(config)
     return spec, prepare(
         spec,
         Path(config["data_root"]).expanduser(),
@@ -389,7 +259,8 @@ def protocol_departures(config: dict) -> dict:
     set that declares no paper epochs has none to depart from."""
     from study.registry import registry
 
-    updates = {"model": config["model"], "dataset": config["dataset"]}
+    # A data set that describes itself from its files is the same files under the protocol.
+    updates = {k: config[k] for k in ("model", "dataset", "data_root", "folder_image_size")}
     reg = registry()
     if config["protocol"] == "paper" and not reg.dataset(config["dataset"]).paper_epochs:
         updates["epochs"] = config["epochs"]
@@ -730,7 +601,7 @@ def train_and_evaluate(run, config: dict) -> dict:
 
 
 def make_optimizer(config: dict, model, fused: bool = False):
-    """Adam or SGD (Nesterov when momentum > 0); torch's fused kernels on CUDA. Without
+    """Adam, AdamW or SGD (Nesterov when momentum > 0); torch's fused kernels on CUDA. Without
     decay_norm_bias, normalisation and bias parameters (every 1-d tensor) are not decayed."""
     import torch
 
@@ -745,6 +616,8 @@ def make_optimizer(config: dict, model, fused: bool = False):
     fused = fused or None  # None: torch's default implementation
     if config["optimizer"] == "adam":
         return torch.optim.Adam(params, lr=config["lr"], weight_decay=decay, fused=fused)
+    if config["optimizer"] == "adamw":  # decoupled weight decay (Loshchilov & Hutter 2019)
+        return torch.optim.AdamW(params, lr=config["lr"], weight_decay=decay, fused=fused)
     return torch.optim.SGD(
         params,
         lr=config["lr"],

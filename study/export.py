@@ -36,9 +36,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--runs", metavar="DIR", help="a file store folder (default ./runs)")
     parser.add_argument("--mongo", metavar="URL", help="a MongoDB URL (default $STUDY_MONGO_URL)")
     parser.add_argument("--db", metavar="NAME", help="the MongoDB database (default: study)")
-    parser.add_argument("--model", action="append", help="only runs of this model (repeatable)")
-    parser.add_argument("--dataset", action="append", help="only runs on this data set")
-    parser.add_argument("--id", action="append", dest="ids", help="only this run (repeatable)")
+    # Comma lists, as `study report` takes them; --model/--dataset/--id (repeatable) are the
+    # older spellings, kept as aliases.
+    for name, what in (("models", "models"), ("datasets", "data sets"), ("ids", "run ids")):
+        parser.add_argument(f"--{name}", action="append", default=[], help=f"only these {what}")
+        parser.add_argument(f"--{name[:-1]}", action="append", dest=name, help=argparse.SUPPRESS)
     parser.add_argument(
         "--checkpoints", action="store_true", help="include each run's checkpoint file"
     )
@@ -47,11 +49,16 @@ def main(argv: list[str]) -> int:
         raise StudyError(f"{args.out}: expected a name ending in .tar.gz or .tgz")
     from study.stores import choose_store
 
+    def names(given: list[str]) -> set[str]:
+        return {n.strip() for item in given for n in item.split(",") if n.strip()}
+
+    models, datasets, ids = names(args.models), names(args.datasets), names(args.ids)
+
     def wanted(record) -> bool:
         return (
-            (not args.model or record.model in args.model)
-            and (not args.dataset or record.dataset in args.dataset)
-            and (not args.ids or record.id in args.ids)
+            (not models or record.model in models)
+            and (not datasets or record.dataset in datasets)
+            and (not ids or record.id in ids)
             and record.status == "COMPLETED"
         )
 

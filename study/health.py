@@ -2,7 +2,8 @@
 `study runs` and by the report (a flagged cell is never ranked).
 
 A run is flagged
-- *stuck* when its epoch's mean training loss, after the warm-up, is still at least
+- *stuck* when its mean training loss over the epoch's last quarter of steps (the engine's
+  `train_loss_end`), after the warm-up, is still at least
   STUCK_LOSS_SHARE of the loss of a uniform guess (ln C, times 1 + the auxiliary head's weight
   where one trains): it has not left chance;
 - *collapsed* when its test predictions pile onto few classes: one class takes at least
@@ -59,8 +60,8 @@ def assess(
 ) -> Health:
     """The rule on one evaluation: `predicted_counts[c]` test images predicted as class c,
     `true_counts[c]` test images of class c (the confusion matrix's column and row sums),
-    `train_loss` the epoch's mean training loss (judged only `past_warmup`), `values` the
-    losses and accuracies the run reports."""
+    `train_loss` the mean training loss over the epoch's last steps (judged only
+    `past_warmup`), `values` the losses and accuracies the run reports."""
     flags, reasons = [], []
     bad = [v for v in values if v is not None and not math.isfinite(v)]
     if bad or (train_loss is not None and not math.isfinite(train_loss)):

@@ -24,3 +24,10 @@ def study_models() -> list:
 @hookspec
 def study_datasets() -> list:
     """Return the ``study.specs.DatasetSpec`` objects this plugin provides."""
+
+
+@hookspec
+def study_model_families() -> list:
+    """Return ``study.specs.ModelFamily`` objects: a prefix under which this plugin provides
+    models by name, on demand (``model=timm:resnet10t``), for a library of hundreds of
+    architectures that would be slow to list at every start."""

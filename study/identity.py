@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 from datetime import UTC, datetime
+from pathlib import Path
 
 # Config keys that say where or how a run ran and what it kept, not what it trained: runs that
 # differ only in these trained the same thing. A sweep cell matches such runs, the report pools
@@ -57,7 +58,17 @@ def pid_alive(pid: int) -> bool:
         return True
     except (OverflowError, ValueError):
         return False
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A killed process whose parent has not collected it yet (state Z on Linux): dead, though
+    signals still find it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False  # no /proc (macOS), or gone meanwhile: the signal's answer stands
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def parse_time(value) -> datetime | None:

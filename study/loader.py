@@ -30,7 +30,7 @@ from study.errors import DataError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-AUGMENTATIONS = ("none", "flip", "crop", "crop-flip")
+
 RESIDENCY = ("auto", True, False)  # data_on_device
 # At most this share of the device's free memory holds data; the rest is the model's.
 DEVICE_DATA_SHARE = 0.5

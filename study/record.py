@@ -19,8 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from study.stores.records import EVALUATION_ARTIFACT
+
 EPOCH_METRICS = (
     "train_loss",
+    "train_loss_end",  # over the epoch's last quarter of steps: what the health rule judges
     "train_top1",
     "test_loss",
     "test_top1",
@@ -33,7 +36,6 @@ EPOCH_METRICS = (
     "load_avg",  # the machine's 1-minute load average as the epoch's training ended
     "startup_seconds",  # the first steps a process trains (cuDNN's choices), not in images_per_s
 )
-EVALUATION_ARTIFACT = "evaluation.npz"
 
 
 def describe_run(
@@ -60,6 +62,8 @@ def describe_run(
 
     run.info["dataset"] = {
         "name": data_spec.name,
+        "title": data_spec.title,  # the display name, for a report made where it is not installed
+        "plugin": data_plugin,  # "distribution:entry-point"
         "num_classes": data.num_classes,
         "class_names": list(data.class_names),
         "image_size": data.image_size,
@@ -81,8 +85,12 @@ def describe_run(
     }
     run.info["model"] = {
         "name": model_spec.name,
+        "title": model_spec.title,
         "description": model_spec.description,
         "plugin": plugin,
+        # What became of the output layer: `replace`d or `append`ed to the ImageNet head, or
+        # `own` (the model has no ImageNet head: its plugin builds a layer per class itself).
+        "head": config["head"] if model_spec.imagenet_head else "own",
         "image_size": config["image_size"],
         **stats,
     }
@@ -109,8 +117,8 @@ def describe_run(
 def provenance(*, plugins, autocast, device) -> dict:
     """What a rerun years later needs to know about the code and settings that ran: study's
     version and, from a git checkout, its commit; each plugin distribution that provided the
-    model or data set, with its version; library versions; the determinism settings in force;
-    the command line."""
+    model or data set, with its version and a digest of its source; library versions; the
+    determinism settings in force; the command line."""
     import sys
     from importlib.metadata import PackageNotFoundError, version
 
@@ -119,6 +127,7 @@ def provenance(*, plugins, autocast, device) -> dict:
     import torchvision
 
     import study
+    from study.registry import plugin_code
 
     def dist_version(plugin: str) -> str | None:
         try:
@@ -131,6 +140,8 @@ def provenance(*, plugins, autocast, device) -> dict:
         "study": study.__version__,
         "git": _git_state(Path(study.__file__).resolve().parent.parent),
         "plugins": {p: dist_version(p) for p in sorted(plugins)},
+        # Each plugin's source, hashed: code changed without a version bump still shows.
+        "plugin_code": {p: plugin_code(p) for p in sorted(plugins)},
         "versions": {
             "python": sys.version.split()[0],
             "torch": str(torch.__version__),

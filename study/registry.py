@@ -6,17 +6,21 @@ Built-in and third-party plugins are found the same way. Every spec remembers th
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
+import hashlib
+import inspect
 import os
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pluggy
 
 from study import hookspecs
 from study.errors import PluginError, UnknownName
-from study.specs import DatasetSpec, ModelSpec
+from study.specs import DatasetSpec, ModelFamily, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -25,11 +29,76 @@ class Provided:
     plugin: str  # "distribution:entry-point", e.g. "study:study-models"
 
 
+class ModelTable(dict):
+    """The registered models by name, and, looked up on demand, those of a model family
+    (`timm:resnet10t`): `in`, `[]` and `.get` reach both; iterating lists the registered ones."""
+
+    def __init__(self, found: dict[str, Provided], families: dict[str, tuple[ModelFamily, str]]):
+        super().__init__(found)
+        self.families = families  # prefix -> (family, plugin)
+
+    def family_member(self, name) -> Provided | None:
+        if not isinstance(name, str) or ":" not in name:
+            return None
+        prefix, _, rest = name.partition(":")
+        if prefix not in self.families or not rest:
+            return None
+        family, plugin = self.families[prefix]
+        spec = family.spec_for(rest)
+        if spec is None:
+            return None
+        provided = Provided(dataclasses.replace(spec, name=name), plugin)
+        dict.__setitem__(self, name, provided)  # built once per process
+        return provided
+
+    def __missing__(self, name):
+        provided = self.family_member(name)
+        if provided is None:
+            raise KeyError(name)
+        return provided
+
+    def __contains__(self, name) -> bool:
+        return dict.__contains__(self, name) or self.family_member(name) is not None
+
+    def get(self, name, default=None):
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+
 class Registry:
     def __init__(self, plugin_manager: pluggy.PluginManager):
         self.pm = plugin_manager
-        self.models: dict[str, Provided] = self._collect("study_models", ModelSpec, "model")
+        self.families = self._families()
+        self.models: dict[str, Provided] = ModelTable(
+            self._collect("study_models", ModelSpec, "model"), self.families
+        )
         self.datasets: dict[str, Provided] = self._collect("study_datasets", DatasetSpec, "dataset")
+
+    def _families(self) -> dict[str, tuple[ModelFamily, str]]:
+        found: dict[str, tuple[ModelFamily, str]] = {}
+        for impl in self.pm.hook.study_model_families.get_hookimpls():
+            try:
+                families = impl.function() or []
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {impl.plugin_name} failed in study_model_families(): "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            for family in families:
+                if not isinstance(family, ModelFamily):
+                    raise PluginError(
+                        f"plugin {impl.plugin_name} returned {type(family).__name__} from "
+                        "study_model_families(); expected study.specs.ModelFamily"
+                    )
+                if family.prefix in found:
+                    raise PluginError(
+                        f"model family {family.prefix!r} is registered by two plugins: "
+                        f"{found[family.prefix][1]} and {impl.plugin_name}"
+                    )
+                found[family.prefix] = (family, impl.plugin_name)
+        return found
 
     def _collect(self, hook_name: str, spec_type: type, kind: str) -> dict[str, Provided]:
         found: dict[str, Provided] = {}
@@ -76,13 +145,26 @@ class Registry:
     def dataset(self, name: str) -> DatasetSpec:
         return self._lookup(self.datasets, name, "dataset").spec  # type: ignore[return-value]
 
-    @staticmethod
-    def _lookup(table: dict[str, Provided], name: str, kind: str) -> Provided:
+    def _lookup(self, table: dict[str, Provided], name: str, kind: str) -> Provided:
         try:
             return table[name]
         except (KeyError, TypeError):
+            prefix = name.partition(":")[0] if isinstance(name, str) and ":" in name else None
+            if kind == "model" and prefix in self.families:
+                family = self.families[prefix][0]
+                close = list(family.suggest(name.partition(":")[2]))[:3]
+                hint = (
+                    f"; did you mean {', '.join(f'{prefix}:{c}' for c in close)}?" if close else ""
+                )
+                raise UnknownName(
+                    f"unknown model {name!r}: {prefix} has no such architecture{hint} "
+                    f"(`study list {prefix}` lists them)"
+                ) from None
             known = ", ".join(table) or "(none: is study installed?)"
-            raise UnknownName(f"unknown {kind} {name!r}; registered {kind}s: {known}") from None
+            families = "".join(f", or {p}:NAME" for p in self.families) if kind == "model" else ""
+            raise UnknownName(
+                f"unknown {kind} {name!r}; registered {kind}s: {known}{families}"
+            ) from None
 
 
 # Plugins to leave out, comma separated: "distribution:entry-point" as `study list` names them,
@@ -133,3 +215,29 @@ def _check_hook_names(plugin, name: str) -> None:
 def registry() -> Registry:
     """The registry of everything installed (built once per process)."""
     return Registry(plugin_manager())
+
+
+def source_digest(module) -> str:
+    """The source of every module in the package that holds `module` (or of the lone module),
+    hashed: what a plugin's code was, whatever version its distribution claims. "" when the
+    source cannot be found (a compiled or zipped module)."""
+    try:
+        source = Path(inspect.getsourcefile(module) or "")
+    except TypeError:  # a built-in module
+        return ""
+    if not source.is_file():
+        return ""
+    is_package_member = bool(module.__package__) and module.__package__ != module.__name__
+    files = [source]
+    if is_package_member or source.name == "__init__.py":
+        files = sorted(source.parent.glob("*.py"))
+    h = hashlib.sha256()
+    for file in files:
+        h.update(file.name.encode() + b"\0" + file.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def plugin_code(plugin: str) -> str | None:
+    """source_digest of a registered plugin ("distribution:entry-point"); None if unknown."""
+    module = registry().pm.get_plugin(plugin)
+    return source_digest(module) if module is not None else None

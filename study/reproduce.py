@@ -64,6 +64,7 @@ def main(argv: list[str]) -> int:
             f"run {run_id} in {where} is {original.status}; only a COMPLETED run can be "
             "reproduced (resume it first: `study run with resume=ID`)"
         )
+    check_plugins_installed(original)
     updates = parse_updates(with_tokens)
     tokens, prefix = plan(original, with_tokens, updates, args.epochs)
     data_note = check_data(
@@ -96,6 +97,39 @@ def main(argv: list[str]) -> int:
     verdict.differences = differences(original, again[0], updates, data_note)
     print(render(verdict, original, again[0]))
     return verdict.exit_status
+
+
+def check_plugins_installed(original: RunRecord) -> None:
+    """A run whose model or data set no installed plugin provides: one line naming the
+    distribution (and version) that provided it when it ran, so a reader knows what to install."""
+    from study.registry import registry
+
+    reg = registry()
+    prov = original.info.get("provenance") or {}
+    versions = prov.get("plugins") if isinstance(prov.get("plugins"), dict) else {}
+    for kind, name, table in (
+        ("model", original.model, reg.models),
+        ("dataset", original.dataset, reg.datasets),
+    ):
+        if name in table:
+            continue
+        part = original.info.get(kind) or {}
+        plugin = part.get("plugin") if isinstance(part.get("plugin"), str) else None
+        if plugin is None:  # recorded before the data set named its plugin: the ones missing
+            plugin = " or ".join(p for p in versions if reg.pm.get_plugin(p) is None) or None
+        if plugin is None:
+            raise StudyError(
+                f"run {original.id}'s {kind} {name!r} is not registered here and its record "
+                f"names no plugin; registered {kind}s: {', '.join(table)}"
+            )
+        dist = plugin.split(":")[0]
+        version = versions.get(plugin)
+        pin = f"{dist}=={version}" if version else dist
+        raise StudyError(
+            f"run {original.id}'s {kind} {name!r} came from plugin {plugin}"
+            + (f" {version}" if version else "")
+            + f", which is not installed here; install it (pip install '{pin}') to reproduce it"
+        )
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -353,6 +387,9 @@ def differences(original: RunRecord, again: RunRecord, updates: dict, data_note)
     else:
         lines += _dict_differences("version", _versions(pa), _versions(pb))
         lines += _dict_differences("plugin", pa.get("plugins") or {}, pb.get("plugins") or {})
+        lines += _dict_differences(
+            "plugin code", pa.get("plugin_code") or {}, pb.get("plugin_code") or {}
+        )
         lines += _dict_differences("code", _code(pa), _code(pb))
         lines += _dict_differences(
             "determinism", pa.get("determinism") or {}, pb.get("determinism") or {}

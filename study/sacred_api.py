@@ -14,6 +14,26 @@ from __future__ import annotations
 SACRED_VERSION = "0.8.7"  # pyproject.toml pins sacred==0.8.7
 
 
+def add_documented_config(ex, defaults, docs: dict) -> None:
+    """Give `ex` a config from a dict with a comment per key, as a config function's comments
+    give print_config: Sacred's ConfigDict, whose summary also carries the docs. `defaults` is
+    called each time a config is built (a default may read the environment). add_config takes
+    only a dict or a file, so the config goes into Sacred's list of configurations directly."""
+    from sacred.config.config_dict import ConfigDict
+
+    class DocumentedConfig(ConfigDict):
+        def __init__(self):
+            super().__init__({})
+
+        def __call__(self, fixed=None, preset=None, fallback=None):
+            self._conf = ConfigDict(defaults())._conf
+            summary = super().__call__(fixed, preset, fallback)
+            summary.docs.update(docs)
+            return summary
+
+    ex.configurations.append(DocumentedConfig())
+
+
 def create_run(ex, command: str, updates: dict, named_configs: list, args: dict):
     """The run `ex.run(...)` would start, not started: what Experiment.run does first."""
     return ex._create_run(command, updates, named_configs, {}, {}, args)

@@ -131,7 +131,28 @@ class DatasetSpec:
     # mirrored digit or letter is another character, so the default is no).
     mirror_invariant: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # A data set whose classes, channels or sizes come from its files (image_folder):
+    # describe(data_root, config) -> the spec for the files there (dataclasses.replace of this
+    # one), called once a run names its data_root; config holds the run's settings.
+    describe: Callable[[Path, Mapping[str, Any]], DatasetSpec] | None = None
 
     @property
     def title(self) -> str:
         return self.display_name or self.name
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """Models a plugin provides by name on demand: `model=<prefix>:<name>`.
+
+    `spec_for(name)` returns the ModelSpec of `name` (its `name` field is set to
+    `<prefix>:<name>` by the registry), or None when the family has no such model; it may import
+    a large library, so it is called only when a run names one of its models. `names()` lists
+    them all (`study list <prefix>`)."""
+
+    prefix: str
+    description: str
+    spec_for: Callable[[str], ModelSpec | None]
+    names: Callable[[], Sequence[str]]
+    # Close names to suggest for a misspelt one (default: none).
+    suggest: Callable[[str], Sequence[str]] = lambda name: ()

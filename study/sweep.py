@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,6 +88,7 @@ class Cell:
     status: str = "not run"  # after the sweep: COMPLETED, FAILED, INTERRUPTED, ...
     log: Path | None = None
     returncode: int | None = None
+    dead: list = field(default_factory=list)  # its RUNNING runs whose process is gone
 
     @property
     def name(self) -> str:
@@ -142,6 +144,7 @@ class Store:
 def main(argv: list[str]) -> int:
     """`study sweep [GRID] [--models ...] [--datasets ...] [--seeds N] [with KEY=VALUE ...]`."""
     args, with_tokens = parse_args(argv)
+    launcher = check_launcher(args.launcher)
     grid = make_grid(args, with_tokens)
     store = make_store(args.file_storage, args.mongo_db)
     sweep_id = args.id or grid_id(args.grid or "grid", grid)
@@ -156,9 +159,10 @@ def main(argv: list[str]) -> int:
         plan(cell, records)
 
     if args.print_commands:
+        options = split_with(argv)[0]
         for cell in cells:
             if cell.action in ("run", "resume"):
-                print(shown_command(cell, grid, sweep_id, store, args.launcher))
+                print(cell_line(options, with_tokens, cell, sweep_id, store))
             else:
                 print(f"# cell {cell.index} {cell.name}: {describe(cell)}", file=sys.stderr)
         if store.env:
@@ -175,11 +179,52 @@ def main(argv: list[str]) -> int:
         return 0
 
     logs = Path(args.logs) if args.logs else log_folder(store, sweep_id)
-    return run_cells(cells, grid, sweep_id, store, logs)
+    return run_cells(cells, grid, sweep_id, store, logs, launcher)
 
 
-VALUE_OPTIONS = ("-F", "--file_storage", "-m", "--mongo_db", "--models", "--datasets", "--seeds",
-                 "--cell", "--id", "--logs", "--launcher")  # fmt: skip
+def check_launcher(launcher: str | None) -> list[str]:
+    """What starts each cell's `-m study run ...`: this Python, or `--launcher` (e.g.
+    `torchrun --nproc-per-node=4`), refused in one line when its program cannot be found."""
+    if launcher is None:
+        return [sys.executable]
+    try:
+        words = shlex.split(launcher)
+    except ValueError as exc:
+        raise StudyError(f"--launcher {launcher!r}: {exc}") from None
+    if not words or shutil.which(words[0]) is None:
+        raise StudyError(
+            f"--launcher {launcher!r}: {words[0] if words else 'nothing'} is not a program on "
+            "PATH; e.g. --launcher 'torchrun --nproc-per-node=4'"
+        )
+    return words
+
+
+# Options a printed cell line sets itself (and how many values each takes).
+LINE_OPTIONS = {"--print-commands": 0, "--dry-run": 0, "--cell": 1, "--id": 1, "-F": 1,
+                "--file_storage": 1, "--runs": 1, "-m": 1, "--mongo_db": 1,
+                "--mongo": 1}  # fmt: skip
+
+
+def cell_line(options: list[str], with_tokens: list[str], cell, sweep_id: str, store) -> str:
+    """One cell as a shell line: `python -m study sweep ... --cell N --id ID`, so a printed line
+    goes through the sweep's claims like any sweep process (run twice, or by two array tasks,
+    the cell trains once) and its index is the sweep's own, from 0."""
+    kept, i = [], 0
+    while i < len(options):
+        name, has_value = options[i].split("=", 1)[0], "=" in options[i]
+        if name in LINE_OPTIONS:
+            i += 1 + (0 if has_value else LINE_OPTIONS[name])
+            continue
+        kept.append(options[i])
+        i += 1
+    args = ["sweep", *kept, "--cell", str(cell.index), "--id", sweep_id, *store.printable_args]
+    return shlex.join(
+        ["python", "-m", "study", *args, *(["with", *with_tokens] * bool(with_tokens))]
+    )
+
+
+VALUE_OPTIONS = ("-F", "--file_storage", "--runs", "-m", "--mongo_db", "--mongo", "--models",
+                 "--datasets", "--seeds", "--cell", "--id", "--logs", "--launcher")  # fmt: skip
 
 
 def split_with(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -216,18 +261,20 @@ def parse_args(argv: list[str]):
     parser.add_argument("--models", help="comma list, e.g. vgg16,resnet50")
     parser.add_argument("--datasets", help="comma list, e.g. mnist,cifar10")
     parser.add_argument("--seeds", help="N (seeds 0..N-1) or a comma list of seeds (default 1)")
-    parser.add_argument("-F", "--file_storage", metavar="DIR", help="file store (default ./runs)")
-    parser.add_argument("-m", "--mongo_db", metavar="URL", help="MongoDB, as for `study run`")
+    parser.add_argument("--runs", "-F", "--file_storage", dest="file_storage", metavar="DIR",
+                        help="file store (default ./runs)")  # fmt: skip
+    parser.add_argument("--mongo", "-m", "--mongo_db", dest="mongo_db", metavar="URL",
+                        help="MongoDB, as for `study run`")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print the cells, run nothing")
     parser.add_argument(
         "--print-commands", action="store_true",
-        help="print one `study run` command per cell still to run (for Slurm arrays, shell "
-        "loops, torchrun), run nothing",
+        help="print one `study sweep ... --cell N` line per cell still to run (for Slurm "
+        "arrays, shell loops), run nothing",
     )  # fmt: skip
     parser.add_argument(
-        "--launcher", default="python",
-        help="what starts `-m study` in printed commands (default python; e.g. "
-        "'torchrun --nproc_per_node=4')",
+        "--launcher",
+        help="what starts each cell's `-m study run` (default: this Python; e.g. "
+        "'torchrun --nproc-per-node=4')",
     )  # fmt: skip
     parser.add_argument("--cell", type=int, help="run only this cell (0-based, as listed)")
     parser.add_argument("--id", help="the sweep's id (default: derived from the grid)")
@@ -366,6 +413,7 @@ def plan(cell: Cell, records) -> None:
     if live:
         cell.action, cell.run_id, cell.status = "running", live[-1].id, "RUNNING elsewhere"
         return
+    cell.dead = [r for r in matching if r.status == "RUNNING"]
     resumable = [r for r in matching if r.has_checkpoint()]
     if resumable:
         cell.action, cell.run_id = "resume", resumable[-1].id
@@ -388,21 +436,14 @@ def cell_key(cell: Cell) -> str:
     return "cell-" + hashlib.sha256(identity(cell.config).encode()).hexdigest()[:40]
 
 
-def cell_command(cell: Cell, grid: Grid, sweep_id: str, store: Store, printable=False):
+def cell_command(cell: Cell, grid: Grid, sweep_id: str, store: Store):
     """The `study run ...` arguments of a cell (after `python -m study`)."""
-    store_args = store.printable_args if printable else store.args
+    store_args = store.args
     tag = ["-c", f"{TAG_PREFIX}{sweep_id}"]
     if cell.action == "resume":
         return ["run", "with", f"resume={cell.run_id}", *tag, *store_args]
     cell_keys = [f"model={cell.model}", f"dataset={cell.dataset}", f"seed={cell.seed}"]
     return ["run", "with", *grid.config, *cell_keys, *tag, *store_args]
-
-
-def shown_command(cell: Cell, grid: Grid, sweep_id: str, store: Store, launcher="python") -> str:
-    """The cell's command as a shell line (no password: $STUDY_MONGO_URL is left to the
-    environment where the URL holds one)."""
-    args = cell_command(cell, grid, sweep_id, store, printable=True)
-    return shlex.join([*shlex.split(launcher), "-m", "study", *args])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,7 +475,9 @@ class _Stop:
             self.child.send_signal(signal.SIGTERM)
 
 
-def run_cells(cells: list[Cell], grid: Grid, sweep_id: str, store: Store, logs: Path) -> int:
+def run_cells(
+    cells: list[Cell], grid: Grid, sweep_id: str, store: Store, logs: Path, launcher: list[str]
+) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     claims = store.claims()
     with _Stop() as stop:
@@ -443,7 +486,7 @@ def run_cells(cells: list[Cell], grid: Grid, sweep_id: str, store: Store, logs: 
             for cell in pending:
                 if stop.requested:
                     break
-                attempt(cell, grid, sweep_id, store, logs, stop, claims)
+                attempt(cell, grid, sweep_id, store, logs, stop, claims, launcher)
             # Cells other processes are running: wait for them, so the summary is the sweep's.
             pending = [c for c in pending if c.action in ("running", "claimed")]
             if pending and not stop.requested:
@@ -457,7 +500,9 @@ def run_cells(cells: list[Cell], grid: Grid, sweep_id: str, store: Store, logs: 
     return 0 if all(c.status == "COMPLETED" for c in cells) else 1
 
 
-def attempt(cell: Cell, grid, sweep_id: str, store: Store, logs: Path, stop, claims) -> None:
+def attempt(
+    cell: Cell, grid, sweep_id: str, store: Store, logs: Path, stop, claims, launcher: list[str]
+) -> None:
     """Run the cell unless it is done or someone else runs it. The cell is claimed first,
     and the store read again under the claim: of several sweeps of one grid started at once
     (or a cell done meanwhile), exactly one process runs it."""
@@ -471,7 +516,8 @@ def attempt(cell: Cell, grid, sweep_id: str, store: Store, logs: Path, stop, cla
             with claim:
                 plan(cell, store.read())  # again: another process may have done it meanwhile
                 if cell.action in ("run", "resume"):
-                    run_cell(cell, grid, sweep_id, store, logs, stop, claim)
+                    mark_dead_runs(cell, store)
+                    run_cell(cell, grid, sweep_id, store, logs, stop, claim, launcher)
                     return
     if cell.action in ("running", "claimed"):
         cell.status = "RUNNING elsewhere"
@@ -480,20 +526,39 @@ def attempt(cell: Cell, grid, sweep_id: str, store: Store, logs: Path, stop, cla
     cell.log = earlier if earlier.exists() else None
 
 
+def mark_dead_runs(cell: Cell, store: Store) -> None:
+    """A dead run of the cell that is not the one being resumed stays RUNNING in its record for
+    ever unless someone says otherwise: the sweep that takes the cell over does, under its claim."""
+    for run in cell.dead:
+        if run.id == cell.run_id and cell.action == "resume":
+            continue  # resumed as the same run: its record goes on
+        takeover = f"resumed as run {cell.run_id}" if cell.action == "resume" else "run again"
+        since = run.heartbeat or f"its start ({run.start_time})"
+        why = (
+            f"no heartbeat since {since}: its process died; a sweep took its cell over ({takeover})"
+        )
+        if store.store.mark_dead(run, why):
+            print(f"[{cell.index}] {cell.name}: run {run.id} had died; recorded INTERRUPTED",
+                  flush=True)  # fmt: skip
+
+
 def _say(cell: Cell, what: str) -> None:
     if what != cell.said:  # a cell waited for is not announced again every poll
         cell.said = what
         print(f"[{cell.index}] {cell.name}: {what}", flush=True)
 
 
-def run_cell(cell: Cell, grid, sweep_id: str, store: Store, logs: Path, stop, claim) -> None:
-    command = [sys.executable, "-m", "study", *cell_command(cell, grid, sweep_id, store)]
+def run_cell(
+    cell: Cell, grid, sweep_id: str, store: Store, logs: Path, stop, claim, launcher: list[str]
+) -> None:
+    command = [*launcher, "-m", "study", *cell_command(cell, grid, sweep_id, store)]
     cell.log = logs / f"{cell.slug}.log"
     what = describe(cell)
     _say(cell, f"{what} (log {cell.log})")
     started = time.monotonic()
     with open(cell.log, "a") as log:
-        shown = shown_command(cell, grid, sweep_id, store)
+        # A password never reaches a command line (store.env carries it): the line is safe to log.
+        shown = shlex.join(command)
         log.write(f"=== {dt.datetime.now().isoformat(timespec='seconds')} {shown}\n")
         log.flush()
         env = {**os.environ, **store.env}

@@ -138,3 +138,38 @@ def test_protocol_check_records_each_model_with_its_verdict(mnist_root, tmp_path
     assert resnet["gmacs_paper"] > resnet["gmacs"]  # 224 px against the fast stem at 28 px
     assert rows[0]["gmacs_paper"] is None  # small_cnn has no paper size of its own
     assert "MISSED" in proc.stdout
+
+
+def test_subset_data_keeps_the_first_images_of_each_class_in_the_official_formats(tmp_path):
+    """benchmarks/subset_data.py (what gpu-prepare.sh carries to a GPU): study reads its
+    archives as it reads the full ones, and they hold exactly the first N images a class."""
+    import fakedata
+    import numpy as np
+
+    from study.data import prepare
+    from study.registry import registry
+
+    full, small = tmp_path / "full", tmp_path / "small"
+    fakedata.write_cifar10(full, n_train=100, n_test=30)
+    fakedata.write_tiny_imagenet(full, n_classes=3, per_class=4, n_val=9)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "subset_data.py"
+    subprocess.run(
+        [sys.executable, str(script), str(full), str(small), "--cifar-train", "3",
+         "--cifar-test", "2", "--tiny-train", "2", "--tiny-val", "1"],
+        check=True, capture_output=True, text=True,
+        env={**__import__("os").environ, "STUDY_CACHE_DIR": str(tmp_path / "cache")},
+    )  # fmt: skip
+    for name, train, test in (("cifar10", 3, 2), ("tiny_imagenet", 2, 1)):
+        spec = registry().dataset(name)
+        whole = prepare(spec, full, cache_dir=tmp_path / "cache")
+        part = prepare(spec, small, cache_dir=tmp_path / "cache")
+        for split, per_class in ((("train", train)), ("test", test)):
+            a, b = getattr(whole, split), getattr(part, split)
+            classes = np.unique(a.labels)
+            assert np.bincount(b.labels, minlength=len(classes))[classes].tolist() == [
+                per_class
+            ] * len(classes)
+            for c in classes:  # the first images of the class, in order, pixel for pixel
+                np.testing.assert_array_equal(
+                    b.images[b.labels == c], a.images[a.labels == c][:per_class]
+                )

@@ -29,6 +29,7 @@ CASES = [
     ("data_on_device=maybe", "data_on_device='maybe' is invalid; expected auto, true or false"),
     ("compile_mode=fastest", "compile_mode='fastest' is invalid; expected one of: default,"),
     ("grad_compression=fp8", "grad_compression='fp8' is invalid; expected one of: none, bf16"),
+    ("epochz=3", "unknown setting 'epochz'; did you mean epochs? every setting: README"),
 ]
 if not torch.cuda.is_available():
     CASES.append(("device=cuda:0", "device='cuda:0' is unavailable: no CUDA device"))
@@ -263,7 +264,7 @@ def test_departures_from_the_named_protocol_are_recorded_and_short_schedules_war
     info = json.loads((tmp_path / "runs" / "1" / "info.json").read_text())
     assert info["departures"] == {
         "epochs": {"value": 1, "protocol": 10},
-        "lr": {"value": 0.05, "protocol": 0.1},
+        "lr": {"value": 0.05, "protocol": 0.003},
         "test_limit": {"value": 50, "protocol": None},
     }
 
@@ -304,6 +305,33 @@ def test_decoded_data_must_match_its_spec_and_be_normalisable(tmp_path):
     assert not [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
 
 
+def test_an_empty_split_and_float_labels_are_refused_before_any_training(tmp_path):
+    import numpy as np
+
+    from study.data import prepare
+    from study.errors import DataError
+    from study.specs import Decoded, Split
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 8, 8, 1), dtype=np.uint8)
+    labels = np.array([0, 1, 0, 1])
+    empty = Split(images[:0], labels[:0])
+    cases = [
+        (Decoded(empty, Split(images, labels), ["a", "b"]),
+         "toy (train split): no images; every split needs at least one"),
+        (Decoded(Split(images, labels), empty, ["a", "b"]),
+         "toy (test split): no images; every split needs at least one"),
+        (Decoded(Split(images, labels + 0.7), Split(images, labels), ["a", "b"]),
+         "toy (train split): labels are float64; expected integers 0..1"),
+    ]  # fmt: skip
+    for decoded, message in cases:
+        spec = _spec_with(lambda files, workers=0, d=decoded: d)
+        with pytest.raises(DataError) as err:
+            prepare(spec, tmp_path, cache_dir=tmp_path / "cache")
+        assert str(err.value) == message
+    assert not [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
+
+
 def test_a_spec_whose_class_count_disagrees_with_its_names_is_refused(tmp_path, monkeypatch):
     from study.errors import PluginError
     from study.registry import Registry, plugin_manager
@@ -334,7 +362,7 @@ def test_an_unknown_command_is_one_line_naming_it(tmp_path):
 def test_a_file_named_like_a_protocol_does_not_replace_it(tmp_path):
     (tmp_path / "fast").write_text("not a config\n")
     config = _resolved(tmp_path, "fast", "model=small_cnn", "dataset=mnist", "lr=0.05")
-    assert config["protocol"] == "'fast'" and config["optimizer"] == "'sgd'"
+    assert config["protocol"] == "'fast'" and config["optimizer"] == "'adamw'"
     assert config["lr"] == "0.05"  # the command line still wins over the protocol
 
 
@@ -358,3 +386,89 @@ def test_lower_case_booleans_on_the_command_line_are_booleans(tmp_path):
     assert (config["compile"], config["sync_bn"], config["data_on_device"]) == (
         "False", "True", "False",
     )  # fmt: skip
+
+
+def test_settings_from_yaml_and_json_files_under_the_command_line(tmp_path):
+    (tmp_path / "my.yaml").write_text("# a study's settings\nepochs: 3\nlr: 0.01\ncompile: false\n")
+    (tmp_path / "more.json").write_text('{"batch_size": 32, "lr": 0.02}')
+    config = _resolved(tmp_path, "model=small_cnn", "dataset=mnist", "my.yaml", "more.json",
+                       "batch_size=64")  # fmt: skip
+    # Files in the order given (the later wins), the command line's KEY=VALUE over both.
+    assert (config["epochs"], config["lr"], config["batch_size"]) == ("3", "0.02", "64")
+    assert config["compile"] == "False"
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (open, ("pwned", "w"))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("bad.yaml", "epochs: [1\n", "config file bad.yaml is not valid YAML at line 2"),
+        ("list.json", "[1, 2]", "config file list.json must hold a mapping of settings"),
+        ("typo.yml", "epocs: 2\n", "unknown setting 'epocs'; did you mean epochs?"),
+        ("missing.yaml", None, "config file missing.yaml: No such file or directory"),
+        ("evil.pickle", _RunsCode(), "config file evil.pickle: a pickle is never read"),
+        ("notes.txt", "epochs: 2", "with 'notes.txt': neither a named config (fast, paper) nor"),
+    ],
+    ids=["bad-yaml", "not-a-mapping", "unknown-key", "missing", "pickle", "unknown-kind"],
+)
+def test_a_bad_config_file_is_one_line_exit_2_and_records_nothing(
+    mnist_root, tmp_path, name, content, message
+):
+    import pickle
+
+    if isinstance(content, str):
+        (tmp_path / name).write_text(content)
+    elif content is not None:
+        (tmp_path / name).write_bytes(pickle.dumps(content))
+    proc = _run(tmp_path, mnist_root, name)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"study: error: {message}")
+    assert not (tmp_path / "pwned").exists()  # the pickle was never unpickled
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not [p for p in runs.iterdir() if p.name != "_sources"]
+
+
+def test_version_is_written_once_and_printed(tmp_path):
+    from importlib.metadata import version
+
+    import study
+
+    proc = run_study("--version", cwd=tmp_path)
+    assert proc.stdout == f"study {study.__version__}\n"
+    assert version("study") == study.__version__  # pyproject.toml reads it from the package
+
+
+def test_every_setting_declares_its_values_or_is_checked_with_its_context():
+    """study.settings.VALID: each setting's type and range, declared beside it and shown by
+    `study help run`; the rest need the model, the data or the machine (study.experiment)."""
+    from study.errors import ConfigError
+    from study.settings import BY_NAME, VALID
+
+    assert set(BY_NAME) - set(VALID) == {"model", "dataset", "data_root", "image_size", "device"}
+    cases = {
+        ("optimizer", "adamx"): "optimizer='adamx' is invalid; expected one of: adam, adamw, sgd",
+        ("compile", 1): "compile=1 is invalid; expected true or false",  # 1 is not true
+        ("amp", "yes"): "amp='yes' is invalid; expected auto, true or false",
+        ("seed", -1): "seed=-1 is invalid; expected an integer >= 0",
+        ("lr", 0): "lr=0 is invalid; expected a number > 0",
+        ("warmup", 0.6): "warmup=0.6 is invalid; expected a share of the schedule's steps, 0 <=",
+        ("label_smoothing", 1.0): "label_smoothing=1.0 is invalid; expected 0 <= x < 1",
+        ("train_limit", 0): "train_limit=0 is invalid; expected an integer >= 1 or null",
+        ("folder_image_size", 4096): "folder_image_size=4096 is invalid; expected 8 <= ",
+    }
+    for (name, value), message in cases.items():
+        with pytest.raises(ConfigError) as err:
+            VALID[name].check(name, value)
+        assert str(err.value).startswith(message), str(err.value)
+    for name, good in (
+        ("compile", False),
+        ("amp", "auto"),
+        ("seed", 2**32 - 1),
+        ("stop_after", None),
+    ):
+        VALID[name].check(name, good)  # no error

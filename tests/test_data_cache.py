@@ -253,8 +253,14 @@ def with_downloads(spec, *downloads):
     return dataclasses.replace(spec, downloads=list(downloads))
 
 
-def test_download_then_decode(tmp_path, http_root, monkeypatch):
+@pytest.mark.parametrize("terminal", [False, True], ids=["piped", "terminal"])
+def test_download_then_decode(tmp_path, http_root, monkeypatch, capsys, terminal):
+    """A download shows its progress: tqdm's bar on a terminal, a line before and after in a
+    log (no carriage-return debris there)."""
+    import study
+
     monkeypatch.delenv("STUDY_CACHE_DIR", raising=False)  # the cache goes beside the data
+    monkeypatch.setattr(study, "STDERR_IS_TERMINAL", terminal)
     served, url = http_root
     archive = write_cifar10(served, n_train=20, n_test=5)
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
@@ -266,6 +272,15 @@ def test_download_then_decode(tmp_path, http_root, monkeypatch):
     assert (root / "cifar-10-python.tar.gz").read_bytes() == archive.read_bytes()
     assert len(p.train.labels) == 20
     assert sorted(os.listdir(root)) == [".study-cache", "cifar-10-python.tar.gz"]
+    err = capsys.readouterr().err
+    megabytes = f"{archive.stat().st_size / 1e6:.1f} MB"
+    if terminal:
+        assert "downloading cifar-10-python.tar.gz: 100%" in err and "\r" in err
+    else:
+        first, second = err.splitlines()
+        assert first == f"downloading {url}/cifar-10-python.tar.gz ({megabytes})"
+        assert second.startswith(f"downloaded cifar-10-python.tar.gz: {megabytes} in ")
+        assert "\r" not in err
 
 
 def test_download_md5_mismatch_leaves_nothing(tmp_path, http_root):

@@ -42,11 +42,12 @@ def decode(name: str, root: Path, workers: int = 0):
     return spec.decode(spec.find(root), workers)
 
 
-def test_plugin_registers_four_datasets():
+def test_plugin_registers_the_built_in_datasets():
     pm = registry.plugin_manager(load_entry_points=False)
     pm.register(datasets, name="study:study-datasets")
     found = registry.Registry(pm).datasets
-    assert set(found) == {"mnist", "fashion_mnist", "cifar10", "tiny_imagenet"}
+    assert set(found) == {"mnist", "fashion_mnist", "cifar10", "tiny_imagenet", "image_folder"}
+    assert found["image_folder"].spec.describe is not None  # its classes come from its files
     tiny = found["tiny_imagenet"].spec
     assert len(tiny.class_names) == tiny.num_classes == 200
     assert tiny.class_names[0] == "Egyptian cat"
@@ -55,6 +56,7 @@ def test_plugin_registers_four_datasets():
         (28, 1),
         (32, 3),
         (64, 3),
+        (64, 3),  # image_folder's default cached size, until described
     ]
 
 

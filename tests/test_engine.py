@@ -209,3 +209,27 @@ def test_the_first_steps_a_process_trains_are_timed_apart():
     assert first["images_per_s"] == pytest.approx((192 - untimed_images) / timed, rel=1e-6)
     assert second["startup_seconds"] == 0
     assert second["images_per_s"] == pytest.approx(192 / second["train_seconds"])
+
+
+def test_train_loss_end_is_the_mean_over_the_epochs_last_quarter_of_steps():
+    """The health rule judges where the model stands as the epoch ends, not the epoch's mean
+    (which averages in the steps spent leaving chance)."""
+    model, opt, train, test, t = _setup()
+    losses = []
+
+    class Recording(nn.CrossEntropyLoss):
+        def forward(self, logits, labels):
+            loss = super().forward(logits, labels)
+            losses.append(float(loss.detach()))
+            return loss
+
+    setup = engine.TrainingSetup(
+        model=model, optimizer=opt, criterion=Recording(), train=train, test=test,
+        train_transform=t, test_transform=t, epochs=1, batch_size=16, num_classes=2, seed=7,
+        progress=False, drop_last=True,
+    )  # fmt: skip
+    metrics = engine.train_one_epoch(setup, torch.Generator().manual_seed(0))
+    assert len(losses) == 12  # 200 images, 12 batches of 16
+    assert metrics["train_loss"] == pytest.approx(np.mean(losses), rel=1e-5)
+    assert metrics["train_loss_end"] == pytest.approx(np.mean(losses[-3:]), rel=1e-5)
+    assert metrics["train_loss_end"] < metrics["train_loss"]  # it learned during the epoch

@@ -84,7 +84,7 @@ def test_the_same_seed_gives_the_same_metrics(mnist_root, tmp_path):
         ("epochs=0", "epochs=0 is invalid; expected an integer >= 1"),
         ("batch_size=-1", "batch_size=-1 is invalid"),
         ("lr=abc", "lr='abc' is invalid; expected a number"),
-        ("optimizer=rmsprop", "optimizer='rmsprop' is invalid; expected one of: adam, sgd"),
+        ("optimizer=rmsprop", "optimizer='rmsprop' is invalid; expected one of: adam, adamw, sgd"),
         ("model=resnet51", "unknown model 'resnet51'; registered models:"),
         ("image_size=4", "image_size=4 is too small for small_cnn; it needs at least 8 px"),
         ("head=middle", "head='middle' is invalid; expected one of: replace, append"),
@@ -189,7 +189,7 @@ def test_the_fast_named_config_resolves_per_model_and_data_set(tmp_path):
         return re.sub(r"\x1b\[[0-9;]*m", "", out)
 
     mnist = config("model=vgg16", "dataset=mnist")
-    for line in ("image_size = 32", "augment = 'crop'", "optimizer = 'sgd'",
+    for line in ("image_size = 32", "augment = 'crop'", "optimizer = 'adamw'",
                  "schedule = 'onecycle'", "label_smoothing = 0.1", "head = 'replace'"):  # fmt: skip
         assert line in mnist, line  # VGG-16 needs 32 px; a mirrored digit is no digit
     cifar = config("model=inception_v3", "dataset=cifar10")

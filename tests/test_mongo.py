@@ -516,3 +516,82 @@ def test_two_sweeps_into_mongodb_run_each_cell_once_and_never_show_the_password(
         assert db.claims.count_documents({}) == 2  # one claim per cell, in the run database
     for text in (*outs, *written, *printed, html, *archived, stored.decode("latin-1")):
         assert _no_secret(text)
+
+
+@needs_server
+def test_a_killed_mongo_sweep_cell_is_resumed_by_the_next_sweep(
+    server, db_name, mnist_root, tmp_path
+):
+    """Issue 23: a sweep recording into MongoDB killed mid-cell (sweep and cell process at
+    once, as a scheduler kills a job); once its run's heartbeat is stale, the next sweep, from
+    another working folder, resumes that run from its checkpoint as the same run id."""
+    import signal
+
+    store = ["-m", f"{server.url}:{db_name}"]
+    grid = ["sweep", "--models", "small_cnn", "--datasets", "mnist", "with",
+            f"data_root={mnist_root}", "batch_size=50", "lr=0.003", "epochs=6", "image_size=32",
+            "train_limit=600", "test_limit=50", "gallery=0", *store]  # fmt: skip
+    env = {**os.environ, "STUDY_STALE_S": "3", "STUDY_CLAIM_TOUCH_S": "0.5"}
+    first = tmp_path / "first"
+    first.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "study", *grid], cwd=first, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+    checkpoint = first / "checkpoints" / "1" / "checkpoint.pt"  # no checkpoint_dir: ./checkpoints
+    deadline = time.time() + 180
+    while not checkpoint.exists():
+        assert proc.poll() is None, proc.stdout.read().decode()
+        assert time.time() < deadline, "epoch 1 did not finish in 180 s"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its cell, mid-run
+    proc.wait()
+    (dead,) = mongo.read_mongo_runs(server.url, db_name)
+    assert dead.status == "RUNNING"
+    time.sleep(4)  # past STUDY_STALE_S: the dead run's heartbeat and the claim are stale
+
+    second = tmp_path / "second"
+    second.mkdir()
+    out = run_study(*grid, cwd=second, env=env).stdout
+    assert "[0] small_cnn/mnist/seed 0: resume run 1 from its checkpoint" in out, out
+    (resumed,) = mongo.read_mongo_runs(server.url, db_name)
+    assert (resumed.id, resumed.status) == ("1", "COMPLETED")
+    assert [step for step, _ in resumed.metric("test_top1")] == list(range(1, 7))
+
+
+@needs_server
+def test_a_dead_mongo_run_is_recorded_interrupted_when_a_sweep_takes_its_cell(
+    server, db_name, mnist_root, tmp_path
+):
+    """Killed before its first checkpoint, a MongoDB run has nothing to resume: the next sweep
+    runs the cell again and records the dead run INTERRUPTED (one conditional update)."""
+    import signal
+
+    grid = ["sweep", "--models", "small_cnn", "--datasets", "mnist", "with",
+            f"data_root={mnist_root}", "batch_size=50", "lr=0.003", "epochs=1", "image_size=64",
+            "train_limit=2000", "test_limit=50", "gallery=0",
+            "-m", f"{server.url}:{db_name}"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "study", *grid], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.time() + 120
+    while not mongo.read_mongo_runs(server.url, db_name, skipped=[]):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (dead,) = mongo.read_mongo_runs(server.url, db_name)
+    assert dead.status == "RUNNING" and not dead.has_checkpoint()
+    from study.identity import pid_alive
+    from study.stores.records import PROCESS_KEY
+
+    while pid_alive(dead.meta[PROCESS_KEY]["pid"]):  # the cell's process finishes dying
+        assert time.time() < deadline + 30
+        time.sleep(0.01)
+
+    out = run_study(*grid, cwd=tmp_path).stdout
+    assert "[0] small_cnn/mnist/seed 0: run 1 had died; recorded INTERRUPTED" in out, out
+    old, new = mongo.read_mongo_runs(server.url, db_name)
+    assert (old.id, old.status, new.id, new.status) == ("1", "INTERRUPTED", "2", "COMPLETED")
+    with server.client() as client:
+        (why,) = client[db_name].runs.find_one({"_id": 1})["fail_trace"]
+    assert why.startswith("no heartbeat since ") and "a sweep took its cell over" in why

@@ -1,12 +1,15 @@
 """Every run records the code and settings that ran: what a rerun years later needs."""
 
+import hashlib
 import json
 import re
 import subprocess
+from pathlib import Path
 
 from conftest import run_study
 
 import study
+import study.plugins.models
 from study.record import _git_state
 
 
@@ -21,6 +24,14 @@ def test_a_run_records_its_provenance(mnist_root, tmp_path):
     assert prov["plugins"] == {
         "study:study-datasets": study.__version__,
         "study:study-models": study.__version__,
+    }
+    # Each plugin's source, hashed: the files of the package that holds its entry point.
+    h = hashlib.sha256()
+    for file in sorted(Path(study.plugins.models.__file__).parent.glob("*.py")):
+        h.update(file.name.encode() + b"\0" + file.read_bytes())
+    assert prov["plugin_code"] == {
+        "study:study-datasets": h.hexdigest()[:16],
+        "study:study-models": h.hexdigest()[:16],
     }
     assert prov["versions"]["torch"] and prov["versions"]["numpy"]
     assert prov["determinism"]["autocast"] is None  # the CPU trains in fp32

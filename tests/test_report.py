@@ -7,6 +7,7 @@ import json
 import re
 import statistics
 import zipfile
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -226,6 +227,41 @@ def test_a_run_without_evaluation_or_curves_gets_a_note(built, tmp_path):
     html = build_report([*records, bare], tmp_path / "r.html", "html").read_text()
     assert "Run 99, small_cnn on mnist (FAILED)" in html
     assert "this run recorded no training curves, evaluation artifact, result" in html
+
+
+def test_a_model_no_longer_installed_keeps_the_display_name_its_runs_recorded(built, tmp_path):
+    records = list(built["records"])
+    assert records[0].info["model"]["title"] == "Small CNN"  # what a run records
+    # The Small CNN runs, as if made by a plugin since uninstalled that named its model so.
+    renamed = []
+    for r in records:
+        if r.model == "small_cnn" and r.dataset == "mnist":
+            info = {**r.info, "model": {**r.info["model"], "name": "tinynet", "title": "TinyNet 7"}}
+            r = dataclasses.replace(r, config={**r.config, "model": "tinynet"}, info=info)
+        renamed.append(r)
+    html = plain(build_report(renamed, tmp_path / "r.html", "html").read_text())
+    text = re.sub(r"<[^>]+>", " ", html.split("<body")[1].split("<script")[0])
+    assert "TinyNet 7" in text
+    # The raw name is left only where the appendix quotes each run's record as it is.
+    raw = re.sub(r"Run \d+, tinynet on|model=&#34;tinynet&#34;", "", text)
+    assert "tinynet" not in raw
+    # Outside a report's build the installed plugins alone name things.
+    from study.report.model import model_title
+
+    assert model_title("tinynet") == "tinynet"
+
+
+def test_the_method_says_what_became_of_each_models_output_layer(built):
+    """From what each run recorded: the seed's extra layer on ResNet-18's ImageNet head under
+    `paper`; Small CNN has no ImageNet head, so no claim that its last layer was replaced."""
+    heads = {r.model: r.info["model"]["head"] for r in built["records"]}
+    assert heads == {"resnet18": "append", "small_cnn": "own"}
+    text = unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", built["html"])))
+    assert (
+        "Output layers: ResNet-18 keeps its ImageNet head, with one extra fully connected layer "
+        "(the seed's); Small CNN builds its own output layer (no ImageNet head)."
+    ) in text
+    assert "The last layer of every model is replaced" not in text
 
 
 def test_no_runs_is_one_clear_error(tmp_path, store):
@@ -479,7 +515,7 @@ def test_chance_and_collapsed_cells_are_flagged_everywhere(odd):
     # At chance, collapsed, and stuck (its one epoch's loss is far above ln 10).
     assert re.search(r'<span class="flag"[^>]*>†‡§</span>', cell)
     assert "† At chance" in text and "‡ Predictions collapsed" in text
-    assert "§ Stuck: a run's training loss at its last epoch is still" in text
+    assert "§ Stuck: a run's training loss over the last quarter of its last epoch is still" in text
     share = f"{np.bincount(predicted).max() / predicted.size:.0%}"
     sentence = f"{title} on MNIST: top-1 {top1:.4f} is not significantly above chance (0.1000"
     assert sentence in text

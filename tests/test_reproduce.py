@@ -113,13 +113,37 @@ def test_an_older_plugin_version_in_the_record_is_named(stored, tmp_path):
     info_path = runs / "1" / "info.json"
     info = json.loads(info_path.read_text())
     now = info["provenance"]["plugins"]["study:study-models"]
+    code = info["provenance"]["plugin_code"]["study:study-datasets"]
     info["provenance"]["plugins"]["study:study-models"] = "0.0.1"
+    # The data set plugin's code changed with no version bump: the digest still tells.
+    info["provenance"]["plugin_code"]["study:study-datasets"] = "0123456789abcdef"
     info["provenance"]["versions"]["torch"] = "1.13.1"
     info_path.write_text(json.dumps(info))
     proc = run_study("reproduce", "1", "--runs", runs, cwd=tmp_path)
     assert _verdict(proc).group(1) == "identical"
     assert f"plugin: study:study-models '0.0.1' -> '{now}'" in proc.stdout
+    assert f"plugin code: study:study-datasets '0123456789abcdef' -> '{code}'" in proc.stdout
+    assert "plugin: study:study-datasets" not in proc.stdout  # its version did not change
     assert "version: torch '1.13.1' -> " in proc.stdout
+
+
+def test_a_run_whose_plugin_is_not_installed_names_the_distribution(stored, tmp_path):
+    runs = _copy_store(stored, tmp_path)
+    config_path, info_path = runs / "1" / "config.json", runs / "1" / "info.json"
+    config, info = json.loads(config_path.read_text()), json.loads(info_path.read_text())
+    assert info["dataset"]["plugin"] == "study:study-datasets"  # what a run records
+    config["model"] = "tinynet"
+    info["model"].update(name="tinynet", plugin="study-tinynet:models")
+    info["provenance"]["plugins"]["study-tinynet:models"] = "0.2"
+    config_path.write_text(json.dumps(config))
+    info_path.write_text(json.dumps(info))
+    proc = run_study("reproduce", "1", "--runs", runs, cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (
+        "study: error: run 1's model 'tinynet' came from plugin study-tinynet:models 0.2, which "
+        "is not installed here; install it (pip install 'study-tinynet==0.2') to reproduce it"
+    )
+    assert sorted(p.name for p in runs.iterdir() if p.name.isdigit()) == ["1"]  # nothing ran
 
 
 def _change_one_pixel(data_root):
@@ -329,6 +353,41 @@ def test_runs_long_shows_the_provenance(stored, tmp_path):
     assert f"data: MNIST/raw/train-images-idx3-ubyte.gz {digest[:19]}" in lines
 
 
+def test_runs_as_json_and_csv_give_one_row_per_run_and_skip_a_hostile_record(stored, tmp_path):
+    import csv
+
+    runs = _copy_store(stored, tmp_path)
+    shutil.copytree(runs / "1", runs / "2")
+    shutil.copytree(runs / "1", runs / "3")  # a copy whose record lies about its values
+    config = json.loads((runs / "3" / "config.json").read_text())
+    config.update(seed="7; rm -rf /")
+    (runs / "3" / "config.json").write_text(json.dumps(config))
+
+    out = run_study("runs", "--runs", runs, "--format", "json", cwd=tmp_path)
+    rows = json.loads(out.stdout)
+    (real,) = [r for r in read_file_store(runs) if r.id == "1"]
+    seconds = sum(v for _, v in real.metric("train_seconds"))
+    flags = real.info["health"]["flags"]  # `ok`, or the flags as `study runs` names them
+    first = {
+        "id": "1", "model": "small_cnn", "dataset": "mnist", "seed": real.config["seed"],
+        "protocol": "paper", "status": "COMPLETED", "top1": real.result["top1"],
+        "top5": real.result["top5"],
+        "health": ", ".join(f.upper() for f in flags) or "ok", "epochs": 2,
+        "train_seconds": round(seconds, 3), "start_time": real.start_time,
+        "stop_time": real.stop_time,
+    }  # fmt: skip
+    assert rows == [first, {**first, "id": "2"}]
+    # The hostile record is left out, said in one line, and nothing of it reaches the rows.
+    assert "skipped a malformed run" in out.stderr and "3/config.json: seed is" in out.stderr
+
+    text = run_study("runs", "--runs", runs, "--format", "csv", cwd=tmp_path).stdout
+    table = list(csv.DictReader(io.StringIO(text)))
+    assert list(table[0]) == list(first) and [r["id"] for r in table] == ["1", "2"]
+    assert float(table[0]["top1"]) == first["top1"] and table[0]["seed"] == str(first["seed"])
+    bad = run_study("runs", "--runs", runs, "--format", "xml", cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and "invalid choice: 'xml'" in bad.stderr
+
+
 def test_the_report_leaves_reproductions_out_and_names_the_data(stored, tmp_path):
     runs = _copy_store(stored, tmp_path)
     run_study("reproduce", "1", "--runs", runs, cwd=tmp_path)
@@ -374,3 +433,22 @@ def test_content_fingerprints_follow_the_bytes_not_the_place(tmp_path):
     changed = content_fingerprints(tree(tmp_path / "c", pixel=b"\x01"), tmp_path / "c")
     assert changed["set/labels.txt"] == here["set/labels.txt"]
     assert changed["set/train"] != here["set/train"]  # one byte of one file in the folder
+
+
+def test_every_command_takes_the_same_option_names(stored, mnist_root, tmp_path):
+    """--runs / --mongo and comma lists everywhere; -F / -m (Sacred's) and export's repeatable
+    --model / --id kept as aliases."""
+    run_study("run", "with", *RUN, "epochs=1", f"data_root={mnist_root}", "--runs", "mine",
+              cwd=tmp_path)  # fmt: skip
+    assert [r.id for r in read_file_store(tmp_path / "mine")] == ["1"]
+    runs = _copy_store(stored, tmp_path)
+    for selection in (["--models", "small_cnn,vgg16", "--ids", "1"], ["--model", "small_cnn",
+                                                                       "--id", "1"]):  # fmt: skip
+        out = run_study("export", "e.tar.gz", "--runs", runs, *selection, cwd=tmp_path).stdout
+        assert "1 run(s) from" in out
+    none = run_study("export", "e.tar.gz", "--runs", runs, "--ids", "2,3", cwd=tmp_path,
+                     check=False)  # fmt: skip
+    assert none.returncode == 2 and "no COMPLETED run in" in none.stderr
+    sweep = run_study("sweep", "--models", "small_cnn", "--datasets", "mnist", "--runs", runs,
+                      "--dry-run", cwd=tmp_path).stdout  # fmt: skip
+    assert f"recording to {runs}" in sweep

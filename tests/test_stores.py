@@ -293,6 +293,20 @@ def test_nothing_outside_the_stores_package_reads_a_run_folder_itself():
     assert offenders == []
 
 
+def test_the_stores_never_import_what_writes_a_run():
+    """One way: study.record (the writer) and the rest of study import the stores; the stores
+    import nothing of study outside their package but errors, identity, atomic writes and the
+    registry's plugin lookups (no import circle between record and stores)."""
+    allowed = {"study.errors", "study.identity", "study.atomic", "study.claims", "study.stores",
+               "study.sacred_api"}  # fmt: skip
+    for path in sorted((STUDY / "stores").glob("*.py")):
+        found = re.findall(r"^\s*(?:from|import) (study(?:\.\w+)*)(?: import (\w+))?",
+                           path.read_text(), re.M)  # fmt: skip
+        imported = {f"study.{name}" if module == "study" else module for module, name in found}
+        outside = {m for m in imported if not any(m == a or m.startswith(a + ".") for a in allowed)}
+        assert outside == set(), f"{path.name} imports {sorted(outside)}"
+
+
 @pytest.fixture
 def no_mongo_env(monkeypatch):
     from study.stores import mongo

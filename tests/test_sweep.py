@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -220,6 +221,51 @@ def test_a_sweep_stopped_mid_cell_resumes_the_same_run(data, tmp_path):
     assert list((store / ".claims").glob("*.claim")) == []  # released
 
 
+def test_a_dead_run_without_a_checkpoint_is_recorded_interrupted_when_its_cell_is_taken_over(
+    data, tmp_path
+):
+    """A sweep and its cell killed at once (as a scheduler kills a job) before the cell's first
+    checkpoint: `study runs` shows the run DEAD; the next sweep runs the cell again and records
+    the dead run INTERRUPTED, saying why, instead of leaving it RUNNING for ever."""
+    store = tmp_path / "runs"
+    # An epoch of a few seconds (the fake data's 600 images, 64 px): time to kill it mid-way.
+    slow = [t for t in LONG if not t.startswith(("train_limit=", "image_size="))]
+    args = ["sweep", "--models", "small_cnn", "--datasets", "mnist", "with",
+            f"data_root={data}", *slow, "image_size=64", "-F", str(store)]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "study", *args], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not read_file_store(store, skipped=[]) if store.exists() else True:  # run 1 started
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (dead,) = read_file_store(store)
+    assert dead.status == "RUNNING" and not dead.has_checkpoint()
+    from study.identity import pid_alive
+    from study.stores.records import PROCESS_KEY
+
+    deadline = time.monotonic() + 30
+    while pid_alive(dead.meta[PROCESS_KEY]["pid"]):  # the cell's process finishes dying
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    listed = run_study("runs", "--runs", store, cwd=tmp_path).stdout
+    assert re.search(r"^\s+1  small_cnn\s+mnist\s+DEAD ", listed, re.M), listed
+    assert "DEAD: RUNNING in its record, but its heartbeat stopped" in listed
+
+    rc, out, _ = study(*args, cwd=tmp_path)
+    assert rc == 0, out
+    assert "[0] small_cnn/mnist/seed 0: run 1 had died; recorded INTERRUPTED" in out
+    old, new = read_file_store(store)
+    assert (old.id, old.status, new.id, new.status) == ("1", "INTERRUPTED", "2", "COMPLETED")
+    (why,) = json.loads((store / "1" / "run.json").read_text())["fail_trace"]
+    since = dead.heartbeat or f"its start ({dead.start_time})"
+    assert why.startswith(f"no heartbeat since {since}: its process died; a sweep")
+    listed = run_study("runs", "--runs", store, cwd=tmp_path).stdout
+    assert "DEAD" not in listed
+
+
 def test_dry_run_and_print_commands_run_nothing(swept, data, tmp_path):
     store = tmp_path / "runs"  # a copy: this test adds a run, which no other test may see
     shutil.copytree(swept["store"], store)
@@ -229,15 +275,21 @@ def test_dry_run_and_print_commands_run_nothing(swept, data, tmp_path):
     assert re.search(r"\[2\] small_cnn/mnist/seed 2\s+run$", dry, re.M)
 
     rc, out, err = study(*sweep_args(data, store, "--print-commands", "--seeds", "3"), cwd=tmp_path)
-    commands = out.splitlines()
-    assert len(commands) == 4 and all(c.startswith("python -m study run with ") for c in commands)
-    assert all(f"-F {store}" in c and "seed=2" in c and " -c sweep:grid-" in c for c in commands)
+    lines = out.splitlines()
+    pending = re.findall(r"\[(\d+)\] \S+.*run$", dry, re.M)
+    # One `study sweep ... --cell N` line per cell still to run, N the sweep's own 0-based index.
+    assert [re.search(r" --cell (\d+) ", ln).group(1) for ln in lines] == pending
+    assert all(ln.startswith("python -m study sweep --models ") for ln in lines)
+    assert all(f"-F {store}" in ln and " --id grid-" in ln and "--print-commands" not in ln
+               for ln in lines)  # fmt: skip
     assert rc == 0 and err.count("COMPLETED") == 8  # the skipped cells, on stderr
     assert [r.id for r in read_file_store(store)] == ids
 
-    # A printed command is an ordinary `study run`; the sweep then counts its run as done.
-    one = commands[0].split()[3:]  # after `python -m study`
-    run_study(*one, cwd=tmp_path)
+    # A printed line goes through the sweep's claims: run twice, its cell trains once.
+    one = shlex.split(lines[0])[3:]  # after `python -m study`
+    for _ in range(2):
+        run_study(*one, cwd=tmp_path)
+    assert len(read_file_store(store)) == len(ids) + 1
     dry = study(*sweep_args(data, store, "--dry-run", "--seeds", "3"), cwd=tmp_path)[1]
     assert "3 of 12 cells would run" in dry
 
@@ -264,7 +316,7 @@ def test_cell_n_runs_only_that_cell(data, tmp_path):
     assert "1 of 1 cells would run" in out
     rc, out, _ = study(*sweep_args(data, store, "--cell", "3", "--print-commands"), cwd=tmp_path)
     (command,) = out.splitlines()
-    assert "model=resnet18 dataset=mnist seed=1 " in command
+    assert " --cell 3 " in command
     for bad in ("8", "-1"):
         rc, _, err = study(*sweep_args(data, store, "--cell", bad), cwd=tmp_path)
         assert rc == 2
@@ -298,12 +350,33 @@ def test_the_seed_study_grid(tmp_path):
     cells = re.findall(r"^\s+\[\d\] (.+?)\s+run$", out, re.M)
     assert len(cells) == 9 and "9 of 9 cells would run" in out
     assert "vgg16/mnist/seed 0" in cells and "inception_v3/tiny_imagenet/seed 0" in cells
-    printed = study("sweep", "seed-study", "--print-commands", cwd=tmp_path)[1]
-    assert all(line.startswith("python -m study run with paper model=")
-               for line in printed.splitlines())  # fmt: skip
-    printed = study("sweep", "seed-study", "--print-commands", "--launcher",
-                    "torchrun --nproc_per_node=2", cwd=tmp_path)[1]  # fmt: skip
-    assert printed.splitlines()[0].startswith("torchrun --nproc_per_node=2 -m study run with")
+    printed = study("sweep", "seed-study", "--print-commands", cwd=tmp_path)[1].splitlines()
+    assert [ln.split(" --cell ")[1].split()[0] for ln in printed] == [str(i) for i in range(9)]
+    assert all(ln.startswith("python -m study sweep seed-study --cell ") for ln in printed)
+    torchrun = f"{sys.executable} -m torch.distributed.run --nproc-per-node=2"
+    printed = study("sweep", "seed-study", "--print-commands", "--launcher", torchrun,
+                    cwd=tmp_path)[1]  # fmt: skip
+    # The launcher travels with the line: that sweep process starts its cell with it.
+    assert f"--launcher {shlex.quote(torchrun)} --cell 0 " in printed.splitlines()[0]
+
+
+def test_the_launcher_starts_each_cell_or_is_refused_in_one_line(data, tmp_path):
+    store = tmp_path / "runs"
+    rc, _, err = study(*sweep_args(data, store, "--launcher", "no-such-torchrun -x"), cwd=tmp_path)
+    assert rc == 2 and err.strip() == (
+        "study: error: --launcher 'no-such-torchrun -x': no-such-torchrun is not a program on "
+        "PATH; e.g. --launcher 'torchrun --nproc-per-node=4'"
+    )
+    assert not store.exists()
+    # Two processes through torchrun (gloo on the CPU) record the cell as one run.
+    torchrun = f"{sys.executable} -m torch.distributed.run --standalone --nproc-per-node=2"
+    rc, out, _ = study(
+        "sweep", "--models", "small_cnn", "--datasets", "mnist", "--launcher", torchrun,
+        "with", f"data_root={data}", *TINY, "-F", store, cwd=tmp_path,
+    )  # fmt: skip
+    assert rc == 0, out
+    (run,) = read_file_store(store)
+    assert run.status == "COMPLETED" and run.info["training"]["processes"] == 2
 
 
 def _record(run_id, status, *, heartbeat_age=None, checkpoint=False, folder=None, **config):

@@ -39,6 +39,7 @@ from study.report.model import (
     arm_names,
     dataset_title,
     model_title,
+    titles_recorded_in,
 )
 
 # build_report calls render_pdf through this module, so a test can replace it here.
@@ -180,7 +181,7 @@ def build_report(
     out = Path(out)
     check_output_path(out)
     figures = FigureCache(Path(cache_dir) if cache_dir else figure_cache_dir(out))
-    with fewer_collections():
+    with fewer_collections(), titles_recorded_in(records):
         context = report_context(records, figures, title=title, today=today)
         context["skipped"] = list(skipped)  # named in the appendix: a reader sees what is missing
         context["left_out"] = list(left_out)

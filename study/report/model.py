@@ -4,6 +4,7 @@ runs per model x data set, their evaluations, flags (chance, collapse) and the d
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -191,9 +192,31 @@ def dataset_title(name: str) -> str:
     return plugin_title("datasets", name)
 
 
+# Display names the runs being reported recorded ({"models": {name: title}, ...}): used where
+# no installed plugin provides the name (runs read back years later, or on another machine).
+_recorded_titles: dict[str, dict[str, str]] = {"models": {}, "datasets": {}}
+
+
+@contextlib.contextmanager
+def titles_recorded_in(records):
+    """While a report is built: the display names its runs recorded, as plugin_title's fallback."""
+    saved = {k: dict(v) for k, v in _recorded_titles.items()}
+    for r in records:
+        for kind, key in (("models", "model"), ("datasets", "dataset")):
+            part = r.info.get(key)
+            if isinstance(part, dict) and isinstance(part.get("name"), str):
+                if isinstance(part.get("title"), str) and part["title"]:
+                    _recorded_titles[kind][part["name"]] = part["title"]
+    try:
+        yield
+    finally:
+        _recorded_titles.clear()
+        _recorded_titles.update(saved)
+
+
 def plugin_title(kind: str, name: str) -> str:
-    """A plugin's display name; the raw name where no installed plugin provides it (runs
-    read back long after, or from another machine)."""
+    """A plugin's display name: the installed plugin's, else the one its runs recorded, else
+    the raw name."""
     from study.errors import StudyError
     from study.registry import registry
 
@@ -201,7 +224,9 @@ def plugin_title(kind: str, name: str) -> str:
         provided = getattr(registry(), kind).get(name)
     except StudyError:
         provided = None
-    return provided.spec.title if provided is not None else name
+    if provided is not None:
+        return provided.spec.title
+    return _recorded_titles[kind].get(name, name)
 
 
 def seed_table() -> dict[tuple[str, str], dict[str, float]]:
@@ -265,8 +290,10 @@ def cell_flags(rs: list[RunRecord], evaluate) -> dict:
 
 
 def run_stuck(r: RunRecord, num_classes: int) -> bool:
-    """The health rule's `stuck` on a run's last epoch: its training loss still at chance's."""
-    losses = [v for _, v in r.metric("train_loss")]
+    """The health rule's `stuck` on a run's last epoch: its training loss still at chance's
+    (over the epoch's last steps, as the run judged it; a run from before that was recorded: over
+    the epoch)."""
+    losses = [v for _, v in r.metric("train_loss_end") or r.metric("train_loss")]
     if not losses:
         return False
     aux = r.config.get("aux_logits") is True

@@ -93,7 +93,7 @@ def flagged_text(flags, datasets, models) -> list[dict]:
                 runs = ", ".join(f"run {i}" for i in f["stuck_runs"])
                 parts.append(
                     f"its training loss is still at least {health.STUCK_LOSS_SHARE:g} times "
-                    f"a uniform guess's at the last epoch ({runs})"
+                    f"a uniform guess's at the end of the last epoch ({runs})"
                 )
             who = f"{model_title(m)} on {dataset_title(d)}"
             out.append(

@@ -94,7 +94,17 @@ def method_section(records, cells) -> dict:
         for (d, m), rs in cells.items()
         if len(rs) > 1
     ]
-    heads = sorted({value_text(r.config.get("head")) for r in records})
+    # What each model's output layer became, as its runs recorded it (older runs: the config).
+    head_of = {}
+    for r in records:
+        head = (r.info.get("model") or {}).get("head") or r.config.get("head")
+        head_of.setdefault(model_title(r.model), set()).add(value_text(head))
+    heads = sorted(set().union(*head_of.values())) if head_of else []
+    mixed = (
+        [{"model": m, "head": ", ".join(sorted(h))} for m, h in sorted(head_of.items())]
+        if len(heads) > 1
+        else []
+    )
     arms = sorted({model_title(m) for _, m in cells if m != base_model(m)})
     return {
         "arms": arms,
@@ -102,6 +112,7 @@ def method_section(records, cells) -> dict:
         "blocks": blocks if differing else [],
         "multi": multi,
         "heads": heads,
+        "head_by_model": mixed,
     }
 
 

@@ -53,6 +53,12 @@ class Store:
         """Sacred observers that record one run (`study run`) to this store."""
         raise StoreError(f"{self.describe()} cannot be recorded to")
 
+    def mark_dead(self, record: RunRecord, why: str) -> bool:
+        """Record the dead run `record` (RUNNING, no heartbeat for STALE_S) as INTERRUPTED, with
+        `why`, if its heartbeat is still the one read: whether it did. A sweep calls it, under
+        the cell's claim, when it takes the cell over with a new run."""
+        return False
+
     def __str__(self) -> str:
         return self.describe()
 
@@ -87,6 +93,9 @@ class FileRunStore(Store):
 
     def observers_for_run(self, resume: str | None = None) -> list:
         return [files.FileStore(str(self.folder))]
+
+    def mark_dead(self, record: RunRecord, why: str) -> bool:
+        return files.mark_dead(self.folder, record, why)
 
     def __repr__(self) -> str:
         return f"FileRunStore({self.describe()!r})"
@@ -170,6 +179,9 @@ class MongoRunStore(Store):
         shadow = shadow_for(self.target)
         observers = [o for o in (observer, shadow) if o is not None]
         return observers + ([files.FileStore(str(folder))] if folder is not None else [])
+
+    def mark_dead(self, record: RunRecord, why: str) -> bool:
+        return mongo.mark_dead(self.connect()[self.target.db], record, why)
 
     def close(self) -> None:
         if self._client is not None:

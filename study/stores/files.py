@@ -243,6 +243,23 @@ def resumable_config(root: Path, run_id: str) -> dict:
     return config
 
 
+def mark_dead(root: Path, record: RunRecord, why: str) -> bool:
+    """Record a dead run (RUNNING, its heartbeat stale) as INTERRUPTED, with `why`: only if its
+    run.json still holds that heartbeat (a run that came back to life is left alone)."""
+    path = Path(root) / record.id / "run.json"
+    try:
+        raw = _object(path)
+    except StoreError:
+        return False
+    if raw.get("status") != "RUNNING" or raw.get("heartbeat") != record.heartbeat:
+        return False
+    from study.identity import utcnow
+
+    raw.update(status="INTERRUPTED", stop_time=utcnow().isoformat(), fail_trace=[why])
+    write_atomic(path, json.dumps(raw, indent=2, sort_keys=True))
+    return True
+
+
 def stored_uid(root: Path, run_id: str | None) -> str | None:
     """The study_uid of run `run_id` in this file store (a resumed run keeps its name)."""
     run_json = Path(root) / str(run_id) / "run.json" if run_id is not None else None

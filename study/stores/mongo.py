@@ -446,3 +446,24 @@ def _record(doc: dict, metrics: dict, fs, target: Target, where: str) -> RunReco
         fetch=fetch,
     )
     return keep_names(record)
+
+
+def mark_dead(database, record, why: str) -> bool:
+    """A dead run (RUNNING, heartbeat stale) recorded as INTERRUPTED with `why`, in one
+    conditional update: only while its document still holds the heartbeat that was read."""
+    from datetime import datetime
+
+    from study.identity import utcnow
+
+    try:
+        run_id = int(record.id)
+        beat = record.heartbeat  # None: it died before its first heartbeat
+        heartbeat = None if beat is None else datetime.fromisoformat(str(beat)).replace(tzinfo=None)
+    except ValueError:
+        return False
+    done = database.runs.update_one(
+        {"_id": run_id, "status": "RUNNING", "heartbeat": heartbeat},
+        {"$set": {"status": "INTERRUPTED", "stop_time": utcnow().replace(tzinfo=None),
+                  "fail_trace": [why]}},
+    )  # fmt: skip
+    return done.modified_count == 1

@@ -20,6 +20,9 @@ from study.stores import schema
 UID_KEY = "study_uid"
 # The process that records a run: meta.process = {host, pid} (a killed run is not alive).
 PROCESS_KEY = "process"
+# The artifact holding a run's per-image predictions (written by study.record, read here): the
+# stores own the record's layout, so the writer imports this name, never the other way round.
+EVALUATION_ARTIFACT = "evaluation.npz"
 
 _RUN_ID = re.compile(r"^[0-9]{1,18}$")
 
@@ -146,8 +149,6 @@ class RunRecord:
     def evaluation(self) -> dict[str, np.ndarray] | None:
         """The per-sample evaluation (labels, topk, topk_prob, test_indices, confusion);
         StoreError naming the run when the file is unreadable or its arrays disagree."""
-        from study.record import EVALUATION_ARTIFACT
-
         if EVALUATION_ARTIFACT not in self.artifacts:
             return None
         if self._evaluation is None:

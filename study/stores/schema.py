@@ -310,14 +310,16 @@ _STRINGS = map_of(one_of(LONG, integer(-INT_LIMIT, INT_LIMIT - 1), number(), boo
 
 INFO = fields(
     dataset=fields(
-        name=NAME, num_classes=integer(1, 1_000_000), class_names=list_of(SHORT, 1_000_000),
+        name=NAME, title=SHORT, plugin=SHORT, num_classes=integer(1, 1_000_000),
+        class_names=list_of(SHORT, 1_000_000),
         image_size=integer(1, 1 << 16), channels=integer(1, 64), train_count=COUNT,
         test_count=COUNT, train_available=COUNT, test_available=COUNT,
         content=map_of(SHORT), data_root=fields(typed=LONG, resolved=LONG), fingerprint=SHORT,
         mean=list_of(number(), 64), std=list_of(number(), 64), sources=list_of(LONG, 10_000),
     ),
     model=fields(
-        name=NAME, description=text(2000), plugin=SHORT, image_size=integer(1, 1 << 16),
+        name=NAME, title=SHORT, description=text(2000), plugin=SHORT, head=NAME,
+        image_size=integer(1, 1 << 16),
         params=number(0, 1e15), trainable_params=number(0, 1e15), weight_mb=number(0, 1e9),
         gmacs_per_image=number(0, 1e12), macs_per_image=number(0, 1e21),
     ),
@@ -333,7 +335,8 @@ INFO = fields(
     provenance=fields(
         study=SHORT,
         git=fields(commit=SHORT, branch=SHORT, dirty=boolean, diff_sha256=SHORT),
-        plugins=map_of(SHORT), versions=_STRINGS, determinism=_STRINGS,
+        plugins=map_of(SHORT), plugin_code=map_of(SHORT), versions=_STRINGS,
+        determinism=_STRINGS,
         command=list_of(LONG, 10_000),
     ),
     per_class_accuracy=list_of(number(0, 1, nan=True), 1_000_000),
