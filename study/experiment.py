@@ -584,6 +584,8 @@ def train_and_evaluate(run, config: dict) -> dict:
         ),
         warmup_steps=setup.warmup_steps,
     )
+    if world.is_main:
+        sacred_api.save_now(run)  # the record names its checkpoint before the first epoch ends
     state, evaluation = engine.fit(
         setup, state, on_epoch=lambda epoch, metrics: record.log_epoch(run, epoch, metrics)
     )

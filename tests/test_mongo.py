@@ -546,7 +546,7 @@ def test_a_killed_mongo_sweep_cell_is_resumed_by_the_next_sweep(
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its cell, mid-run
     proc.wait()
     (dead,) = mongo.read_mongo_runs(server.url, db_name)
-    assert dead.status == "RUNNING"
+    assert dead.status == "RUNNING" and dead.has_checkpoint()  # named before Sacred's beat
     time.sleep(4)  # past STUDY_STALE_S: the dead run's heartbeat and the claim are stale
 
     second = tmp_path / "second"
