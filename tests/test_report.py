@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 import statistics
 import zipfile
 from html import unescape
@@ -141,12 +142,11 @@ def test_table1_prints_the_stored_results(built):
     assert re.search(r"Small CNN on MNIST: n = 2 \(runs 1, 2; seeds 0, 1\)", built["html"])
 
 
-def test_best_per_row_is_marked(built):
-    records = by_cell(built["records"])
-    mnist_top1 = {m: statistics.fmean(r.result["top1"] for r in rs)
-                  for (d, m), rs in records.items() if d == "mnist"}  # fmt: skip
-    best = max(mnist_top1, key=mnist_top1.get)
-    assert re.search(rf'class="num best" data-cell="mnist/{best}/top1"', built["html"])
+def test_no_cell_is_marked_without_a_ranking(built):
+    # No cell of this store holds three seeds (Small CNN on MNIST two, the rest one), so no
+    # model ranks first anywhere: Table 1 marks nothing and its caption says why.
+    assert 'class="num best"' not in built["html"] and ">▲<" not in built["html"]
+    assert "No value is marked: a model ranks first only with at least 3 seeds" in built["html"]
 
 
 def test_sections_figures_and_gallery(built):
@@ -285,6 +285,25 @@ def test_filters_and_html_format(store, tmp_path, capsys):
                                 for k in ("top1", "top5")}  # fmt: skip
     assert "Run 1," in html and "Run 3," in html and "Run 2," not in html
     assert "2 runs" in capsys.readouterr().out
+    # The runs the filters left out are named in the report, with the reason, and counted.
+    left = dict(re.findall(r'<tr data-left-out="(\d+)">(.*?)</tr>', html, re.S))
+    assert sorted(left) == ["2", "4"] and "not among the --ids named" in left["4"]
+    assert "Tiny-ImageNet</span></td>" in left["4"]
+    assert re.search(r"The store holds 2 further runs that this report does not show "
+                     r"\(Table \d+\): 2 by the filters named\.", plain(html))  # fmt: skip
+
+    # A run that failed is left out by its status, and said so.
+    copy = tmp_path / "runs"
+    shutil.copytree(store, copy)
+    run_json = copy / "2" / "run.json"
+    run_json.write_text(run_json.read_text().replace('"COMPLETED"', '"FAILED"'))
+    assert main(["--runs", str(copy), "--out", str(out), "--format", "html"]) == 0
+    html = plain(out.read_text())
+    left = dict(re.findall(r'<tr data-left-out="(\d+)">(.*?)</tr>', html, re.S))
+    assert list(left) == ["2"]
+    assert "<td>FAILED</td><td>status FAILED: the report shows COMPLETED runs</td>" in left["2"]
+    assert "1 further run that this report does not show" in html
+    assert "1 by status (FAILED)" in html
 
 
 def test_the_sweep_filter_keeps_the_runs_that_sweep_tagged(store):
@@ -444,32 +463,24 @@ def verdicts(html: str) -> dict[str, list[str]]:
     return out
 
 
-def test_claims_follow_the_paired_tests(built, tmp_path, capsys):
+def test_claims_follow_the_ranking_rule(built, tmp_path, capsys):
     text = pdf_text(built["pdf"])
     abstract = section(text, "Abstract", "1. Method")
     closing = section(text, "5. Conclusions", "6. Limitations")
-    for d, found in verdicts(built["html"]).items():
+    ranking = re.search(r".{0,200}ranks first (on|in)\b.{0,200}", text)
+    assert not ranking, ranking.group(0)  # fewer than three seeds in any cell
+    for d in verdicts(built["html"]):
         title = {"mnist": "MNIST", "tiny_imagenet": "Tiny-ImageNet"}[d]
-        if all(v == "differs" for v in found):
-            assert re.search(rf"On {title}, .+? has the highest top-1 accuracy", abstract)
-            assert f"is the best model on {title}" in closing
-        else:
-            # The sentence names each model the highest top-1 is not shown better than.
-            start = abstract.index(f"On {title} no best model is named: the highest top-1, ")
-            end = abstract.find(" On ", start + 1)  # each data set's sentence starts "On"
-            sentence = abstract[start : end if end > 0 else None]
-            pairs = re.findall(rf'<tr data-test="{d}/([^"]+)">(.*?)</tr>', built["html"], re.S)
-            undecided = [m for m, row in pairs if "<td>differs</td>" not in row]
-            assert undecided and all(m in sentence for m in undecided), sentence
-            assert f"No model is shown best on {title}" in closing
-    # Tiny-ImageNet has one model: no best-model wording there.
+        assert f"On {title} no model is ranked: the highest observed top-1 is " in abstract
+        assert f"No model is ranked on {title}." in closing
+    # Tiny-ImageNet has one model: no ranking wording there.
     assert "On Tiny-ImageNet only Small CNN was run" in abstract
-    assert not re.search(r"best model on Tiny-ImageNet|Tiny-ImageNet, .+? has the highest", text)
+    assert not re.search(r"ranked on Tiny-ImageNet|Tiny-ImageNet no model is ranked", text)
 
-    # One run predicting exactly as another (the same run under a second model name): McNemar
-    # gives p = 1, so neither is called best, however the means are ordered.
-    # (Small CNN's seed-0 run: the one-epoch ResNet-18 run is flagged, and a flagged cell is
-    # never ranked at all.)
+    # A real two-model, one-seed store: one run predicting exactly as another (the same run
+    # under a second model name). One seed is no ranking, the means tie and McNemar gives
+    # p = 1: every reason is given. (Small CNN's seed-0 run: the
+    # one-epoch ResNet-18 run is flagged, and a flagged cell is never ranked at all.)
     run = next(r for r in built["records"] if r.model == "small_cnn" and r.dataset == "mnist")
     assert not cell_flags([run], lambda r: r.evaluation()).get("flagged")
     twin = dataclasses.replace(run, id="98", config={**run.config, "model": "resnet50"})
@@ -477,15 +488,18 @@ def test_claims_follow_the_paired_tests(built, tmp_path, capsys):
     text = pdf_text(pdf)
     abstract = section(text, "Abstract", "1. Method")
     closing = section(text, "5. Conclusions", "6. Limitations")
+    names = "(Small CNN|ResNet-50)"
     assert re.search(
-        r"On MNIST no best model is named: the highest top-1, (Small CNN|ResNet-50) \(top-1 "
-        r"[0-9.]+\), does not differ significantly from (Small CNN|ResNet-50) \(p = 1\.0+\) by "
-        r"McNemar's test\.",
+        rf"On MNIST no model is ranked: the highest observed top-1 is {names}'s \(top-1 "
+        r"[0-9.]+\), which is not a ranking because a ranking needs at least 3 seeds in every "
+        rf"compared cell, and {names} has 1, {names} has 1; {names} has the same mean top-1; "
+        rf"it does not differ significantly "
+        rf"from {names} at seed 0 \(p = 1\.0+ by McNemar's test\)\.",
         abstract,
     ), abstract
-    assert "has the highest top-1" not in abstract and "best model on" not in closing
-    assert "No model is shown best on MNIST" in closing
-    assert "differs significantly" not in abstract + closing
+    assert "ranks first" not in abstract + closing
+    assert closing.count("No model is ranked on MNIST.") == 1
+    assert "significantly better" not in abstract + closing
 
     # One run: singular counts, no best model.
     out = tmp_path / "one.pdf"
@@ -493,7 +507,7 @@ def test_claims_follow_the_paired_tests(built, tmp_path, capsys):
     assert f"study report: 1 run -> {out}" in capsys.readouterr().out
     text = pdf_text(out)
     assert "1 recorded run in 1 model × data set cell," in text
-    assert "1 runs" not in text and "best model" not in section(text, "Abstract", "1. Method")
+    assert "1 runs" not in text and "ranked" not in section(text, "Abstract", "1. Method")
 
 
 def test_chance_and_collapsed_cells_are_flagged_everywhere(odd):
@@ -531,7 +545,7 @@ def test_chance_and_collapsed_cells_are_flagged_everywhere(odd):
     # is left out of the calibration ranking.
     row = re.search(rf'<tr data-ece="MNIST/{re.escape(title)}">(.*?)</tr>', html, re.S).group(1)
     assert "not meaningful (at chance; predictions collapsed; stuck)" in row
-    ranking = re.search(r'<p class="caption">Lowest ECE per data set(.*?)</p>', html, re.S)
+    ranking = re.search(r'<p class="caption">Lowest observed ECE per data set(.*?)</p>', html, re.S)
     ranking = ranking.group(1)
     assert f": {title} (" not in ranking  # never ranked ...
     assert title in ranking and "excluded: flagged" in ranking  # ... and said to be left out
@@ -783,6 +797,23 @@ def test_each_model_keeps_one_colour_in_every_figure(built):
         assert {"bar", "test_top1", "train_top1", "reliability", "compute"} <= seen, (model, seen)
 
 
+def test_reliability_diagrams_show_how_many_images_each_bin_holds():
+    import base64
+
+    from study.report.figures import reliability_svg
+
+    edges = [0.0, 0.25, 0.5, 0.75, 1.0]
+    panel = {"model": "ResNet-50", "label": "ResNet-50", "edges": edges, "count": [0, 30, 10, 960],
+             "accuracy": [None, 0.5, 0.6, 0.99], "confidence": [None, 0.4, 0.6, 0.97],
+             "ece": 0.01, "flagged": False, "colour": "#4c72b0"}  # fmt: skip
+    svg = base64.b64decode(reliability_svg({"models": [panel]}).split(",", 1)[1]).decode()
+    counts = re.search(r'<g class="bin-counts"[^>]*>(.*?)</g>', svg, re.S).group(1)
+    heights = [float(h) for h in re.findall(r'height="([0-9.]+)"', counts)]
+    # One bar per non-empty bin, in proportion to its count (the tallest 24 units high).
+    assert heights == pytest.approx([24 * 30 / 960, 24 * 10 / 960, 24.0], abs=0.06)
+    assert "images per bin (tallest 960)" in svg
+
+
 def test_the_seed_models_keep_their_colours_whatever_else_is_reported():
     from study.report.figures import model_colours
 
@@ -872,10 +903,11 @@ def test_each_data_set_has_prose_that_follows_from_its_numbers(built):
         assert f"{model_title(best)}&#39;s {top1[best].split(' ')[0]}" in prose
         if len(tested.get(d, [])) == 0:
             assert "nothing to compare" in prose
-        elif all(v == "differs" for v in tested[d]):
-            assert "differs significantly from every other model" in prose
-        else:
-            assert "name no best model" in prose and "differs significantly" not in prose
+        else:  # fewer than three seeds per cell: the highest observed, never a ranking
+            assert "That is the highest observed, not a ranking: a ranking needs at least 3" in (
+                prose
+            )
+            assert "ranks first" not in prose
         # The train-test gap at the last epoch, per model, as the runs recorded it.
         for model, rs in by_cell(built["records"]).items():
             if model[0] != d:

@@ -160,7 +160,8 @@ def test_links_tables_figures_and_marks_in_the_browser(browser, built):
     assert page.execute_script("return document.querySelectorAll('th:not([scope])').length") == 0
     marks = page.execute_script("""return Array.from(document.querySelectorAll('.mark, .flag'))
       .map(function (m) { return [m.textContent, m.getAttribute('aria-label')]; })""")
-    assert ["▲", "highest in its row"] in marks and all(label for _, label in marks)
+    # (no ▲ here: no cell of this store holds the seeds a ranking needs; test_ranking has one)
+    assert marks and all(label for _, label in marks)
     assert page.find_elements(By.CSS_SELECTOR, "h5.gallery-model")
 
     # Config strings: monospace, in a block collapsed until its summary is clicked.

@@ -44,7 +44,13 @@ from study.report.model import (
 
 # build_report calls render_pdf through this module, so a test can replace it here.
 from study.report.render import check_output_path, render_html, render_pdf
-from study.report.runs import run_filter, select_runs, split_reproductions, usable_runs
+from study.report.runs import (
+    exclusion,
+    run_filter,
+    select_runs,
+    split_reproductions,
+    usable_runs,
+)
 from study.stores import RunRecord, print_skipped, read_runs
 
 # The names other modules and the tests import from `study.report`.
@@ -110,17 +116,21 @@ def main(argv: list[str]) -> int:
         sweep=args.sweep,
         status=_split(args.status),
     )
-    wanted, statuses, skipped = run_filter(**filters), [], []
+    statuses, skipped, filtered = [], [], []
 
     def keep(r: RunRecord) -> bool:  # before a run's metrics and info are read
         statuses.append(r.status)
-        return wanted(r)
+        row = exclusion(r, **filters)
+        if row is not None:
+            filtered.append(row)  # the report's left-out table names it, with why
+        return row is None
 
     where, stored = read_runs(args.runs, args.mongo, args.db, keep=keep, skipped=skipped)
     records = select_runs(stored, where=where, holds=statuses or None, **filters)
-    records, left_out = split_reproductions(records, filters["ids"])
+    records, reproductions = split_reproductions(records, filters["ids"])
     if not records:
-        raise StudyError(f"no runs to report on: {'; '.join(left_out)}")
+        raise StudyError(f"no runs to report on: {'; '.join(r['why'] for r in reproductions)}")
+    left_out = reproductions + filtered
     records = usable_runs(records, skipped)
     print_skipped(skipped)
     written = build_report(records, out, fmt, title=args.title, skipped=skipped, left_out=left_out)
@@ -171,7 +181,7 @@ def build_report(
     cache_dir: str | Path | None = None,
     today: dt.date | None = None,
     skipped: list[str] = (),
-    left_out: list[str] = (),
+    left_out: list[dict] = (),
 ) -> Path:
     """Render `records` to `out` (pdf or html), atomically; return the path written."""
     if fmt not in FORMATS:
@@ -182,9 +192,8 @@ def build_report(
     check_output_path(out)
     figures = FigureCache(Path(cache_dir) if cache_dir else figure_cache_dir(out))
     with fewer_collections(), titles_recorded_in(records):
-        context = report_context(records, figures, title=title, today=today)
+        context = report_context(records, figures, title=title, today=today, left_out=left_out)
         context["skipped"] = list(skipped)  # named in the appendix: a reader sees what is missing
-        context["left_out"] = list(left_out)
         html = render_html(context)
         # Rendered in memory first, so a failed build leaves the earlier report as it was.
         document = html if fmt == "html" else render_pdf(html)

@@ -8,7 +8,9 @@ from collections import defaultdict
 
 from study import health, stats
 from study.errors import StudyError
+from study.identity import run_order
 from study.report.figures import COMPUTE_AXES, FigureCache, model_colours, reliability_svg
+from study.report.formatting import plural
 from study.report.model import (
     CONFUSED_PAIRS,
     CONFUSION_MAX_CLASSES,
@@ -42,10 +44,10 @@ from study.report.prose import (
     flagged_text,
     lowest_ece,
 )
+from study.report.ranking import MIN_SEEDS, decide
 from study.report.tables import (
     appendix_entry,
     calibration_rows,
-    comparisons,
     compute_points,
     dataset_rows,
     efficiency_rows,
@@ -62,6 +64,7 @@ def report_context(
     *,
     title: str | None = None,
     today: dt.date | None = None,
+    left_out: list[dict] = (),
 ) -> dict:
     cells: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
     for r, arm in zip(records, arm_names(records), strict=True):
@@ -73,7 +76,11 @@ def report_context(
 
     evaluate = evaluation_cache()
     flags = {key: cell_flags(rs, evaluate) for key, rs in cells.items()}
-    table = results_table(cells, datasets, models, seed, flags)
+    tests = [
+        decide(d, [m for m in models if (d, m) in cells], cells, flags, evaluate) for d in datasets
+    ]
+    ranked = {t["dataset"]: t["leader"] for t in tests if t["ranked"]}
+    table = results_table(cells, datasets, models, seed, flags, ranked)
     best = {row["dataset"]: row["best"] for row in table["rows"] if row["metric"] == "top1"}
     starts = sorted(r.start_time for r in records if r.start_time)
     colours = model_colours(models)
@@ -81,10 +88,6 @@ def report_context(
         dataset_section(
             d, [m for m in models if (d, m) in cells], cells, figures, evaluate, flags, colours
         )  # fmt: skip
-        for d in datasets
-    ]
-    tests = [
-        comparisons(d, [m for m in models if (d, m) in cells], cells, best.get(d), evaluate)
         for d in datasets
     ]
     for s in sections:
@@ -97,7 +100,13 @@ def report_context(
     # Only where some run recorded what the figure's axes need (synthetic runs may not).
     drawable = any(p.get(k) for p in compute for k in COMPUTE_AXES)
     compute_chart = figures.get("compute", {"points": compute}) if drawable else None
-    ref = numbering(method, sections, compute_chart, [r.id for r in records])
+    left_out = [
+        {**r, "model": model_title(r["model"]) if isinstance(r["model"], str) else "–",
+         "dataset": dataset_title(r["dataset"]) if isinstance(r["dataset"], str) else "–"}
+        for r in sorted(left_out, key=lambda r: (LEFT_OUT_KINDS.index(r["kind"]),
+                                                 run_order(r["id"])))
+    ]  # fmt: skip
+    ref = numbering(method, sections, compute_chart, [r.id for r in records], bool(left_out))
     rows = {row["dataset"]: row for row in table["rows"] if row["metric"] == "top1"}
     for section, t in zip(sections, tests, strict=True):
         d = section["name"]
@@ -111,7 +120,9 @@ def report_context(
         "departures": departed,
         "date": (today or dt.date.today()).isoformat(),
         "run_span": (starts[0][:10], starts[-1][:10]) if starts else None,
-        "abstract": abstract(records, datasets, models, best, cells, tests, flags, departed),
+        "abstract": abstract(records, datasets, models, best, cells, tests, flags, departed)
+        + left_out_text(left_out, ref),
+        "left_out": left_out,
         "n_runs": len(records),
         "models": [{"name": m, "title": model_title(m)} for m in models],
         "datasets": [{"name": d, "title": dataset_title(d)} for d in datasets],
@@ -136,6 +147,7 @@ def report_context(
         "flagged": flagged_text(flags, datasets, models),
         "conclusions": conclusions(tests, cells),
         "significance": stats.SIGNIFICANCE,
+        "min_seeds": MIN_SEEDS,
         "collapse_top": f"{health.COLLAPSE_TOP_SHARE:.0%}",
         "collapse_ratio": f"{health.COLLAPSE_TOP_RATIO:g}",
         "few_classes": health.FEW_CLASSES,
@@ -149,7 +161,33 @@ def report_context(
     }
 
 
-def numbering(method: dict, sections: list[dict], compute_chart, run_ids=()) -> dict:
+def left_out_text(left_out: list[dict], ref: dict) -> str:
+    """The abstract's count of the stored runs the report does not show, by reason."""
+    if not left_out:
+        return ""
+    parts = []
+    for kind in LEFT_OUT_KINDS:
+        rows = [r for r in left_out if r["kind"] == kind]
+        if kind == "status" and rows:
+            statuses = sorted({str(r["status"]) for r in rows})
+            parts.append(f"{len(rows)} by status ({', '.join(statuses)})")
+        elif kind == "filter" and rows:
+            parts.append(f"{len(rows)} by the filters named")
+        elif rows:
+            parts.append(f"{plural(len(rows), 'reproduction')} of a reported run")
+    return (
+        f" The store holds {plural(len(left_out), 'further run')} that this report does not "
+        f"show (Table {ref['t']['left_out']}): {', '.join(parts)}."
+    )
+
+
+# Why a stored run is not in the report, in the order its table lists them.
+LEFT_OUT_KINDS = ("status", "filter", "reproduction")
+
+
+def numbering(
+    method: dict, sections: list[dict], compute_chart, run_ids=(), left_out: bool = False
+) -> dict:
     """Table and figure numbers in the order they appear, so that captions and text refer to
     them by number: {"t": {key: n}, "f": {key: n}}."""
     tables = ["protocol", *(["differences"] if method["blocks"] else []), "datasets", "results",
@@ -157,6 +195,7 @@ def numbering(method: dict, sections: list[dict], compute_chart, run_ids=()) -> 
     tables += [f"pairs:{s['name']}" for s in sections if s["pairs"]]
     tables.append("efficiency")
     tables += [f"per_class:{s['name']}" for s in sections if s["per_class"]]  # the appendix
+    tables += ["left_out"] if left_out else []  # Appendix B: what is not shown, then what is
     tables += [f"run:{i}" for i in run_ids]  # one record per run, last
     figures = []
     for s in sections:

@@ -392,7 +392,8 @@ def reliability_svg(data: dict) -> str:
     size, pad, gap = 150.0, 30.0, 20.0  # plot square, left/bottom margin, space between panels
     panels = data["models"]
     width = len(panels) * (size + pad + gap) + gap
-    height = size + pad + 34.0
+    strip = 24.0  # images per bin, under the axis: a bin's accuracy is only as sure as its count
+    height = size + pad + 34.0 + strip + 18.0
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" '
              f'height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}" '
              'font-family="DejaVu Sans, sans-serif" font-size="8">']  # fmt: skip
@@ -437,6 +438,21 @@ def reliability_svg(data: dict) -> str:
                      "top-1 confidence</text>")  # fmt: skip
         parts.append(f'<text transform="translate({x(0) - 20:.1f} {y(0.5):.1f}) rotate(-90)" '
                      'text-anchor="middle">accuracy</text>')  # fmt: skip
+        counts = p["count"]
+        most = max(counts) if counts else 0
+        top = y(0) + 30.0
+        parts.append('<g class="bin-counts" fill="#777777">')
+        for k, n in enumerate(counts):
+            if n and most:
+                h = strip * n / most
+                parts.append(f'<rect x="{x(edges[k]):.1f}" y="{top + strip - h:.1f}" '
+                             f'width="{(edges[k + 1] - edges[k]) * size:.1f}" height="{h:.1f}" '
+                             'stroke="white" stroke-width="0.5"/>')  # fmt: skip
+        parts.append("</g>")
+        parts.append(f'<line x1="{x(0)}" y1="{top + strip}" x2="{x(1)}" y2="{top + strip}" '
+                     'stroke="#333" stroke-width="0.8"/>')  # fmt: skip
+        parts.append(f'<text x="{x(0.5):.1f}" y="{top + strip + 10:.1f}" text-anchor="middle">'
+                     f"images per bin (tallest {most:,})</text>")  # fmt: skip
     parts.append("</svg>")
     svg = "".join(parts).encode()
     return "data:image/svg+xml;base64," + base64.b64encode(svg).decode()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import math
 import re
 import statistics
 from collections import defaultdict
@@ -369,34 +368,6 @@ def evaluation_cache():
         return cache[id(r)]
 
     return evaluate
-
-
-def paired_runs(best_runs, other_runs, evaluate):
-    """The pair McNemar's test compares: the runs of the two models with the lowest seed both
-    ran (seed-matched: same subset, same initialisation stream), evaluated on the same test
-    images; failing that, any two runs on the same test images. (pair, why-not)."""
-
-    def seed_of(r):
-        seed = r.config.get("seed")
-        return seed if isinstance(seed, int) else math.inf
-
-    matched = [(seed_of(a), a, b) for a in best_runs for b in other_runs
-               if seed_of(a) == seed_of(b)]  # fmt: skip
-    unmatched = [(math.inf, a, b) for a in best_runs for b in other_runs
-                 if seed_of(a) != seed_of(b)]  # fmt: skip
-    order = sorted(matched, key=lambda x: (x[0], _id_key(x[1]), _id_key(x[2])))
-    order += sorted(unmatched, key=lambda x: (seed_of(x[1]), _id_key(x[1]), _id_key(x[2])))
-    reason = "no evaluation artifact"
-    for _, a, b in order:
-        ea, eb = evaluate(a), evaluate(b)
-        if ea is None or eb is None:
-            continue
-        ia, ib = ea.get("test_indices"), eb.get("test_indices")
-        if ia is None or ib is None or len(ia) != len(ib) or (ia != ib).any():
-            reason = "their runs were evaluated on different test images"
-            continue
-        return (a, b, ea, eb), None
-    return None, reason
 
 
 def _id_key(r: RunRecord):

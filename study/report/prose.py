@@ -29,6 +29,7 @@ from study.report.model import (
     seed_table,
     trained_epochs,
 )
+from study.report.ranking import MIN_SEEDS, sizes_text
 from study.stores import RunRecord
 
 
@@ -106,60 +107,65 @@ def flagged_text(flags, datasets, models) -> list[dict]:
 
 
 def verdict(t: dict) -> str | None:
-    """What the paired tests let the report say about a data set: `best` (the highest mean
-    top-1 differs significantly from every other model), `none` (it does not, or cannot be
-    tested), `single` (one model only), None (no results)."""
+    """What study.report.ranking's decision lets the report say about a data set: `ranked`
+    (the highest mean top-1 ranks first), `observed` (the highest observed, not a ranking),
+    `single` (one unflagged model only), None (no results)."""
     if not t["best"]:
         return None
     if not t["rows"]:
         return "single"
-    if all(row["test"] is not None and row["test"].significant for row in t["rows"]):
-        return "best"
-    return "none"
+    return "ranked" if t["ranked"] else "observed"
+
+
+def single_text(t: dict, how: str | None = None) -> str:
+    """A data set with one model to show: 'only VGG-16 was run (how)', or, where the others
+    are flagged, 'VGG-16 (how) is the only model not flagged (ResNet-50 is)'."""
+    how = f" ({how})" if how else ""
+    if not t["excluded"]:
+        return f"only {t['best']} was run{how}"
+    verb = "is" if len(t["excluded"]) == 1 else "are"
+    return f"{t['best']}{how} is the only model not flagged ({either(t['excluded'], 'and')} {verb})"
+
+
+def reasons_text(t: dict) -> str:
+    """Why the highest observed top-1 is not a ranking: every reason, joined."""
+    return "; ".join(t["reasons"])
+
+
+def ranked_text(t: dict) -> str:
+    """What backs a ranking, with the input sizes the protocol set per model."""
+    sizes = sizes_text(t)
+    return (
+        f"at least {MIN_SEEDS} seeds in every compared cell, one protocol and budget"
+        + (f" (inputs: {sizes})" if sizes else "")
+        + ", and every seed-matched McNemar test against every other model significant in its "
+        f"favour (p < {stats.SIGNIFICANCE})"
+    )
 
 
 def claim(t: dict, best: dict | None) -> str | None:
-    """One sentence per data set: a best model only where McNemar's test backs it."""
+    """One sentence per data set: a ranking only where study.report.ranking's rule holds."""
     kind = verdict(t)
     if kind is None or best is None:
         return None
     s = best["stat"]
     how = f"top-1 {s.text()}" + (f", mean of {s.n} runs" if s.n > 1 else "")
-    alpha = stats.SIGNIFICANCE
     if kind == "single":
-        return f"On {t['title']} only {t['best']} was run ({how}): no comparison."
-    if kind == "best":
+        return f"On {t['title']} {single_text(t, how)}: no comparison."
+    if kind == "ranked":
         return (
-            f"On {t['title']}, {t['best']} has the highest top-1 accuracy ({how}) and differs "
-            f"significantly from every other model (McNemar, p < {alpha})."
+            f"On {t['title']}, {t['best']} ranks first in top-1 accuracy ({how}): {ranked_text(t)}."
         )
     return (
-        f"On {t['title']} no best model is named: the highest top-1, {t['best']} ({how}), "
-        f"{undecided_text(t)}."
+        f"On {t['title']} no model is ranked: the highest observed top-1 is {t['best']}'s "
+        f"({how}), which is not a ranking because {reasons_text(t)}."
     )
 
 
-def undecided_text(t: dict) -> str:
-    """Why the highest top-1 on a data set is not called best: the models it does not differ
-    from significantly, with McNemar's p, and those it cannot be tested against."""
-    same = [r for r in t["rows"] if r["test"] is not None and not r["test"].significant]
-    untested = [r for r in t["rows"] if r["test"] is None]
-    parts = []
-    if same:
-        parts.append(
-            "does not differ significantly from "
-            + either(f"{r['model']} ({r['p']})" for r in same)
-            + " by McNemar's test"
-        )
-    if untested:
-        parts.append("cannot be tested against " + either(r["model"] for r in untested))
-    return " and ".join(parts)
-
-
-def either(items) -> str:
-    """'a', 'a or b', 'a, b or c'."""
+def either(items, word: str = "or") -> str:
+    """'a', 'a or b', 'a, b or c' (or with another joining word)."""
     items = list(items)
-    return " or ".join([", ".join(items[:-1]), items[-1]] if len(items) > 1 else items)
+    return f" {word} ".join([", ".join(items[:-1]), items[-1]] if len(items) > 1 else items)
 
 
 def departures(records: list[RunRecord], datasets: list[str]) -> list[dict]:
@@ -291,48 +297,59 @@ def departures(records: list[RunRecord], datasets: list[str]) -> list[dict]:
 
 
 def conclusions(tests, cells) -> list[str]:
-    """One paragraph per data set: a difference is called one only when McNemar's p < 0.05."""
+    """One paragraph per data set, each thing said once: the ranking or why there is none,
+    the test-image differences the paired tests do show, the cells left out as flagged."""
     out = []
-    alpha = stats.SIGNIFICANCE
     for t in tests:
         if not t["best"]:
+            if t["excluded"]:
+                out.append(
+                    f"On {t['title']} every model is flagged ({either(t['excluded'], 'and')}): "
+                    "these runs say nothing about which architecture is better there."
+                )
             continue
+        verb = "is" if len(t["excluded"]) == 1 else "are"
+        excluded = (
+            f" ({either(t['excluded'], 'and')} {verb} flagged and in no ranking.)"
+            if t["excluded"]
+            else ""
+        )
         if not t["rows"]:
-            out.append(f"On {t['title']} only {t['best']} was run, so there is no comparison.")
+            out.append(f"On {t['title']} {single_text(t)}, so there is no comparison.")
             continue
-        sentences = [
-            f"{t['best']} is the best model on {t['title']}: it differs significantly from "
-            "every other model."
-            if verdict(t) == "best"
-            else f"No model is shown best on {t['title']}: the highest mean top-1 does not "
-            "differ significantly from every other model."
-        ]
-        for row in t["rows"]:
-            test = row["test"]
-            if test is None:
+        row = t["rows"][0]
+        others = ", ".join(dict.fromkeys(f"{r['model']} ({r['top1']})" for r in t["rows"]))
+        if verdict(t) == "ranked":
+            sentences = [
+                f"{t['best']} ranks first on {t['title']}: its mean top-1 ({row['best_top1']}) "
+                f"is above {others}, with {ranked_text(t)}."
+            ]
+        else:
+            sentences = [
+                f"No model is ranked on {t['title']}. The highest observed top-1 is "
+                f"{t['best']}'s ({row['best_top1']}; then {others}); it is not a ranking "
+                f"because {reasons_text(t)}."
+            ]
+            shown = [r for r in t["rows"] if r["test"] is not None and r.get("favours")]
+            if shown:
                 sentences.append(
-                    f"{row['best']} and {row['model']} cannot be compared by a paired test "
-                    f"({row['reason']})."
+                    "On these test images it is significantly better than "
+                    + ", ".join(
+                        f"{r['model']}"
+                        + (f" at seed {r['seed']}" if r["matched"] else "")
+                        + f" ({r['p']})"
+                        for r in shown
+                    )
+                    + ", which holds for those trained models, not for the architectures."
                 )
-            elif test.significant:
-                sentences.append(
-                    f"{row['best']} (top-1 {row['best_top1']}) differs significantly from "
-                    f"{row['model']} ({row['top1']}): McNemar {test.method}, {row['p']}, "
-                    f"below {alpha}."
-                )
-            else:
-                sentences.append(
-                    f"{row['best']} (top-1 {row['best_top1']}) and {row['model']} "
-                    f"({row['top1']}) show no significant difference (McNemar {test.method}, "
-                    f"{row['p']} ≥ {alpha}); these runs do not establish which is better."
-                )
-        out.append(" ".join(sentences))
+        out.append(" ".join(sentences) + excluded)
     return out
 
 
 def lowest_ece(cells, datasets, models, evaluate, flags) -> list[str]:
-    """Per data set, the lowest mean ECE among cells that are not flagged: a constant
-    predictor's near-zero ECE is not calibration."""
+    """Per data set, the lowest observed mean ECE among cells that are not flagged (a
+    constant predictor's near-zero ECE is not calibration). No test compares ECEs, so this is
+    what was observed, never a ranking."""
     out = []
     for d in datasets:
         ranked = []
@@ -366,24 +383,21 @@ def dataset_prose(t: dict, row: dict, cells, d, models, flags, efficiency, ref) 
     s = best["stat"]
     how = f"a mean of {s.n} runs, " if s.n > 1 else ""
     out = [
-        f"The highest top-1 accuracy on {title} is {model_title(best['model'])}'s "
+        f"The highest observed top-1 accuracy on {title} is {model_title(best['model'])}'s "
         f"{fmt_num(s.mean)} ({how}95% CI {cell['ci']}; Table {tab['results']})."
         if cell["ci"]
-        else f"The highest top-1 accuracy on {title} is {model_title(best['model'])}'s "
+        else f"The highest observed top-1 accuracy on {title} is {model_title(best['model'])}'s "
         f"{fmt_num(s.mean)} (Table {tab['results']})."
     ]
     kind = verdict(t)
-    alpha = stats.SIGNIFICANCE
     if kind == "single":
-        out.append(f"Only {t['best']} was run on {title}: there is nothing to compare.")
-    elif kind == "best":
+        out.append(f"On {title} {single_text(t)}: there is nothing to compare.")
+    elif kind == "ranked":
+        out.append(f"It ranks first: {ranked_text(t)} (Table {tab['tests']}).")
+    elif kind == "observed":
         out.append(
-            f"It differs significantly from every other model (McNemar, p < {alpha}; "
-            f"Table {tab['tests']})."
-        )
-    elif kind == "none":
-        out.append(
-            f"It {undecided_text(t)}, so these runs name no best model (Table {tab['tests']})."
+            f"That is the highest observed, not a ranking: {reasons_text(t)} "
+            f"(Table {tab['tests']})."
         )
     for m in models:
         f = flags.get((d, m)) or {}

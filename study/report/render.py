@@ -13,7 +13,7 @@ from study.report.links import with_links
 from study.report.model import FLAG_MARKS, flag_reasons
 
 # What the marks of Table 1's cells say, for a screen reader and a pointer's tooltip.
-MARK_NAMES = {"▲": "highest in its row"} | {
+MARK_NAMES = {"▲": "ranks first on its data set"} | {
     mark: flag_reasons({flag: True}) for flag, mark in FLAG_MARKS.items()
 }
 

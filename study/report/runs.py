@@ -8,7 +8,8 @@ from study.stores import RunRecord
 from study.sweep import TAG_PREFIX  # a sweep tags its runs with this Sacred comment
 
 
-def run_filter(
+def exclusion(
+    r: RunRecord,
     *,
     experiment: str | None = None,
     ids: list[str] | None = None,
@@ -16,21 +17,37 @@ def run_filter(
     datasets: list[str] | None = None,
     sweep: str | None = None,
     status: list[str] | None = ("COMPLETED",),
-):
-    """Whether a run passes every filter (it needs run.json and config.json only)."""
+) -> dict | None:
+    """Why the filters leave a run out of a report, as a row of its left-out table, or None
+    when it passes them all (it needs run.json and config.json only)."""
     wanted_status = None if not status or "any" in [s.lower() for s in status] else set(status)
+    why = None
+    if experiment is not None and r.experiment != experiment:
+        why = "filter", f"experiment {r.experiment}, not the --experiment named"
+    elif ids is not None and r.id not in ids:
+        why = "filter", "not among the --ids named"
+    elif models is not None and r.model not in models:
+        why = "filter", f"model {r.model}, not among the --models named"
+    elif datasets is not None and r.dataset not in datasets:
+        why = "filter", f"data set {r.dataset}, not among the --datasets named"
+    elif sweep is not None and r.comment != f"{TAG_PREFIX}{sweep}":
+        why = "filter", "not a run of the --sweep named"
+    elif wanted_status is not None and r.status not in wanted_status:
+        shown = ", ".join(sorted(wanted_status))
+        why = "status", f"status {r.status}: the report shows {shown} runs"
+    if why is None:
+        return None
+    return left_out_row(r, *why)
 
-    def keep(r: RunRecord) -> bool:
-        return (
-            (experiment is None or r.experiment == experiment)
-            and (ids is None or r.id in ids)
-            and (models is None or r.model in models)
-            and (datasets is None or r.dataset in datasets)
-            and (sweep is None or r.comment == f"{TAG_PREFIX}{sweep}")
-            and (wanted_status is None or r.status in wanted_status)
-        )
 
-    return keep
+def left_out_row(r: RunRecord, kind: str, why: str) -> dict:
+    return {"id": r.id, "model": r.model, "dataset": r.dataset, "status": r.status,
+            "kind": kind, "why": why}  # fmt: skip
+
+
+def run_filter(**filters):
+    """Whether a run passes every filter (see exclusion)."""
+    return lambda r: exclusion(r, **filters) is None
 
 
 def select_runs(
@@ -93,17 +110,19 @@ def usable_runs(records: list[RunRecord], skipped: list[str]) -> list[RunRecord]
 
 def split_reproductions(
     records: list[RunRecord], ids: list[str] | None = None
-) -> tuple[list[RunRecord], list[str]]:
-    """(the runs to report, a line per run left out): a `study reproduce` run re-ran another
-    run's config, so pooling it would count one seed twice. Named with --ids, it is kept."""
+) -> tuple[list[RunRecord], list[dict]]:
+    """(the runs to report, a left-out row per run left out): a `study reproduce` run re-ran
+    another run's config, so pooling it would count one seed twice. Named with --ids, it is
+    kept."""
     kept, left_out = [], []
     for r in records:
         original = r.meta.get("reproduces") if isinstance(r.meta, dict) else None
         if isinstance(original, dict) and not (ids and r.id in ids):
-            left_out.append(
-                f"run {r.id} reproduces run {original.get('id')} of {original.get('store')} "
-                "(`study reproduce`): a check, not another repeat"
-            )
+            left_out.append(left_out_row(
+                r, "reproduction",
+                f"reproduces run {original.get('id')} of {original.get('store')} "
+                "(`study reproduce`): a check, not another repeat",
+            ))  # fmt: skip
         else:
             kept.append(r)
     return kept, left_out

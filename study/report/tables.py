@@ -13,7 +13,6 @@ from study.report.formatting import (
     epochs_text,
     fmt_num,
     interval_text,
-    p_text,
     ratio,
     signed,
     stat,
@@ -29,7 +28,6 @@ from study.report.model import (
     dataset_title,
     flag_reasons,
     model_title,
-    paired_runs,
     run_ece,
     run_evaluation,
     stopped_by_budget,
@@ -151,7 +149,9 @@ def dataset_rows(cells, datasets) -> list[dict]:
     return rows
 
 
-def results_table(cells, datasets, models, seed, flags=None) -> dict:
+def results_table(cells, datasets, models, seed, flags=None, ranked=None) -> dict:
+    """Table 1. `ranked`: per data set, the model that ranks first (study.report.ranking):
+    the only cell marked ▲, on its top-1 row (no test backs a top-5 mark)."""
     rows = []
     for d in datasets:
         for metric, label in (("top1", "Top-1 accuracy"), ("top5", "Top-5 accuracy")):
@@ -182,7 +182,8 @@ def results_table(cells, datasets, models, seed, flags=None) -> dict:
                         ),
                     }
                 )
-            # A flagged cell (study.health's rule, at chance) is never the row's best.
+            # The highest observed mean among cells not flagged (study.health's rule): what
+            # the prose names; ▲ only where the ranking rule holds.
             eligible = [
                 v for v in values if not (flags or {}).get((d, v["model"]), {}).get("flagged")
             ]
@@ -191,8 +192,9 @@ def results_table(cells, datasets, models, seed, flags=None) -> dict:
             best = None
             for v in eligible:
                 if top is not None and v["stat"].mean == top:
-                    v["best"] = True
                     best = best or {"model": v["model"], "stat": v["stat"]}
+                if metric == "top1" and (ranked or {}).get(d) == v["model"]:
+                    v["best"] = True
             rows.append(
                 {"dataset": d, "title": dataset_title(d), "metric": metric, "label": label,
                  "cells": values, "best": best}
@@ -201,42 +203,9 @@ def results_table(cells, datasets, models, seed, flags=None) -> dict:
     aggregated = any(c["n"] > 1 for row in rows for c in row["cells"])
     single = any(c["n"] == 1 and c["ci"] for row in rows for c in row["cells"])
     marks = {k for row in rows for c in row["cells"] for k in c["marks"]}
+    ranks = any(c["best"] for row in rows for c in row["cells"])
     return {"rows": rows, "any_seed": any_seed, "aggregated": aggregated, "single": single,
-            "marks": marks}  # fmt: skip
-
-
-def comparisons(d, models, cells, best, evaluate) -> dict:
-    """McNemar's test of the data set's best model (by mean top-1) against each other model."""
-    out = {"dataset": d, "title": dataset_title(d), "best": None, "rows": []}
-    if not best:
-        return out
-    best_model = best["model"]
-    out["best"] = model_title(best_model)
-    for m in models:
-        if m == best_model:
-            continue
-        row = {
-            "model": model_title(m),
-            "best": model_title(best_model),
-            "best_top1": stat(cells[(d, best_model)], lambda r: r.result["top1"]).text(),
-            "top1": stat(cells[(d, m)], lambda r: r.result["top1"]).text(),
-            "test": None,
-        }
-        pair, reason = paired_runs(cells[(d, best_model)], cells[(d, m)], evaluate)
-        if pair is None:
-            row["reason"] = reason
-        else:
-            a, b, ea, eb = pair
-            test = stats.mcnemar(stats.correctness(ea), stats.correctness(eb))
-            seed_a, seed_b = a.config.get("seed"), b.config.get("seed")
-            row.update(
-                test=test,
-                p=p_text(test.p_value),
-                runs=f"{a.id} vs {b.id}",
-                seed=value_text(seed_a) if seed_a == seed_b else None,
-            )
-        out["rows"].append(row)
-    return out
+            "marks": marks, "ranks": ranks}  # fmt: skip
 
 
 def calibration_rows(cells, datasets, models, evaluate, flags=None) -> list[dict]:

@@ -1,0 +1,219 @@
+"""When the report may rank models (study.report.ranking): fixed records with known per-image
+outcomes, each rule tested on both sides of its boundary (seeds: 2 and 3; McNemar's p: 0.0625
+and 0.03125), and the wording every part of the report takes from the one decision."""
+
+from __future__ import annotations
+
+import numpy as np
+from test_stats import fake_run
+
+from study.report.prose import claim, conclusions, verdict
+from study.report.ranking import decide
+from study.report.tables import results_table
+
+N = 1000
+
+
+def right(count):
+    """Per-image outcomes: the first `count` of N test images classified correctly."""
+    return np.arange(N) < count
+
+
+def cells_of(spec, **config):
+    """{("mnist", model): runs} from {model: {seed: correct count}}; ids in order."""
+    cells, next_id = {}, 1
+    for model, by_seed in spec.items():
+        runs = []
+        for seed, count in by_seed.items():
+            runs.append(fake_run(next_id, model, right(count), seed=seed, config=config))
+            next_id += 1
+        cells[("mnist", model)] = runs
+    return cells
+
+
+def evaluate(r):
+    return r.evaluation()
+
+
+def decision(spec, flags=None, **config):
+    cells = cells_of(spec, **config)
+    models = [m for _, m in cells]
+    return decide("mnist", models, cells, flags or {}, evaluate), cells
+
+
+def test_three_seeds_each_significant_in_its_favour_rank_first():
+    # ResNet-50 right on 900 images, VGG-16 on 800 of the same at every seed: b = 100, c = 0.
+    t, cells = decision({"vgg16": {0: 800, 1: 800, 2: 800}, "resnet50": {0: 900, 1: 900, 2: 900}})
+    assert (t["leader"], t["ranked"], t["reasons"]) == ("resnet50", True, [])
+    # One test per seed both ran, each seed-matched and in the leader's favour.
+    assert [(r["seed"], r["matched"], r["test"].b, r["test"].c) for r in t["rows"]] == [
+        ("0", True, 100, 0), ("1", True, 100, 0), ("2", True, 100, 0),
+    ]  # fmt: skip
+    assert [r["runs"] for r in t["rows"]] == ["4 vs 1", "5 vs 2", "6 vs 3"]
+    assert verdict(t) == "ranked"
+
+    # ▲ on the ranked model's top-1 cell only: never on top-5, never on the other model.
+    table = results_table(cells, ["mnist"], ["vgg16", "resnet50"], {}, {}, {"mnist": "resnet50"})
+    marked = [(row["metric"], c["model"]) for row in table["rows"] for c in row["cells"]
+              if c["best"]]  # fmt: skip
+    assert marked == [("top1", "resnet50")] and table["ranks"]
+    # The same table without a ranking marks nothing, though the top-1 row still names the
+    # highest observed mean for the prose.
+    table = results_table(cells, ["mnist"], ["vgg16", "resnet50"], {}, {}, {})
+    assert not any(c["best"] for row in table["rows"] for c in row["cells"])
+    assert not table["ranks"] and table["rows"][0]["best"]["model"] == "resnet50"
+
+
+def test_two_seeds_per_cell_are_not_a_ranking_however_clear_the_tests():
+    t, _ = decision({"vgg16": {0: 800, 1: 800}, "resnet50": {0: 900, 1: 900, 2: 900}})
+    assert t["leader"] == "resnet50" and not t["ranked"]
+    assert t["reasons"] == [
+        "a ranking needs at least 3 seeds in every compared cell, and VGG-16 has 2"
+    ]
+    assert all(r["favours"] for r in t["rows"])  # every test did go its way
+    assert verdict(t) == "observed"
+
+
+def test_one_seed_short_of_significance_stops_the_ranking():
+    # b = 5, c = 0: exact two-sided p = 2 / 2**5 = 0.0625, not below 0.05.
+    close = {"vgg16": {0: 800, 1: 800, 2: 895}, "resnet50": {0: 900, 1: 900, 2: 900}}
+    t, _ = decision(close)
+    assert not t["ranked"]
+    assert t["reasons"] == [
+        "it does not differ significantly from VGG-16 at seed 2 (p = 0.0625 by McNemar's test)"
+    ]
+    # b = 6, c = 0: p = 2 / 2**6 = 0.03125, below 0.05: ranked.
+    t, _ = decision({**close, "vgg16": {0: 800, 1: 800, 2: 894}})
+    assert t["ranked"] and t["reasons"] == []
+
+
+def test_a_seed_going_the_other_way_stops_the_ranking():
+    # ResNet-50's mean is higher, but at seed 1 VGG-16 is significantly better.
+    t, _ = decision({"vgg16": {0: 700, 1: 950, 2: 700}, "resnet50": {0: 900, 1: 850, 2: 900}})
+    assert t["leader"] == "resnet50" and not t["ranked"]
+    assert t["reasons"] == [
+        "VGG-16 is significantly better at seed 1 (p < 0.0001 by McNemar's test)"
+    ]
+    other = [r for r in t["rows"] if r["seed"] == "1"][0]
+    assert other["test"].significant and not other["favours"]
+
+
+def test_a_flagged_cell_is_in_no_ranking_and_is_named_as_left_out():
+    spec = {
+        "vgg16": {0: 990, 1: 990, 2: 990},  # the highest mean, but flagged
+        "resnet50": {0: 900, 1: 900, 2: 900},
+        "inception_v3": {0: 800, 1: 800, 2: 800},
+    }
+    flags = {("mnist", "vgg16"): {"flagged": True}}
+    t, cells = decision(spec, flags)
+    assert t["leader"] == "resnet50" and t["ranked"]
+    assert t["excluded"] == ["VGG-16"] and all(r["model"] != "VGG-16" for r in t["rows"])
+    # Left with one unflagged model there is nothing to rank.
+    flags[("mnist", "inception_v3")] = {"flagged": True}
+    t = decide("mnist", list(m for _, m in cells), cells, flags, evaluate)
+    assert verdict(t) == "single" and not t["ranked"] and t["rows"] == []
+
+
+def test_different_budgets_and_a_tie_are_reasons():
+    spec = {"vgg16": {0: 800, 1: 800, 2: 800}, "resnet50": {0: 900, 1: 900, 2: 900}}
+    cells = cells_of(spec, epochs=2)
+    cells[("mnist", "vgg16")][0].config["epochs"] = 5
+    t = decide("mnist", ["vgg16", "resnet50"], cells, {}, evaluate)
+    assert t["reasons"] == ["the runs trained under different budgets (epochs)"]
+
+    t, _ = decision({"vgg16": {0: 900, 1: 900, 2: 900}, "resnet50": {0: 900, 1: 900, 2: 900}})
+    assert not t["ranked"] and t["reasons"][0] == "ResNet-50 has the same mean top-1"
+    assert "does not differ significantly from ResNet-50 at seeds 0, 1, 2" in t["reasons"][1]
+
+
+def test_models_that_share_no_seed_get_one_unmatched_test_and_no_ranking():
+    t, _ = decision({"vgg16": {3: 800, 4: 800, 5: 800}, "resnet50": {0: 900, 1: 900, 2: 900}})
+    assert [(r["matched"], r["seed"], r["runs"]) for r in t["rows"]] == [(False, None, "4 vs 1")]
+    assert t["reasons"] == ["it shares no seed with VGG-16, so no test is seed-matched"]
+
+
+def test_test_images_that_differ_leave_a_pair_untested():
+    spec = {"vgg16": {0: 800, 1: 800, 2: 800}, "resnet50": {0: 900, 1: 900, 2: 900}}
+    cells = cells_of(spec)
+    cells[("mnist", "vgg16")][2] = fake_run(3, "vgg16", right(800), seed=2,
+                                            indices=np.arange(N)[::-1])  # fmt: skip
+    t = decide("mnist", ["vgg16", "resnet50"], cells, {}, evaluate)
+    untested = [r for r in t["rows"] if r["test"] is None]
+    assert [r["seed"] for r in untested] == ["2"]
+    assert t["reasons"] == [
+        "it cannot be tested against VGG-16 (their runs were evaluated on different test images)"
+    ]
+
+
+def test_the_sentences_say_what_the_decision_says():
+    spec = {"vgg16": {0: 800, 1: 800, 2: 800}, "resnet50": {0: 900, 1: 900, 2: 900}}
+    cells = cells_of(spec)
+    cells[("mnist", "resnet50")][0].config["image_size"] = 32
+    cells[("mnist", "vgg16")][0].config["image_size"] = 64
+    t = decide("mnist", ["vgg16", "resnet50"], cells, {}, evaluate)
+    table = results_table(cells, ["mnist"], ["vgg16", "resnet50"], {}, {}, {"mnist": "resnet50"})
+    best = table["rows"][0]["best"]
+    sentence = claim(t, best)
+    assert sentence.startswith(
+        "On MNIST, ResNet-50 ranks first in top-1 accuracy (top-1 0.9000 ± 0.0000, mean of 3 runs)"
+    ), sentence
+    # The input sizes the protocol set per model are named with the ranking.
+    assert "(inputs: ResNet-50 at 32 px, VGG-16 at 64 px)" in sentence
+    assert "ranks first on MNIST" in conclusions([t], cells)[0]
+
+    t, _ = decision({"vgg16": {0: 800}, "resnet50": {0: 900}})
+    sentence = claim(t, {"stat": table["rows"][0]["best"]["stat"]})
+    assert "no model is ranked: the highest observed top-1 is ResNet-50's" in sentence
+    assert "at least 3 seeds in every compared cell, and ResNet-50 has 1, VGG-16 has 1" in (
+        sentence
+    )
+    closing = conclusions([t], cells)[0]
+    assert closing.startswith("No model is ranked on MNIST.")
+    # A significant test at one seed is said to hold for those trained models only.
+    assert "significantly better than VGG-16 at seed 0 (p < 0.0001), which holds for those" in (
+        closing
+    )
+    assert "ranks first" not in closing
+
+
+def test_a_ranked_report_marks_names_and_concludes_the_ranking_once(tmp_path):
+    from test_stats import conclusions as conclusions_text
+    from test_stats import pairs, report_html
+
+    # Three seeds each; at every seed ResNet-18 is right where Small CNN is wrong on 8 images
+    # and the reverse on 1: exact p = 0.0391, in ResNet-18's favour.
+    records = []
+    for seed in (0, 1, 2):
+        a, b = pairs(8, 1, both_right=60, both_wrong=31)
+        records += [fake_run(2 * seed + 1, "resnet18", a, seed=seed),
+                    fake_run(2 * seed + 2, "small_cnn", b, seed=seed)]  # fmt: skip
+    html = report_html(records, tmp_path)
+    top1 = html[html.index('data-cell="mnist/resnet18/top1"') :].split("</td>")[0]
+    assert 'class="mark"' in top1 and "▲" in top1
+    assert 'aria-label="ranks first on its data set"' in top1  # a text equivalent
+    assert html.count(">▲</span>") == 1  # ResNet-18's top-1 only, not its top-5
+    assert "▲ (and bold) marks the model that ranks first on a data set" in html
+    assert html.count('<tr data-test="mnist/Small CNN">') == 3  # one test per seed
+    text = conclusions_text(html)
+    assert text.count("ranks first") == 1  # said once
+    assert "ResNet-18 ranks first on MNIST: its mean top-1 (0.6800 ± 0.0000) is above" in text
+
+
+def test_flagged_cells_are_named_where_a_data_set_is_left_with_one_model_or_none():
+    spec = {"vgg16": {0: 990}, "resnet50": {0: 900}}
+    flags = {("mnist", "vgg16"): {"flagged": True}}
+    t, cells = decision(spec, flags)
+    table = results_table(cells, ["mnist"], ["vgg16", "resnet50"], {}, flags, {})
+    best = table["rows"][0]["best"]
+    assert best["model"] == "resnet50"  # the flagged higher mean is never the one named
+    assert claim(t, best) == (
+        "On MNIST ResNet-50 (top-1 0.9000) is the only model not flagged (VGG-16 is): "
+        "no comparison."
+    )
+    flags[("mnist", "resnet50")] = {"flagged": True}
+    t = decide("mnist", ["vgg16", "resnet50"], cells, flags, evaluate)
+    assert t["best"] is None and claim(t, None) is None
+    assert conclusions([t], cells) == [
+        "On MNIST every model is flagged (VGG-16 and ResNet-50): these runs say nothing about "
+        "which architecture is better there."
+    ]
