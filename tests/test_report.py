@@ -186,6 +186,33 @@ def test_sections_figures_and_gallery(built):
     assert {w: len(sizes.get(w, ())) for w in (28, 64)} == expected
 
 
+def test_the_most_frequent_mistakes_are_read_from_the_summed_confusion_matrices(built):
+    import numpy as np
+
+    from study.report import model_title
+
+    html = unescape(built["html"])
+    sentences = re.findall(r'<p class="prose mistakes">(.*?)</p>', html, re.S)
+    assert len(sentences) == 2  # one per data set
+    for (_, m), rs in by_cell(built["records"]).items():
+        total = sum(np.asarray(r.evaluation()["confusion"], dtype=np.int64) for r in rs)
+        off = total - np.diag(np.diag(total))
+        t, p = np.unravel_index(np.argmax(off), off.shape)  # first in row order on a tie
+        names = rs[0].info["dataset"]["class_names"]
+        words = (
+            f"{model_title(m)} most often predicts {names[p]} for a true {names[t]} "
+            f"({off[t, p]:,} of the {total[t].sum():,} test images of {names[t]}, "
+            f"{off[t, p] / total[t].sum():.1%})"
+            if off.max()
+            else f"{model_title(m)} misclassifies none of its test images"
+        )
+        assert any(words in " ".join(s.split()) for s in sentences), (words, sentences)
+        confident = sum(1 for r in rs for g in r.info["misclassified"] if g["confidence"] >= 0.9)
+        shown = sum(len(r.info["misclassified"]) for r in rs)
+        gallery = f"{model_title(m)} {shown} images, {confident} of them predicted"
+        assert (gallery in html) == (shown > 1)  # a cell without mistakes shows none
+
+
 def test_pages_are_a4(built):
     from pypdf import PdfReader
 

@@ -45,6 +45,7 @@ from study.report.prose import (
     lowest_ece,
 )
 from study.report.ranking import MIN_SEEDS, decide
+from study.report.seed_claims import check_all
 from study.report.tables import (
     appendix_entry,
     calibration_rows,
@@ -76,6 +77,7 @@ def report_context(
 
     evaluate = evaluation_cache()
     flags = {key: cell_flags(rs, evaluate) for key, rs in cells.items()}
+    claims = check_all(datasets, cells, flags, evaluate)
     tests = [
         decide(d, [m for m in models if (d, m) in cells], cells, flags, evaluate) for d in datasets
     ]
@@ -146,6 +148,8 @@ def report_context(
         "calibration_best": lowest_ece(cells, datasets, models, evaluate, flags),
         "flagged": flagged_text(flags, datasets, models),
         "conclusions": conclusions(tests, cells),
+        "seed_claims": claims,
+        "seed_claims_summary": claims_summary(claims),
         "significance": stats.SIGNIFICANCE,
         "min_seeds": MIN_SEEDS,
         "collapse_top": f"{health.COLLAPSE_TOP_SHARE:.0%}",
@@ -181,6 +185,17 @@ def left_out_text(left_out: list[dict], ref: dict) -> str:
     )
 
 
+def claims_summary(claims: list[dict]) -> str:
+    """'11 claims: 2 supported, 9 not testable here'."""
+    verdicts = ("supported", "not supported", "not decided", "not testable here")
+    counts = [(v, sum(1 for c in claims if c["verdict"] == v)) for v in verdicts]
+    return f"{plural(len(claims), 'claim')}: " + ", ".join(f"{n} {v}" for v, n in counts if n)
+
+
+# A misclassified image predicted at least this confidently is a confident mistake.
+SURE_MISTAKE = 0.9
+
+
 # Why a stored run is not in the report, in the order its table lists them.
 LEFT_OUT_KINDS = ("status", "filter", "reproduction")
 
@@ -194,6 +209,7 @@ def numbering(
               "tests", "calibration"]  # fmt: skip
     tables += [f"pairs:{s['name']}" for s in sections if s["pairs"]]
     tables.append("efficiency")
+    tables.append("seed_claims")  # Section 5.1
     tables += [f"per_class:{s['name']}" for s in sections if s["per_class"]]  # the appendix
     tables += ["left_out"] if left_out else []  # Appendix B: what is not shown, then what is
     tables += [f"run:{i}" for i in run_ids]  # one record per run, last
@@ -281,6 +297,7 @@ def dataset_section(
     evaluate = evaluate or run_evaluation
     confusion = []  # per model: summed confusion matrix over its runs
     pairs_by_model = []
+    mistakes = []  # per model, its most frequent confusion in words
     per_class = []  # per model: precision, recall and F1 per class, from its summed matrix
     for m in models:
         total, used = None, []
@@ -309,6 +326,14 @@ def dataset_section(
         pairs_by_model.append(
             {"model": label, "pairs": confused_pairs(total, class_names, CONFUSED_PAIRS)}
         )
+        if not confused_pairs(total, class_names, 1):
+            mistakes.append(f"{model_title(m)} misclassifies none of its test images")
+        for top in confused_pairs(total, class_names, 1):
+            mistakes.append(
+                f"{model_title(m)} most often predicts {top['predicted']} for a true "
+                f"{top['true']} ({top['count']:,} of the {top['of']:,} test images of "
+                f"{top['true']}, {top['share']:.1%})"
+            )
     show_matrices = 0 < num_classes <= CONFUSION_MAX_CLASSES or (
         not num_classes and confusion and len(confusion[0]["matrix"]) <= CONFUSION_MAX_CLASSES
     )
@@ -317,6 +342,7 @@ def dataset_section(
         confusion_chart = figures.get("confusion", {"models": confusion, "classes": class_names})
 
     gallery = []
+    seen = []  # per model, what its gallery holds, in words
     for m in models:
         items = []
         for r in cells[(d, m)]:
@@ -337,6 +363,13 @@ def dataset_section(
                 )
         items.sort(key=lambda i: -(i["confidence"] or 0))
         gallery.append({"model": model_title(m), "items": items})
+        sure = [i for i in items if isinstance(i["confidence"], int | float)
+                and i["confidence"] >= SURE_MISTAKE]  # fmt: skip
+        if items:
+            seen.append(
+                f"{model_title(m)} {plural(len(items), 'image')}, {len(sure)} of them predicted "
+                f"with confidence ≥ {SURE_MISTAKE:g}"
+            )
     flags = flags or {}
     reliability = reliability_data(
         models, [cells[(d, m)] for m in models], evaluate,
@@ -354,6 +387,8 @@ def dataset_section(
         "per_class": per_class_table(per_class),
         "num_classes": num_classes,
         "gallery": gallery,
+        "mistakes": mistakes,
+        "gallery_text": seen,
         "notes": notes,
         "flagged": [f["text"] for f in flagged_text(flags, [d], models)],
         "aggregated": any(len(cells[(d, m)]) > 1 for m in models),

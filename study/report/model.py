@@ -438,7 +438,13 @@ def confused_pairs(matrix, class_names, k) -> list[dict]:
         return class_names[i] if i < len(class_names) else str(i)
 
     return [
-        {"true": name(t), "predicted": name(p), "count": c, "share": c / total if total else 0}
+        {
+            "true": name(t),
+            "predicted": name(p),
+            "count": c,
+            "share": c / total if total else 0,
+            "of": total,
+        }  # fmt: skip
         for c, t, p, total in pairs[:k]
     ]
 
