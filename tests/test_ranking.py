@@ -4,6 +4,9 @@ and 0.03125), and the wording every part of the report takes from the one decisi
 
 from __future__ import annotations
 
+import re
+from html import unescape
+
 import numpy as np
 from test_stats import fake_run
 
@@ -217,3 +220,54 @@ def test_flagged_cells_are_named_where_a_data_set_is_left_with_one_model_or_none
         "On MNIST every model is flagged (VGG-16 and ResNet-50): these runs say nothing about "
         "which architecture is better there."
     ]
+
+
+def test_cells_trained_for_the_same_time_are_compared_first(tmp_path):
+    from pathlib import Path
+
+    from test_stats import conclusions as conclusions_text
+    from test_stats import report_html
+
+    from study.report.ranking import equal_time
+    from study.stores import read_file_store
+
+    def timed(run_id, model, count, budget, seconds, protocol):
+        r = fake_run(run_id, model, right(count),
+                     config={"time_budget": budget, "protocol": protocol})  # fmt: skip
+        r.info["training"] = {"train_seconds": seconds}
+        return r
+
+    cells = {
+        ("mnist", "resnet18 [fast]"): [timed(1, "resnet18", 900, 600.0, 582.0, "fast")],
+        ("mnist", "resnet18 [paper]"): [timed(2, "resnet18", 800, 600.0, 640.0, "paper")],
+        ("mnist", "small_cnn"): [timed(3, "small_cnn", 700, 600.0, 300.0, "paper")],
+    }
+    models = [m for _, m in cells]
+    (c,) = equal_time("mnist", models, cells, {}, evaluate)  # 582 s and 640 s: within 10 %
+    assert (c["a"], c["b"], c["seconds"]) == ("ResNet-18 (fast)", "ResNet-18 (paper)",
+                                              (582.0, 640.0))  # fmt: skip
+    assert [(r["test"].b, r["test"].c, r["favours"]) for r in c["tests"]] == [(100, 0, True)]
+    # 300 s is not the same time; 660 s would be just over 10 % from 582 s; another budget
+    # or a flagged cell is no equal-time comparison either.
+    cells[("mnist", "resnet18 [paper]")][0].info["training"]["train_seconds"] = 660.0
+    assert equal_time("mnist", models, cells, {}, evaluate) == []
+    cells[("mnist", "resnet18 [paper]")][0].info["training"]["train_seconds"] = 640.0
+    assert equal_time("mnist", models, cells, {("mnist", "resnet18 [fast]"): {"flagged": 1}},
+                      evaluate) == []  # fmt: skip
+    cells[("mnist", "resnet18 [paper]")][0].config["time_budget"] = 900.0
+    assert equal_time("mnist", models, cells, {}, evaluate) == []
+
+    # The committed accuracy-per-time runs (real records): the equal-budget pair leads the
+    # abstract and the conclusions, with its test.
+    store = Path(__file__).parents[1] / "report" / "accuracy-per-time-runs"
+    html = report_html(read_file_store(store), tmp_path)
+    lead = (
+        "At equal training time on CIFAR-10 (a budget of 600 s each; 582 s and 605 s trained), "
+        "ResNet-18 (fast, epochs=5) reaches top-1 0.6215 against ResNet-18 (paper, 1.2 epochs, "
+        "budget 600 s)'s 0.4438 (McNemar on the same test images: b = 2,599, c = 822, "
+        "p < 0.0001 at seed 0): significant in its favour"
+    )
+    assert conclusions_text(html).startswith(f"5. Conclusions {lead}")
+    abstract = html[html.index('id="abstract"') : html.index('id="method"')]
+    assert lead in " ".join(unescape(re.sub(r"<[^>]+>", " ", abstract)).split())
+    assert "inputs of 32 px instead of 224 px (in 2 of 3 runs)" in html

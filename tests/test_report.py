@@ -1093,3 +1093,24 @@ def test_fixed_figure_layout_keeps_labels_inside_and_legends_off_the_axes():
             assert page.x0 - 1 <= tight.x0 and tight.x1 <= page.x1 + 1, ax.get_title()
             assert page.y0 - 1 <= tight.y0 and tight.y1 <= page.y1 + 1, ax.get_title()
             assert not box.overlaps(tight), ax.get_title()
+
+
+def test_each_data_set_opens_with_a_summary_table_of_its_numbers(built):
+    import statistics as st
+
+    from study.report import model_title
+    from study.report.model import training_totals
+
+    html = unescape(built["html"])
+    for (d, m), rs in by_cell(built["records"]).items():
+        row = re.search(rf'<tr data-summary="{d}/{re.escape(model_title(m))}">(.*?)</tr>', html,
+                        re.S).group(1)  # fmt: skip
+        values = [re.sub(r"<[^>]+>", "", v).strip() for v in re.findall(r"<td[^>]*>(.*?)</td>",
+                  row, re.S)]  # fmt: skip
+        top1 = [r.result["top1"] for r in rs]
+        assert values[1].startswith(f"{st.fmean(top1):.4f}") and values[3] == str(len(rs))
+        assert values[5] == f"{rs[0].info['model']['params'] / 1e6:.1f}"
+        assert values[6] == f"{rs[0].info['model']['gmacs_per_image']:.3f}"
+        rate = st.fmean(images / seconds for images, seconds in map(training_totals, rs))
+        assert values[7] == f"{rate:.1f}"
+        assert values[9] == str(rs[0].config["image_size"])

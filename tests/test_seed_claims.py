@@ -137,3 +137,10 @@ def test_the_report_prints_every_claim_with_its_verdict(tmp_path):
     )
     assert text[0].endswith("MNIST not testable here no run on MNIST")
     assert "(11 claims: 6 not decided, 5 not testable here)" in page
+
+    # A report of none of the seed's models has no claims table.
+    other = [
+        fake_run(1, "resnet18", np.arange(N) < 900),
+        fake_run(2, "small_cnn", np.arange(N) < 800),
+    ]
+    assert 'data-claim="' not in report_html(other, tmp_path)

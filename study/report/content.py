@@ -44,7 +44,7 @@ from study.report.prose import (
     flagged_text,
     lowest_ece,
 )
-from study.report.ranking import MIN_SEEDS, decide
+from study.report.ranking import MIN_SEEDS, decide, equal_time
 from study.report.seed_claims import check_all
 from study.report.tables import (
     appendix_entry,
@@ -54,6 +54,7 @@ from study.report.tables import (
     efficiency_rows,
     method_section,
     results_table,
+    summary_rows,
     timing_noise,
 )
 from study.stores import RunRecord
@@ -82,6 +83,10 @@ def report_context(
         decide(d, [m for m in models if (d, m) in cells], cells, flags, evaluate) for d in datasets
     ]
     ranked = {t["dataset"]: t["leader"] for t in tests if t["ranked"]}
+    equal = [
+        c for d in datasets
+        for c in equal_time(d, [m for m in models if (d, m) in cells], cells, flags, evaluate)
+    ]  # fmt: skip
     table = results_table(cells, datasets, models, seed, flags, ranked)
     best = {row["dataset"]: row["best"] for row in table["rows"] if row["metric"] == "top1"}
     starts = sorted(r.start_time for r in records if r.start_time)
@@ -112,6 +117,7 @@ def report_context(
     rows = {row["dataset"]: row for row in table["rows"] if row["metric"] == "top1"}
     for section, t in zip(sections, tests, strict=True):
         d = section["name"]
+        section["summary"] = summary_rows(d, models, table, efficiency)
         section["prose"] = dataset_prose(
             t, rows[d], cells, d, [m for m in models if (d, m) in cells], flags, efficiency, ref
         )
@@ -122,7 +128,7 @@ def report_context(
         "departures": departed,
         "date": (today or dt.date.today()).isoformat(),
         "run_span": (starts[0][:10], starts[-1][:10]) if starts else None,
-        "abstract": abstract(records, datasets, models, best, cells, tests, flags, departed)
+        "abstract": abstract(records, datasets, models, best, cells, tests, flags, departed, equal)
         + left_out_text(left_out, ref),
         "left_out": left_out,
         "n_runs": len(records),
@@ -147,7 +153,7 @@ def report_context(
         "calibration": calibration_rows(cells, datasets, models, evaluate, flags),
         "calibration_best": lowest_ece(cells, datasets, models, evaluate, flags),
         "flagged": flagged_text(flags, datasets, models),
-        "conclusions": conclusions(tests, cells),
+        "conclusions": conclusions(tests, cells, equal),
         "seed_claims": claims,
         "seed_claims_summary": claims_summary(claims),
         "significance": stats.SIGNIFICANCE,
@@ -207,7 +213,8 @@ def numbering(
     them by number: {"t": {key: n}, "f": {key: n}}."""
     tables = ["protocol", *(["differences"] if method["blocks"] else []), "datasets", "results",
               "tests", "calibration"]  # fmt: skip
-    tables += [f"pairs:{s['name']}" for s in sections if s["pairs"]]
+    for s in sections:  # each data set's section opens with its summary
+        tables += [f"summary:{s['name']}", *([f"pairs:{s['name']}"] if s["pairs"] else [])]
     tables.append("efficiency")
     tables.append("seed_claims")  # Section 5.1
     tables += [f"per_class:{s['name']}" for s in sections if s["per_class"]]  # the appendix

@@ -33,7 +33,36 @@ from study.report.ranking import MIN_SEEDS, sizes_text
 from study.stores import RunRecord
 
 
-def abstract(records, datasets, models, best, cells, tests, flags, departed=()) -> str:
+def equal_time_text(c: dict) -> str:
+    """One equal-training-time comparison as a sentence, with its paired tests."""
+    sa, sb = c["seconds"]
+    text = (
+        f"At equal training time on {c['title']} (a budget of {c['budget']:g} s each; "
+        f"{sa:,.0f} s and {sb:,.0f} s trained), {c['a']} reaches top-1 {c['top1'][0]} against "
+        f"{c['b']}'s {c['top1'][1]}"
+    )
+    tests = c["tests"]
+    if not tests:
+        return text + "; no paired test is possible (no shared test images)."
+    parts = [
+        f"b = {r['test'].b:,}, c = {r['test'].c:,}, {r['p']}"
+        + (f" at seed {r['seed']}" if r["matched"] else " (unmatched seeds)")
+        for r in tests
+    ]
+    favour = all(r["favours"] for r in tests)
+    text += f" (McNemar on the same test images: {'; '.join(parts)}): " + (
+        "significant in its favour" if favour else "not significant at every seed"
+    )
+    seeds = len({r["seed"] for r in tests if r["matched"]})
+    if seeds < MIN_SEEDS:
+        text += (
+            f"; with {plural(seeds, 'shared seed')} this holds for these trained models, and "
+            f"a ranking of the two would need {MIN_SEEDS}"
+        )
+    return text + "."
+
+
+def abstract(records, datasets, models, best, cells, tests, flags, departed=(), equal=()) -> str:
     architectures = ordered({base_model(m) for m in models}, MODEL_ORDER)
     variants = (
         f", trained as {len(models)} variants ({', '.join(model_title(m) for m in models)}),"
@@ -55,7 +84,9 @@ def abstract(records, datasets, models, best, cells, tests, flags, departed=()) 
             + "."
         )
     by_dataset = {t["dataset"]: t for t in tests}
-    claims = [claim(by_dataset[d], best.get(d)) for d in datasets if d in by_dataset]
+    # An equal-training-time comparison answers what a report of accuracy per time asks: first.
+    claims = [equal_time_text(c) for c in equal]
+    claims += [claim(by_dataset[d], best.get(d)) for d in datasets if d in by_dataset]
     flagged = flagged_text(flags, datasets, models)
     if flagged:
         its = "its" if len(flagged) == 1 else "their"
@@ -178,13 +209,16 @@ def departures(records: list[RunRecord], datasets: list[str]) -> list[dict]:
         by_dataset[r.dataset].append(r)
 
     sizes, seed_sizes = defaultdict(set), {}
+    sized = departing = 0  # runs with a known input size; those not at the seed's
     for r in records:
         spec, data = plugin_spec("models", r.model), plugin_spec("datasets", r.dataset)
         used = r.config.get("image_size")
         if spec is None or data is None or not isinstance(used, int):
             continue
+        sized += 1
         seed = spec.default_input_size("paper", data.image_size)
         if used != seed:
+            departing += 1
             sizes[model_title(r.model)].add(used)
             seed_sizes[model_title(r.model)] = seed
     if sizes:
@@ -193,9 +227,12 @@ def departures(records: list[RunRecord], datasets: list[str]) -> list[dict]:
         )
         out.append({
             "aspect": "input size",
-            "text": f"Input size: {used}.",
+            "text": f"Input size: {used}"
+                    + (f", in {departing} of {sized} runs (the others at the seed's size)"
+                       if departing < sized else "") + ".",
             "short": f"inputs of {span_text(v for vs in sizes.values() for v in vs)} px instead of "
-                     f"{' / '.join(str(v) for v in sorted(set(seed_sizes.values())))} px",
+                     f"{' / '.join(str(v) for v in sorted(set(seed_sizes.values())))} px"
+                     + (f" (in {departing} of {sized} runs)" if departing < sized else ""),
         })  # fmt: skip
 
     epochs, seed_epochs = [], []
@@ -296,10 +333,11 @@ def departures(records: list[RunRecord], datasets: list[str]) -> list[dict]:
     return out if any(d["short"] for d in out) else []
 
 
-def conclusions(tests, cells) -> list[str]:
+def conclusions(tests, cells, equal=()) -> list[str]:
     """One paragraph per data set, each thing said once: the ranking or why there is none,
-    the test-image differences the paired tests do show, the cells left out as flagged."""
-    out = []
+    the test-image differences the paired tests do show, the cells left out as flagged;
+    led by the equal-training-time comparisons."""
+    out = [equal_time_text(c) for c in equal]
     for t in tests:
         if not t["best"]:
             if t["excluded"]:

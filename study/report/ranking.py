@@ -17,6 +17,7 @@ Cells flagged by study.health's rule are in no ranking at all.
 from __future__ import annotations
 
 import math
+import statistics
 
 from study import stats
 from study.report.formatting import p_text, stat, value_text
@@ -204,3 +205,50 @@ def sizes_text(decision: dict) -> str:
     if len({tuple(v) for v in sizes.values()}) <= 1:
         return ""
     return ", ".join(f"{m} at {'/'.join(str(s) for s in v)} px" for m, v in sizes.items())
+
+
+# Two cells trained for the same time when every run had one time budget and their training
+# seconds agree within this share: then their accuracies compare what each reaches in it.
+EQUAL_TIME_SHARE = 0.10
+
+
+def equal_time(d: str, models: list[str], cells: dict, flags: dict, evaluate) -> list[dict]:
+    """Every pair of unflagged cells on data set d that trained for the same time (see
+    EQUAL_TIME_SHARE), higher mean top-1 first, with its paired tests (one per shared seed)."""
+    from study.report.model import training_totals
+
+    def seconds(m):
+        values = [s for r in cells[(d, m)] if isinstance(s := training_totals(r)[1], int | float)]
+        return statistics.fmean(values) if values else None
+
+    def the_budget(m):
+        budgets = {r.config.get("time_budget") for r in cells[(d, m)]}
+        (b,) = budgets if len(budgets) == 1 else (None,)
+        return b if isinstance(b, int | float) and not isinstance(b, bool) else None
+
+    usable = [
+        m for m in models
+        if cells.get((d, m)) and not (flags.get((d, m)) or {}).get("flagged")
+        and the_budget(m) is not None and seconds(m)
+    ]  # fmt: skip
+    out = []
+    for i, a in enumerate(usable):
+        for b in usable[i + 1 :]:
+            sa, sb = seconds(a), seconds(b)
+            if the_budget(a) != the_budget(b) or abs(sa - sb) > EQUAL_TIME_SHARE * max(sa, sb):
+                continue
+            top = {m: stat(cells[(d, m)], lambda r: r.result["top1"]) for m in (a, b)}
+            if top[b].mean > top[a].mean:
+                a, b, sa, sb = b, a, sb, sa
+            rows = pair_rows(cells[(d, a)], cells[(d, b)], evaluate)
+            out.append({
+                "dataset": d, "title": dataset_title(d), "budget": the_budget(a),
+                "a": model_title(a), "b": model_title(b), "seconds": (sa, sb),
+                "top1": (top[a].text(), top[b].text()),
+                "tests": [
+                    {**r, "p": p_text(r["test"].p_value), "seed": value_text(r["seed"]),
+                     "favours": r["test"].significant and r["test"].b > r["test"].c}
+                    for r in rows if r["test"] is not None
+                ],
+            })  # fmt: skip
+    return out

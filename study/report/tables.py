@@ -208,6 +208,28 @@ def results_table(cells, datasets, models, seed, flags=None, ranked=None) -> dic
             "marks": marks, "ranks": ranks}  # fmt: skip
 
 
+def summary_rows(d, models, table, efficiency) -> list[dict]:
+    """A data set's results at a glance, in the style of timm's tables: per model top-1 with
+    its interval and seeds, the seed's value, size, compute, speed, epochs and input size."""
+    top1 = next((row for row in table["rows"] if row["dataset"] == d
+                 and row["metric"] == "top1"), None)  # fmt: skip
+    costs = {e["key"]: e for e in efficiency}
+    rows = []
+    for c in top1["cells"] if top1 else []:
+        e = costs.get(f"{d}/{c['model']}")
+        if not c["ran"] or e is None:
+            continue
+        rows.append({
+            "model": model_title(c["model"]), "top1": c["text"], "ci": c["ci"], "n": c["n"],
+            "marks": c["marks"], "seed": c["seed"] or "–",
+            "params": fmt_num(e["params"].mean / 1e6, 1) if e["params"].mean else "–",
+            "gmacs": fmt_num(e["gmacs"].mean, 3) if e["gmacs"].mean else "–",
+            "rate": fmt_num(e["rate"].mean, 1) if e["rate"].mean else "–",
+            "trained": e["trained"], "input": e["input"],
+        })  # fmt: skip
+    return rows
+
+
 def calibration_rows(cells, datasets, models, evaluate, flags=None) -> list[dict]:
     rows = []
     for d in datasets:
