@@ -113,7 +113,9 @@ def report_context(
         for r in sorted(left_out, key=lambda r: (LEFT_OUT_KINDS.index(r["kind"]),
                                                  run_order(r["id"])))
     ]  # fmt: skip
-    ref = numbering(method, sections, compute_chart, [r.id for r in records], bool(left_out))
+    ref = numbering(
+        method, sections, compute_chart, [r.id for r in records], bool(left_out), bool(claims)
+    )
     rows = {row["dataset"]: row for row in table["rows"] if row["metric"] == "top1"}
     for section, t in zip(sections, tests, strict=True):
         d = section["name"]
@@ -207,7 +209,12 @@ LEFT_OUT_KINDS = ("status", "filter", "reproduction")
 
 
 def numbering(
-    method: dict, sections: list[dict], compute_chart, run_ids=(), left_out: bool = False
+    method: dict,
+    sections: list[dict],
+    compute_chart,
+    run_ids=(),
+    left_out: bool = False,
+    claims: bool = False,
 ) -> dict:
     """Table and figure numbers in the order they appear, so that captions and text refer to
     them by number: {"t": {key: n}, "f": {key: n}}."""
@@ -216,7 +223,7 @@ def numbering(
     for s in sections:  # each data set's section opens with its summary
         tables += [f"summary:{s['name']}", *([f"pairs:{s['name']}"] if s["pairs"] else [])]
     tables.append("efficiency")
-    tables.append("seed_claims")  # Section 5.1
+    tables += ["seed_claims"] if claims else []  # Section 5.1
     tables += [f"per_class:{s['name']}" for s in sections if s["per_class"]]  # the appendix
     tables += ["left_out"] if left_out else []  # Appendix B: what is not shown, then what is
     tables += [f"run:{i}" for i in run_ids]  # one record per run, last
