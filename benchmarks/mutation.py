@@ -74,6 +74,9 @@ TARGETS = {
         ["tests/test_health.py", "-m", "not realdata"],
     ),
     "protocols": ("study/protocols.py", None, ["tests/test_protocols.py"]),
+    # When the report may rank models, and the seed's claims checked by the same rule.
+    "ranking": ("study/report/ranking.py", None, ["tests/test_ranking.py"]),
+    "seed-claims": ("study/report/seed_claims.py", None, ["tests/test_seed_claims.py"]),
     # The stores' reading of a run's record.
     "records": (
         "study/stores/records.py",
