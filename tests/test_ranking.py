@@ -271,3 +271,110 @@ def test_cells_trained_for_the_same_time_are_compared_first(tmp_path):
     abstract = html[html.index('id="abstract"') : html.index('id="method"')]
     assert lead in " ".join(unescape(re.sub(r"<[^>]+>", " ", abstract)).split())
     assert "inputs of 32 px instead of 224 px (in 2 of 3 runs)" in html
+
+
+# Cases the mutation run (benchmarks/mutation.py ranking) found untested.
+
+
+def test_each_reason_names_only_its_own_model_and_four_seeds_are_enough():
+    # ResNet-50 beats VGG-16 at every seed but not Inception-V3 (b = 5, c = 0: p = 0.0625).
+    spec = {"vgg16": dict.fromkeys(range(4), 800), "resnet50": dict.fromkeys(range(4), 900),
+            "inception_v3": {0: 895, 1: 895, 2: 800, 3: 800}}  # fmt: skip
+    t, _ = decision(spec)
+    assert t["reasons"] == [
+        "it does not differ significantly from Inception-V3 at seeds 0, 1 (p = 0.0625, "
+        "p = 0.0625 by McNemar's test)"
+    ]
+    spec["inception_v3"] = dict.fromkeys(range(4), 800)
+    t, _ = decision(spec)
+    assert t["ranked"]  # four seeds are at least three
+
+
+def test_seeds_pair_runs_by_value_whatever_their_order_or_size():
+    # Seeds stored in the reverse of id order, large enough to be distinct int objects.
+    def big(i):  # a new int object each time: equal seeds need not be the same object
+        return int(str(1000 + i))
+
+    spec = {"vgg16": {big(2): 700, big(1): 750, big(0): 800},
+            "resnet50": {big(0): 900, big(1): 910, big(2): 920}}  # fmt: skip
+    t, _ = decision(spec)
+    assert [(r["seed"], r["test"].b) for r in t["rows"]] == [("1000", 100), ("1001", 160),
+                                                             ("1002", 220)]  # fmt: skip
+    # With no seed shared, the unmatched test takes the lowest seeds, not the lowest ids.
+    spec = {"vgg16": {9: 700, 8: 800}, "resnet50": {5: 950, 4: 900}}
+    t, _ = decision(spec)
+    (row,) = t["rows"]
+    assert (row["matched"], row["runs"]) == (False, "4 vs 2")
+
+
+def test_a_seed_is_an_integer_and_not_a_boolean():
+    from study.report.ranking import seed_of
+
+    assert seed_of(fake_run(1, "vgg16", right(10), seed=True)) is None
+    assert seed_of(fake_run(1, "vgg16", right(10), seed=3)) == 3
+
+
+def test_missing_or_different_test_images_leave_a_pair_untested():
+    cells = cells_of({"vgg16": {0: 800}, "resnet50": {0: 900}})
+    leader, other = cells[("mnist", "resnet50")][0], cells[("mnist", "vgg16")][0]
+
+    def with_indices(ia, ib):
+        def ev(r):
+            e = dict(r.evaluation())
+            e["test_indices"] = ia if r is leader else ib
+            return e
+
+        return ev
+
+    n = np.arange(N)
+    for ia, ib in ((n + 1, n), (n, n + 1), (n[:-1], n), (n, n[:-1]), (None, n), (n, None)):
+        t = decide("mnist", ["vgg16", "resnet50"], cells, {}, with_indices(ia, ib))
+        assert t["rows"][0]["test"] is None, (ia, ib)
+    # One run without an evaluation is as untestable as two.
+    t = decide("mnist", ["vgg16", "resnet50"], cells, {},
+               lambda r: None if r is other else r.evaluation())  # fmt: skip
+    (row,) = t["rows"]
+    assert (row["test"], row["matched"], row["reason"]) == (None, True, "no evaluation artifact")
+    t = decide("mnist", ["vgg16", "resnet50"], cells_of({"vgg16": {1: 800}, "resnet50": {0: 900}}),
+               {}, lambda r: None)  # fmt: skip
+    assert t["rows"][0]["matched"] is False
+    assert "it shares no seed with VGG-16, so no test is seed-matched" in t["reasons"]
+
+
+def test_input_sizes_are_named_only_where_they_differ():
+    from study.report.ranking import sizes_text
+
+    assert sizes_text({"sizes": {"A": [32], "B": [32]}}) == ""
+    assert sizes_text({"sizes": {}}) == ""
+    assert sizes_text({"sizes": {"A": [32], "B": [64]}}) == "A at 32 px, B at 64 px"
+
+
+def test_equal_time_orders_by_accuracy_and_bounds_both_ways():
+    from study.report.model import model_title
+    from study.report.ranking import equal_time
+
+    def timed(run_id, count, budget, seconds, seed=0):
+        r = fake_run(run_id, "resnet18", right(count), seed=seed, config={"time_budget": budget})
+        r.info["training"] = {"train_seconds": seconds}
+        return r
+
+    def pair(a, b):
+        cells = {("mnist", "x"): a, ("mnist", "y"): b}
+        return equal_time("mnist", ["x", "y"], cells, {}, evaluate)
+
+    # The more accurate cell comes first, whichever the order of the models.
+    (c,) = pair([timed(1, 800, 600.0, 600.0)], [timed(2, 900, 600.0, 590.0)])
+    assert (c["a"], c["seconds"], c["tests"][0]["favours"]) == (model_title("y"), (590.0, 600.0),
+                                                                True)  # fmt: skip
+    # Exactly 10 % apart is still the same time; budgets differing either way are not.
+    assert pair([timed(1, 800, 600.0, 600.0)], [timed(2, 900, 600.0, 540.0)])
+    assert not pair([timed(1, 800, 900.0, 600.0)], [timed(2, 900, 600.0, 600.0)])
+    assert not pair([timed(1, 800, 600.0, 600.0)], [timed(2, 900, 900.0, 600.0)])
+    # A cell whose runs had two budgets has no one budget.
+    assert not pair([timed(1, 800, 600.0, 600.0), timed(3, 800, 900.0, 600.0, seed=1)],
+                    [timed(2, 900, 600.0, 600.0)])  # fmt: skip
+    # A difference McNemar does not find (b = 5, c = 0) does not favour either.
+    (c,) = pair([timed(1, 895, 600.0, 600.0)], [timed(2, 900, 600.0, 600.0)])
+    assert c["tests"][0]["favours"] is False
+    # A boolean budget is no budget.
+    assert not pair([timed(1, 800, True, 600.0)], [timed(2, 900, True, 600.0)])
