@@ -144,3 +144,77 @@ def test_the_report_prints_every_claim_with_its_verdict(tmp_path):
         fake_run(2, "small_cnn", np.arange(N) < 800),
     ]
     assert 'data-claim="' not in report_html(other, tmp_path)
+
+
+# Cases the mutation run (benchmarks/mutation.py seed-claims) found untested.
+THREE = ("vgg16", "resnet50", "inception_v3")
+
+
+def test_the_overfitting_claim_compares_each_models_train_test_gap():
+    gap_claim = CLAIMS[9]  # VGG-16 scores the highest training but lowest test accuracy
+    spec = {m: {0: 800, 1: 800, 2: 800} for m in THREE}
+    # (train top-1, test top-1) at the last epoch: gaps 0.20, 0.05 and 0.10.
+    ends = {"vgg16": (0.99, 0.79), "resnet50": (0.95, 0.90), "inception_v3": (0.90, 0.80)}
+
+    def metrics(model, seed):
+        train, test = ends[model]
+        return {"train_top1": [(1, 0.5), (2, train)], "test_top1": [(1, 0.4), (2, test)]}
+
+    row = verdict(gap_claim, runs(spec, metrics=metrics))
+    assert row["verdict"] == "supported", row
+    assert row["evidence"][0] == (
+        "CIFAR-10: training minus test top-1 at the last epoch, VGG-16 > ResNet-50: "
+        "VGG-16 0.2000 vs ResNet-50 0.0500; 3 seeds, at each seed"
+    )
+    ends["vgg16"] = (0.96, 0.94)  # a gap of 0.02: the smallest
+    assert verdict(gap_claim, runs(spec, metrics=metrics))["verdict"] == "not supported"
+
+
+def test_equally_highest_needs_no_difference_between_the_two_and_both_above_the_third():
+    tie_claim = CLAIMS[0]  # MNIST: Inception and ResNet scoring equally highest
+    spec = {"vgg16": dict.fromkeys(range(3), 800), "resnet50": dict.fromkeys(range(3), 900),
+            "inception_v3": dict.fromkeys(range(3), 900)}  # fmt: skip
+    row = verdict(tie_claim, runs(spec, dataset="mnist"))
+    assert row["verdict"] == "supported", row
+    assert row["evidence"][2] == (
+        "test top-1, Inception-V3 ≈ ResNet-50: Inception-V3 0.9000 vs ResNet-50 0.9000; "
+        "3 seeds, McNemar at each seed"
+    )
+    # Inception-V3 significantly above ResNet-50 at every seed: not equal.
+    spec["inception_v3"] = dict.fromkeys(range(3), 950)
+    assert verdict(tie_claim, runs(spec, dataset="mnist"))["verdict"] == "not supported"
+    spec["inception_v3"] = {0: 950, 1: 950, 2: 900}  # two seeds differ, one does not
+    assert verdict(tie_claim, runs(spec, dataset="mnist"))["verdict"] == "not decided"
+
+
+def test_a_top5_claim_is_judged_on_top5_correctness():
+    top5_claim = CLAIMS[4]  # CIFAR-10: ResNet highest top-5, VGG the worst
+    spec = {"vgg16": dict.fromkeys(range(3), 700), "resnet50": dict.fromkeys(range(3), 900),
+            "inception_v3": dict.fromkeys(range(3), 800)}  # fmt: skip
+    cells = runs(spec)
+    # Top-1 wrong everywhere; the true class second where `count` says, else not in the five.
+    for rs in cells.values():
+        for r in rs:
+            ev = r.evaluation()
+            right = ev["topk"][:, 0] == ev["labels"]
+            ev["topk"][right, 1] = ev["labels"][right]
+            ev["topk"][:, 0] = (ev["labels"] + 9) % 10
+    row = verdict(top5_claim, cells)
+    assert row["verdict"] == "supported", row
+    assert row["evidence"][0].startswith("test top-5, ResNet-50 > Inception-V3: ")
+
+
+def test_which_model_learned_fastest_is_read_after_the_first_epoch():
+    early_claim = CLAIMS[8]  # Tiny-ImageNet: ResNet reached the highest accuracy first
+    spec = {m: dict.fromkeys(range(3), 800) for m in THREE}
+    first = {"vgg16": 0.10, "resnet50": 0.30, "inception_v3": 0.20}
+
+    def metrics(model, seed):  # VGG-16 ends highest, but ResNet-50 leads after epoch 1
+        return {"train_top1": [(1, first[model]), (2, 0.9 if model == "vgg16" else 0.5)]}
+
+    row = verdict(early_claim, runs(spec, dataset="tiny_imagenet", metrics=metrics))
+    assert row["verdict"] == "supported", row
+    assert row["evidence"][0].startswith(
+        "training top-1 after the first epoch, ResNet-50 > VGG-16: ResNet-50 0.3000 vs "
+        "VGG-16 0.1000"
+    )
