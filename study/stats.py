@@ -233,9 +233,10 @@ def mcnemar(correct_a, correct_b, exact_below: int = MCNEMAR_EXACT_BELOW) -> McN
 # Per-sample values and calibration
 
 
-def correctness(evaluation: dict) -> np.ndarray:
-    """Per test image: was the top-1 prediction the label (from evaluation.npz)."""
-    return np.asarray(evaluation["topk"])[:, 0] == np.asarray(evaluation["labels"])
+def correctness(evaluation: dict, k: int = 1) -> np.ndarray:
+    """Per test image: was the label among the top-k predictions (from evaluation.npz)."""
+    topk, labels = np.asarray(evaluation["topk"]), np.asarray(evaluation["labels"])
+    return (topk[:, :k] == labels[:, None]).any(axis=1)
 
 
 def top1_confidence(evaluation: dict) -> np.ndarray:

@@ -21,7 +21,7 @@ import statistics
 
 from study import stats
 from study.report.formatting import p_text, stat, value_text
-from study.report.model import _id_key, dataset_title, model_title
+from study.report.model import _id_key, dataset_title, model_title, training_totals
 
 MIN_SEEDS = 3
 
@@ -43,15 +43,15 @@ def budget(r) -> tuple[str, ...]:
     return tuple(f"{k}={value_text(r.config.get(k))}" for k in BUDGET_KEYS)
 
 
-def _paired(a, b, evaluate) -> tuple[stats.McNemar | None, str | None]:
-    """McNemar's test of run a against run b on per-image top-1 correctness, or why not."""
+def paired_test(a, b, evaluate, k: int = 1) -> tuple[stats.McNemar | None, str | None]:
+    """McNemar's test of run a against run b on per-image top-k correctness, or why not."""
     ea, eb = evaluate(a), evaluate(b)
     if ea is None or eb is None:
         return None, "no evaluation artifact"
     ia, ib = ea.get("test_indices"), eb.get("test_indices")
     if ia is None or ib is None or len(ia) != len(ib) or (ia != ib).any():
         return None, "their runs were evaluated on different test images"
-    return stats.mcnemar(stats.correctness(ea), stats.correctness(eb)), None
+    return stats.mcnemar(stats.correctness(ea, k), stats.correctness(eb, k)), None
 
 
 def pair_rows(leader_runs, other_runs, evaluate) -> list[dict]:
@@ -62,7 +62,7 @@ def pair_rows(leader_runs, other_runs, evaluate) -> list[dict]:
     for s in shared:
         a = min((r for r in leader_runs if seed_of(r) == s), key=_id_key)
         b = min((r for r in other_runs if seed_of(r) == s), key=_id_key)
-        test, why = _paired(a, b, evaluate)
+        test, why = paired_test(a, b, evaluate)
         rows.append({"seed": s, "matched": True, "a": a, "b": b, "test": test, "reason": why})
     if rows:
         return rows
@@ -74,7 +74,7 @@ def pair_rows(leader_runs, other_runs, evaluate) -> list[dict]:
     why = "no evaluation artifact"
     for a in sorted(leader_runs, key=order):
         for b in sorted(other_runs, key=order):
-            test, why = _paired(a, b, evaluate)
+            test, why = paired_test(a, b, evaluate)
             if test is not None:
                 return [{"seed": None, "matched": False, "a": a, "b": b, "test": test,
                          "reason": None}]  # fmt: skip
@@ -215,7 +215,6 @@ EQUAL_TIME_SHARE = 0.10
 def equal_time(d: str, models: list[str], cells: dict, flags: dict, evaluate) -> list[dict]:
     """Every pair of unflagged cells on data set d that trained for the same time (see
     EQUAL_TIME_SHARE), higher mean top-1 first, with its paired tests (one per shared seed)."""
-    from study.report.model import training_totals
 
     def seconds(m):
         values = [s for r in cells[(d, m)] if isinstance(s := training_totals(r)[1], int | float)]

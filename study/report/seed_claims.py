@@ -16,9 +16,6 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-import numpy as np
-
-from study import stats
 from study.report.formatting import fmt_num, ratio
 from study.report.model import (
     _id_key,
@@ -29,7 +26,7 @@ from study.report.model import (
     model_title,
     training_totals,
 )
-from study.report.ranking import MIN_SEEDS, seed_of
+from study.report.ranking import MIN_SEEDS, paired_test, seed_of
 
 
 @dataclass(frozen=True)
@@ -145,22 +142,13 @@ def _by_seed(runs) -> dict:
     return out
 
 
-def _correct(ev, k):
-    topk, labels = np.asarray(ev["topk"]), np.asarray(ev["labels"])
-    return (topk[:, :k] == labels[:, None]).any(axis=1)
-
-
 def _compare(measure, a, b, evaluate):
     """One seed's comparison of run a with run b: 1 (a over b), -1 (b over a), 0 (neither:
     a test not significant, or equal values), None (not measurable)."""
     if measure.top is not None:
-        ea, eb = evaluate(a), evaluate(b)
-        if ea is None or eb is None:
+        test, _ = paired_test(a, b, evaluate, measure.top)
+        if test is None:
             return None
-        ia, ib = ea.get("test_indices"), eb.get("test_indices")
-        if ia is None or ib is None or len(ia) != len(ib) or (ia != ib).any():
-            return None
-        test = stats.mcnemar(_correct(ea, measure.top), _correct(eb, measure.top))
         return 0 if not test.significant else (1 if test.b > test.c else -1)
     va, vb = measure.value(a), measure.value(b)
     if not isinstance(va, int | float) or not isinstance(vb, int | float):
@@ -232,7 +220,7 @@ def check(claim: SeedClaim, datasets, cells, flags, evaluate) -> dict:
     row = {"text": claim.text, "where": claim.where,
            "dataset": dataset_title(claim.dataset) if claim.dataset else "all",
            "evidence": []}  # fmt: skip
-    why_not = []
+    why_not, states = [], []
     for d in scope:
         if claim.dataset and claim.dataset not in datasets:
             why_not.append(f"no run on {dataset_title(d)}")
@@ -266,9 +254,8 @@ def check(claim: SeedClaim, datasets, cells, flags, evaluate) -> dict:
         results = [relation(rel, d, cells, evaluate) for rel in claim.relations]
         prefix = f"{dataset_title(d)}: " if not claim.dataset else ""
         row["evidence"] += stand_ins + [prefix + x["text"] for x in results]
-        row.setdefault("states", []).extend(x["state"] for x in results)
+        states += [x["state"] for x in results]
     row["evidence"] = list(dict.fromkeys(row["evidence"]))  # a stand-in is named once
-    states = row.pop("states", [])
     if not states:
         row["verdict"] = "not testable here"
         row["evidence"] = why_not
