@@ -456,9 +456,9 @@ def build_setup(config: dict, data, device, world, model_spec) -> tuple:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cuda:
         torch.backends.cudnn.benchmark = True
-        model = model.to(device, memory_format=torch.channels_last)
-    else:
-        model = model.to(device)
+    # Channels-last on every device: cuDNN's and oneDNN's fast convolution layout (measured on a
+    # 2-core EPYC, batch 128 at 32 px: ResNet-50 10.7 -> 15.2 images/s in fp32, 28 -> 36 in bf16).
+    model = model.to(device, memory_format=torch.channels_last)
 
     # Pretrained weights expect ImageNet statistics; from scratch, the data set's own.
     imagenet = (loader.IMAGENET_MEAN, loader.IMAGENET_STD)
@@ -466,9 +466,9 @@ def build_setup(config: dict, data, device, world, model_spec) -> tuple:
     if len(mean) != data.channels and data.channels == 1:
         mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
     size = config["image_size"]
-    test_transform = loader.BatchTransform(size, mean, std, in_channels, channels_last=cuda)
+    test_transform = loader.BatchTransform(size, mean, std, in_channels, channels_last=True)
     train_transform = loader.BatchTransform(
-        size, mean, std, in_channels, augment=config["augment"], channels_last=cuda
+        size, mean, std, in_channels, augment=config["augment"], channels_last=True
     )
     optimizer = make_optimizer(config, model, fused=cuda)
     steps_per_epoch = train.num_batches(batch_size, train=True, drop_last=config["drop_last"])
