@@ -263,7 +263,7 @@ def test_cells_trained_for_the_same_time_are_compared_first(tmp_path):
     html = report_html(read_file_store(store), tmp_path)
     lead = (
         "At equal training time on CIFAR-10 (a budget of 600 s each; 582 s and 605 s trained), "
-        "ResNet-18 (fast, epochs=5) reaches top-1 0.6215 against ResNet-18 (paper, 1.2 epochs, "
+        "ResNet-18 (fast, epochs 5) reaches top-1 0.6215 against ResNet-18 (paper, 1.2 epochs, "
         "budget 600 s)'s 0.4438 (McNemar on the same test images: b = 2,599, c = 822, "
         "p < 0.0001 at seed 0): significant in its favour"
     )

@@ -221,6 +221,21 @@ def test_pages_are_a4(built):
         assert abs(width - 595.28) < 1 and abs(height - 841.89) < 1  # A4 in points
 
 
+def test_no_page_is_more_than_a_third_empty_and_no_short_table_is_split(built, odd):
+    """Measured from the layout the PDF was written from (tests/test_layout.py: the rule
+    itself on pages made to break it)."""
+    from pypdf import PdfReader
+
+    from study.report import render
+
+    for report in (built, odd):
+        html = (report["pdf"].parent / "study.html").read_text()
+        document = render.fitted_layout(html)
+        assert len(document.pages) == len(PdfReader(report["pdf"]).pages)
+        assert render.pages_too_empty(document) == []
+        assert render.split_tables(document) == []
+
+
 def test_run_derived_text_is_escaped(built):
     html = built["html"]
     assert (
@@ -254,6 +269,42 @@ def test_a_run_without_evaluation_or_curves_gets_a_note(built, tmp_path):
     html = build_report([*records, bare], tmp_path / "r.html", "html").read_text()
     assert "Run 99, small_cnn on mnist (FAILED)" in html
     assert "this run recorded no training curves, evaluation artifact, result" in html
+
+
+def test_the_settings_table_lists_only_what_changed_what_a_run_did(built):
+    from study.report.tables import method_section
+
+    records = built["records"]
+    assert all(r.config.get("optimizer") != "sgd" and not r.config.get("compile") for r in records)
+    method = method_section(records, {})
+    listed = {row["label"] for row in method["common"]}
+    listed |= {label for b in method["blocks"] for label in (r["label"] for r in b["rows"])}
+    assert {"optimizer", "learning rate", "batch size", "seed"} <= listed
+    # SGD's momentum under Adam, a compile mode without compiling, torchrun's options on one
+    # process, and where the run ran: none of them changed what was trained.
+    for label in ("momentum", "torch.compile mode", "SyncBatchNorm (torchrun)",
+                  "gradient compression (torchrun)", "device"):  # fmt: skip
+        assert label not in listed
+    assert "torch.compile" in method["off"] and "torch.compile" not in listed
+
+    sgd = [dataclasses.replace(r, config={**r.config, "optimizer": "sgd", "compile": True})
+           for r in records]  # fmt: skip
+    method = method_section(sgd, {})
+    listed = {row["label"] for row in method["common"]}
+    assert {"momentum", "torch.compile", "torch.compile mode"} <= listed
+    assert "torch.compile" not in method["off"]
+
+
+def test_a_negative_train_test_gap_is_explained(built, tmp_path):
+    records = list(built["records"])
+    gap = "A negative gap is expected of a model still learning"
+    assert gap not in built["html"]  # every gap of the fixture is positive or zero
+    i, r = next((i, r) for i, r in enumerate(records) if r.metric("train_top1"))
+    test = dict(r.metric("test_top1"))
+    lower = [(e, max(0.0, test[e] - 0.2) if e in test else v) for e, v in r.metric("train_top1")]
+    records[i] = dataclasses.replace(r, metrics={**r.metrics, "train_top1": lower})
+    html = plain(build_report(records, tmp_path / "r.html", "html").read_text())
+    assert gap in html
 
 
 def test_a_model_no_longer_installed_keeps_the_display_name_its_runs_recorded(built, tmp_path):
@@ -550,8 +601,8 @@ def test_chance_and_collapsed_cells_are_flagged_everywhere(odd):
     top1 = float((predicted == labels).mean())
     assert constant.result["top1"] == pytest.approx(top1)
 
-    arm = "small_cnn [lr=1.0, epochs=1]"
-    title = "Small CNN (lr=1.0, epochs=1)"
+    arm = "small_cnn [learning rate 1.0, epochs 1]"
+    title = "Small CNN (learning rate 1.0, epochs 1)"
     cell = re.search(rf'data-cell="mnist/{re.escape(arm)}/top1">(.*?)</td>', html, re.S).group(1)
     # At chance, collapsed, and stuck (its one epoch's loss is far above ln 10).
     assert re.search(r'<span class="flag"[^>]*>†‡§</span>', cell)
@@ -583,7 +634,7 @@ def test_chance_and_collapsed_cells_are_flagged_everywhere(odd):
 
     # A cell that learned (the two seeds of Small CNN at lr 0.003, 2 epochs) is not flagged.
     learned = re.search(
-        r'data-cell="mnist/small_cnn \[lr=0.003, epochs=2\]/top1">(.*?)</td>', html, re.S
+        r'data-cell="mnist/small_cnn \[learning rate 0.003, epochs 2\]/top1">(.*?)</td>', html, re.S
     ).group(1)
     assert "flag" not in learned
 
@@ -648,8 +699,9 @@ def test_departures_from_the_seed_are_stated(odd):
 
     # The protocol's own record of where each run departs from it (info.departures).
     assert f"Protocol named: paper ({len(records)} runs)." in part
-    assert "lr 0.003, 1.0 (protocol 0.0002)" in part
-    assert "time_budget 0.05 (protocol none)" in part
+    assert "learning rate 0.003, 1.0 (protocol 0.0002)" in part
+    assert "training time budget (s) 0.05 (protocol none)" in part
+    assert "time_budget" not in part and "train_limit" not in part  # no raw config keys
     assert "Hardware: " in part
 
 
@@ -667,7 +719,10 @@ def test_efficiency_is_images_over_seconds_and_budget_runs_are_named_by_what_the
     by_arm = {key: dict(zip(names, cells_, strict=True)) for key, cells_ in rows.items()}
     resnet = next(r for r in odd["records"] if r.model == "resnet18")
     constant = next(r for r in odd["records"] if r.config["lr"] == 1.0)
-    for r, key in ((resnet, "mnist/resnet18"), (constant, "mnist/small_cnn [lr=1.0, epochs=1]")):
+    for r, key in (
+        (resnet, "mnist/resnet18"),
+        (constant, "mnist/small_cnn [learning rate 1.0, epochs 1]"),
+    ):
         row = by_arm[key]
         images = sum(v for _, v in r.metric("train_images"))
         seconds = r.info["training"]["train_seconds"]
@@ -691,8 +746,8 @@ def test_efficiency_is_images_over_seconds_and_budget_runs_are_named_by_what_the
         sum(v for _, v in budget.metric("train_images")) / budget.info["dataset"]["train_count"]
     )
     label = f"{trained:.2g} epochs, budget 0.05 s"
-    assert f"Small CNN (lr=0.003, {label})" in text
-    assert by_arm[f"mnist/small_cnn [lr=0.003, {label}]"]["trained"] == label
+    assert f"Small CNN (learning rate 0.003, {label})" in text
+    assert by_arm[f"mnist/small_cnn [learning rate 0.003, {label}]"]["trained"] == label
     assert "epochs=25" not in text[: text.index("Appendix B: runs")]
 
 
@@ -1119,3 +1174,43 @@ def test_each_data_set_opens_with_a_summary_table_of_its_numbers(built):
         rate = st.fmean(images / seconds for images, seconds in map(training_totals, rs))
         assert values[6] == f"{rate:.1f}"
         assert values[8] == str(rs[0].config["image_size"])
+
+
+def test_pareto_front_keeps_the_cells_nothing_beats_on_time_and_accuracy():
+    from study.report.figures import pareto_front
+
+    cells = [(100, 0.5), (50, 0.6), (200, 0.9), (150, 0.7), (50, 0.4), (300, 0.9)]
+    assert pareto_front(cells) == [(50, 0.6), (150, 0.7), (200, 0.9)]
+    assert pareto_front([(10, 0.9), (20, 0.8)]) == [(10, 0.9)]
+    assert pareto_front([]) == []
+
+
+def test_compute_figure_gives_each_data_set_its_row_and_every_cost_axis_labels():
+    """One row per data set with its own accuracy axis (MNIST's 0.97-0.99 is not squashed by
+    Tiny-ImageNet's 0.05), and at least two labelled ticks on every cost axis, whether the costs
+    span a factor of 80 (log) or of 1.05 (linear)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from study.report.figures import PALETTE, compute_figure
+
+    points = [
+        {"model": m, "colour": PALETTE[i], "dataset": d, "top1": top1 + 0.01 * i,
+         "seconds": 38.0 * 9**i, "gmacs": 0.3 * (i + 1), "params": 11.1e6 + 0.3e6 * i}
+        for d, top1 in (("MNIST", 0.97), ("Tiny-ImageNet", 0.05))
+        for i, m in enumerate(("VGG-16", "ResNet-50", "Inception-V3"))
+    ]  # fmt: skip
+    fig = compute_figure({"points": points})
+    FigureCanvasAgg(fig).draw()
+    assert len(fig.axes) == 2 * 3
+    mnist, tiny = fig.axes[0].get_ylim(), fig.axes[3].get_ylim()
+    assert mnist[0] > 0.9 and mnist[1] <= 1.01 and tiny[1] < 0.2
+    for ax in fig.axes:
+        low, high = sorted(ax.get_xlim())
+        labelled = [
+            t for t in ax.get_xticklabels() if t.get_text() and low <= t.get_position()[0] <= high
+        ]
+        assert len(labelled) >= 2, (ax.get_xscale(), [t.get_text() for t in labelled])
+    scales = [ax.get_xscale() for ax in fig.axes[:3]]
+    assert scales == ["log", "linear", "linear"]  # time spans 81x; GMACs 3x; parameters 1.05x
+    fronts = [line.get_gid() for ax in fig.axes for line in ax.lines]
+    assert fronts.count("pareto-mnist") == 1 and fronts.count("pareto-tiny-imagenet") == 1

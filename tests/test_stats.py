@@ -404,8 +404,10 @@ def test_runs_trained_differently_are_separate_arms_never_pooled(tmp_path):
         *records[:3],
     ]
     assert arm_names(more) == [
-        "resnet18 [fast, lr=0.05]", "resnet18 [fast, lr=0.1]", "resnet18 [fast, lr=0.1]",
-        "resnet18 [paper, lr=0.0002]",
+        "resnet18 [fast, learning rate 0.05]",
+        "resnet18 [fast, learning rate 0.1]",
+        "resnet18 [fast, learning rate 0.1]",
+        "resnet18 [paper, learning rate 0.0002]",
     ]  # fmt: skip
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from study.atomic import write_atomic
 from study.report.model import SEED_MODELS
 
-FIGURE_VERSION = "9"
+FIGURE_VERSION = "11"
 # Figures drawn as PNG at RASTER_DPI rather than SVG: a confusion matrix's hundreds of count
 # labels made WeasyPrint shape and draw each as text, a large share of a build's time.
 RASTER = {"confusion"}
@@ -298,44 +298,98 @@ def draw_curves(data: dict) -> bytes:
     return _svg(curve_figure(data))
 
 
-# The accuracy-versus-compute figure's x axes: point key -> axis label.
-COMPUTE_AXES = {"seconds": "training time (s)", "gmacs": "GMACs / image", "params": "parameters"}
+# The accuracy-versus-compute figure's x axes: point key -> (axis label, unit divisor).
+COMPUTE_AXES = {
+    "seconds": ("training time (s)", 1.0),
+    "gmacs": ("GMACs / image", 1.0),
+    "params": ("parameters (millions)", 1e6),
+}
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (cost, accuracy) points no other point beats on both (cheaper or as cheap, and more
+    accurate), in order of cost."""
+    front: list[tuple[float, float]] = []
+    for cost, accuracy in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or accuracy > front[-1][1]:
+            front.append((cost, accuracy))
+    return front
+
+
+def _log_ticks(ax) -> None:
+    """Log-axis ticks at 1, 2 and 5 per decade, labelled as plain numbers: a short range (38 s
+    to 150 s) still gets labels, where decades alone gave it one or none."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.6g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _cost_axis(ax, xs: list[float]) -> None:
+    """A log axis where the costs span more than LOG_SPAN (ticks at 1, 2, 5 per decade), a linear
+    one where they are close (a log axis there showed one tick or none); room either side so
+    no point sits on the frame."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    if not xs:
+        return
+    low, high = min(xs), max(xs)
+    if high > LOG_SPAN * low:
+        ax.set_xscale("log")
+        _log_ticks(ax)
+        ax.set_xlim(low / 1.3, high * 1.3)
+    else:
+        pad = 0.15 * (high - low) or 0.1 * high
+        ax.set_xlim(max(0.0, low - pad), high + pad)
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.6g}"))
+
+
+LOG_SPAN = 4.0
 
 
 def compute_figure(data: dict):
-    """Each cell's mean test top-1 against what it cost: training time, and the model's compute
-    (GMACs per image) and size (parameters), where the runs record them. Colour: model;
-    marker: data set."""
+    """Per data set (a row, with its own accuracy axis), each cell's mean test top-1 against
+    what it cost: training time, with the Pareto front, and the model's compute (GMACs per
+    image) and size (parameters), where the runs record them. Colour: model. Cost axes are
+    logarithmic where the costs span more than a factor of LOG_SPAN."""
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import NullFormatter
 
-    axes_spec = [a for a in COMPUTE_AXES.items() if any(p.get(a[0]) for p in data["points"])]
-    fig = _figure(7.0, 2.5)
-    axes = fig.subplots(1, len(axes_spec), squeeze=False)[0]
-    datasets = list(dict.fromkeys(p["dataset"] for p in data["points"]))
-    for ax, (key, label) in zip(axes, axes_spec, strict=True):
-        for p in data["points"]:
-            if not p.get(key) or p.get("top1") is None:
-                continue
-            marker = MARKERS[datasets.index(p["dataset"]) % len(MARKERS)]
-            (dot,) = ax.plot([p[key]], [p["top1"]], ls="none", marker=marker, ms=5,
-                             color=p["colour"], mec="white", mew=0.5)  # fmt: skip
-            dot.set_gid(gid(f"compute-{key}-{slug(p['dataset']).lower()}", p["model"]))
-        ax.set_xscale("log")
-        # Major decades only: minor tick labels on a short log axis run into each other.
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel(label, fontsize=8)
-        ax.set_ylim(0, 1.02)
-        ax.tick_params(labelsize=7)
-        ax.spines[["top", "right"]].set_visible(False)
-    axes[0].set_ylabel("test top-1", fontsize=8)
-    models = list(dict.fromkeys((p["model"], p["colour"]) for p in data["points"]))
+    points = [p for p in data["points"] if p.get("top1") is not None]
+    axes_spec = [(k, v) for k, v in COMPUTE_AXES.items() if any(p.get(k) for p in points)]
+    datasets = list(dict.fromkeys(p["dataset"] for p in points))
+    fig = _figure(7.0, 0.5 + 1.75 * len(datasets))
+    grid = fig.subplots(len(datasets), len(axes_spec), squeeze=False)
+    for number, (row, dataset) in enumerate(zip(grid, datasets, strict=True)):
+        mine = [p for p in points if p["dataset"] == dataset]
+        low, high = min(p["top1"] for p in mine), max(p["top1"] for p in mine)
+        pad = max(0.02, 0.15 * (high - low))
+        for ax, (key, (label, unit)) in zip(row, axes_spec, strict=True):
+            drawn = [(p[key] / unit, p["top1"], p) for p in mine if p.get(key)]
+            for x, y, p in drawn:
+                (dot,) = ax.plot([x], [y], ls="none", marker="o", ms=5, color=p["colour"],
+                                 mec="white", mew=0.5)  # fmt: skip
+                dot.set_gid(gid(f"compute-{key}-{slug(dataset).lower()}", p["model"]))
+            if key == "seconds" and len(drawn) > 1:
+                front = pareto_front([(x, y) for x, y, _ in drawn])
+                (line,) = ax.plot([x for x, _ in front], [y for _, y in front], color="0.6",
+                                  lw=0.8, ls="-", drawstyle="steps-post", zorder=0)  # fmt: skip
+                line.set_gid(f"pareto-{slug(dataset).lower()}")
+            _cost_axis(ax, [x for x, _, _ in drawn])
+            ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad) + 0.005)
+            ax.tick_params(labelsize=7)
+            ax.spines[["top", "right"]].set_visible(False)
+            if number == len(datasets) - 1:  # one label per column, under its last row
+                ax.set_xlabel(label, fontsize=8)
+        row[0].set_ylabel(f"{dataset}\ntest top-1", fontsize=8)
+    models = list(dict.fromkeys((p["model"], p["colour"]) for p in points))
     handles = [Line2D([], [], color=c, lw=0, marker="o", label=m) for m, c in models]
-    handles += [Line2D([], [], color="0.3", lw=0, marker=MARKERS[i % len(MARKERS)], label=d)
-                for i, d in enumerate(datasets)]  # fmt: skip
-    below = _legend_below(fig, legend_columns([h.get_label() for h in handles], 6), handles)
-    fig.subplots_adjust(**_grid(fig, 1, len(axes_spec), left=0.5, right=0.1, top=0.1,
-                                bottom=0.4 + below, wgap=0.35))  # fmt: skip
+    if any(key == "seconds" for key, _ in axes_spec):
+        handles.append(Line2D([], [], color="0.6", lw=0.8, label="Pareto front (time)"))
+    below = _legend_below(fig, legend_columns([h.get_label() for h in handles], 5), handles)
+    fig.subplots_adjust(**_grid(fig, len(datasets), len(axes_spec), left=0.75, right=0.1,
+                                top=0.1, bottom=0.4 + below, wgap=0.35, hgap=0.3))  # fmt: skip
     return fig
 
 

@@ -10,6 +10,8 @@ import json
 import re
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -22,7 +24,9 @@ from study.stores import RunRecord
 CONFUSION_MAX_CLASSES = 20
 
 
-CONFUSED_PAIRS = 10
+# Per model, in the table that stands in for an unreadable confusion matrix: five each keep
+# three models' lists under half a page, so the table is kept whole on one page.
+CONFUSED_PAIRS = 5
 
 
 # A run whose fastest full epoch trained this many times faster than its slowest was disturbed
@@ -54,34 +58,111 @@ MODEL_ORDER = ("vgg16", "vgg16_bn", "inception_v3", "resnet50")
 DATASET_ORDER = ("mnist", "fashion_mnist", "cifar10", "tiny_imagenet")
 
 
-# The training protocol, as the Method section lists it: (config key, label).
-PROTOCOL_KEYS = (
-    ("optimizer", "optimizer"),
-    ("lr", "learning rate"),
-    ("momentum", "momentum (sgd)"),
-    ("weight_decay", "weight decay"),
-    ("batch_size", "batch size"),
-    ("epochs", "epochs"),
-    ("time_budget", "training time budget (s)"),
-    ("image_size", "input size (px)"),
-    ("augment", "augmentation"),
-    ("pretrained", "pretrained weights"),
-    ("head", "head"),
-    ("aux_logits", "auxiliary classifier"),
-    ("schedule", "learning-rate schedule"),
-    ("label_smoothing", "label smoothing"),
-    ("precise_bn", "precise BatchNorm (images)"),
-    ("amp", "bf16 autocast"),
-    ("compile", "torch.compile"),
-    ("compile_mode", "torch.compile mode"),
-    ("sync_bn", "SyncBatchNorm (torchrun)"),
-    ("grad_compression", "gradient compression (torchrun)"),
-    ("protocol", "protocol"),
-    ("train_limit", "training subset"),
-    ("test_limit", "test subset"),
-    ("seed", "seed"),
-    ("device", "device"),
+@dataclass(frozen=True)
+class SettingRow:
+    """A training setting as the Method section lists it. `used(config, info)`: whether it
+    changed what a run did. `switch`: a feature that is on or off; when it is off in every run
+    the section says so in one line instead of a row."""
+
+    key: str
+    label: str
+    used: Callable[[dict, dict], bool] = lambda config, info: True
+    switch: bool = False
+    unit: str = ""
+
+    @property
+    def heading(self) -> str:  # Table 1's row heading
+        return f"{self.label} ({self.unit})" if self.unit else self.label
+
+
+def _set(key: str):
+    """Used when set to anything but nothing, zero, false or `none`."""
+    return lambda config, info: config.get(key) not in (None, False, 0, "none")
+
+
+def _bf16(config: dict, info: dict) -> bool:  # `auto` is bf16 on CUDA only
+    device = str((info.get("training") or {}).get("device", ""))
+    return config.get("amp") is True or (config.get("amp") == "auto" and device.startswith("cuda"))
+
+
+def _distributed(config: dict, info: dict) -> bool:
+    processes = (info.get("training") or {}).get("processes")
+    return isinstance(processes, int) and not isinstance(processes, bool) and processes > 1
+
+
+# Table 1's rows, in its order. A setting that changed nothing (SGD's momentum under Adam, a
+# compile mode without compiling, torchrun's options on one process) is not listed.
+SETTING_ROWS = (
+    SettingRow("protocol", "protocol"),
+    SettingRow("optimizer", "optimizer"),
+    SettingRow("lr", "learning rate"),
+    SettingRow("momentum", "momentum", lambda c, i: c.get("optimizer") == "sgd"),
+    SettingRow("weight_decay", "weight decay"),
+    SettingRow(
+        "decay_norm_bias",
+        "weight decay on normalisation and bias",
+        lambda c, i: c.get("weight_decay") not in (None, 0),
+    ),
+    SettingRow("batch_size", "batch size"),
+    SettingRow("epochs", "epochs"),
+    SettingRow("time_budget", "training time budget", _set("time_budget"), switch=True, unit="s"),
+    SettingRow(
+        "stop_after", "epochs trained of a longer schedule", _set("stop_after"), switch=True
+    ),
+    SettingRow("image_size", "input size", unit="px"),
+    SettingRow("augment", "augmentation"),
+    SettingRow("pretrained", "pretrained weights"),
+    SettingRow("head", "head"),
+    SettingRow("aux_logits", "auxiliary classifier", _set("aux_logits")),
+    SettingRow("schedule", "learning-rate schedule"),
+    SettingRow("warmup", "warm-up (share of steps)", _set("warmup"), switch=True),
+    SettingRow(
+        "warmup_min_steps",
+        "warm-up (at least, steps)",
+        lambda c, i: (
+            c.get("warmup") not in (None, 0) and c.get("warmup_min_steps") not in (None, 0)
+        ),
+    ),
+    SettingRow("grad_clip", "gradient-norm clipping", _set("grad_clip"), switch=True),
+    SettingRow("label_smoothing", "label smoothing", _set("label_smoothing"), switch=True),
+    SettingRow("precise_bn", "precise BatchNorm", _set("precise_bn"), switch=True, unit="images"),
+    SettingRow(
+        "zero_init_residual",
+        "zero-initialised residual branches",
+        _set("zero_init_residual"),
+        switch=True,
+    ),
+    SettingRow("drop_last", "last partial batch dropped", _set("drop_last"), switch=True),
+    SettingRow("amp", "bf16 autocast", _bf16, switch=True),
+    SettingRow("compile", "torch.compile", _set("compile"), switch=True),
+    SettingRow("compile_mode", "torch.compile mode", lambda c, i: c.get("compile") is True),
+    SettingRow("sync_bn", "SyncBatchNorm (torchrun)", lambda c, i: _distributed(c, i)),
+    SettingRow(
+        "grad_compression", "gradient compression (torchrun)", lambda c, i: _distributed(c, i)
+    ),
+    SettingRow("health_stop", "stop when the health rule flags", _set("health_stop")),
+    SettingRow("train_limit", "training subset", _set("train_limit")),
+    SettingRow("test_limit", "test subset", _set("test_limit")),
+    SettingRow("folder_image_size", "stored image size", _set("folder_image_size"), unit="px"),
+    SettingRow("seed", "seed"),
 )
+PROTOCOL_KEYS = tuple((row.key, row.heading) for row in SETTING_ROWS)
+_ROWS = {row.key: row for row in SETTING_ROWS}
+
+
+def setting_label(key: str) -> str:
+    """A config key as prose names it, unit included (a key the table does not know: its
+    words): prose never shows a raw config key."""
+    row = _ROWS.get(key)
+    return row.heading if row else key.replace("_", " ")
+
+
+def setting_text(key: str, value) -> str:
+    """`epochs 5`, `input size 224 px`: one setting's value in prose."""
+    row = _ROWS.get(key)
+    if row is None:
+        return f"{key.replace('_', ' ')} {value_text(value)}"
+    return f"{row.label} {value_text(value)}" + (f" {row.unit}" if row.unit else "")
 
 
 # Keys in which runs of one arm may differ: repeats of the same training, pooled as mean ± std
@@ -133,7 +214,7 @@ def arm_names(records: list[RunRecord]) -> list[str]:
                 elif k == "protocol":
                     text = value_text(config.get(k))
                 else:
-                    text = f"{k}={value_text(config.get(k))}"
+                    text = setting_text(k, config.get(k))
                 if text not in parts:
                     parts.append(text)
             names[i] = f"{names[i]} [{', '.join(parts)}]"

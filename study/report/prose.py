@@ -27,6 +27,7 @@ from study.report.model import (
     plugin_spec,
     run_ece,
     seed_table,
+    setting_label,
     trained_epochs,
 )
 from study.report.ranking import MIN_SEEDS, sizes_text
@@ -286,7 +287,8 @@ def departures(records: list[RunRecord], datasets: list[str]) -> list[dict]:
     named = ", ".join(f"{p} ({plural(n, 'run')})" for p, n in sorted(protocols.items()))
     if keys or set(protocols) != {"paper"}:
         changed = "; ".join(
-            f"{k} {', '.join(sorted(v['values']))} (protocol {', '.join(sorted(v['protocol']))})"
+            f"{setting_label(k)} {', '.join(sorted(v['values']))} "
+            f"(protocol {', '.join(sorted(v['protocol']))})"
             for k, v in sorted(keys.items())
         )
         out.append({
@@ -295,7 +297,8 @@ def departures(records: list[RunRecord], datasets: list[str]) -> list[dict]:
                     + (f" Settings that depart from the named protocol: {changed}." if keys
                        else ""),
             "short": "protocol settings changed ("
-                     + ", ".join(sorted(keys) or ["protocol " + ", ".join(sorted(protocols))])
+                     + ", ".join(sorted(map(setting_label, keys))
+                                 or ["protocol " + ", ".join(sorted(protocols))])
                      + ")",
         })  # fmt: skip
 
@@ -444,18 +447,27 @@ def dataset_prose(t: dict, row: dict, cells, d, models, flags, efficiency, ref) 
                 f"{model_title(m)} is flagged ({flag_reasons(f)}): its accuracy is no evidence "
                 "for or against it."
             )
-    gaps = []
+    gaps, negative = [], False
     for m in models:
         pairs = [g for r in cells[(d, m)] if (g := last_epoch_gap(r)) is not None]
         if pairs:
             gap = statistics.fmean(train - test for train, test in pairs)
             gaps.append(f"{model_title(m)} {signed(gap, 3)}")
+            negative = negative or gap < 0
     if gaps and ref["f"].get(f"curves:{d}"):
         out.append(
             "Training top-1 (the mean over the last epoch) minus test top-1 after it: "
             + ", ".join(gaps)
             + f" (Figure {ref['f'][f'curves:{d}']}); a positive gap is overfitting or the "
             "training-time randomness (dropout, BatchNorm batch statistics) that testing lacks."
+            + (
+                " A negative gap is expected of a model still learning: its training top-1 "
+                "averages the whole epoch, most of it with weights worse than the final ones "
+                "that are tested, and on training images made harder by augmentation, dropout "
+                "and label smoothing where the protocol uses them."
+                if negative
+                else ""
+            )
         )
     rates = [
         (e["rate"].mean, e["model"]) for e in efficiency

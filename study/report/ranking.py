@@ -21,7 +21,13 @@ import statistics
 
 from study import stats
 from study.report.formatting import p_text, stat, value_text
-from study.report.model import _id_key, dataset_title, model_title, training_totals
+from study.report.model import (
+    _id_key,
+    dataset_title,
+    model_title,
+    setting_label,
+    training_totals,
+)
 
 MIN_SEEDS = 3
 
@@ -128,7 +134,11 @@ def decide(d: str, models: list[str], cells: dict, flags: dict, evaluate) -> dic
     budgets = {budget(r) for m in compared for r in cells[(d, m)]}
     if len(budgets) > 1:
         differing = [k for i, k in enumerate(BUDGET_KEYS) if len({b[i] for b in budgets}) > 1]
-        reasons.append(f"the runs trained under different budgets ({', '.join(differing)})")
+        reasons.append(
+            "the runs trained under different budgets ("
+            + ", ".join(setting_label(k) for k in differing)
+            + ")"
+        )
     tied = [m for m in others if means[m].mean == top]
     if tied:
         reasons.append(

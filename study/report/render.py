@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import defaultdict
 from importlib import resources
 from pathlib import Path
 
@@ -66,13 +67,224 @@ def render_html(context: dict) -> str:
 
 
 def render_pdf(html: str) -> bytes:
+    return fitted_layout(html).write_pdf()
+
+
+def fitted_layout(html: str):
+    """The PDF's layout, fitted so that no page is left more than MOST_EMPTY empty where that
+    can be helped, the way a typesetter floats figures and tables: where a block that cannot
+    break would open the next page, (1) it and the figures on the page before are drawn
+    smaller, never below MIN_FIGURE_SCALE of their width, so that it fits there; else (2) a
+    table kept whole lets the paragraph after it go first and fill the page."""
+    document = layout_pdf(html)
+    scales: dict[str, float] = {}
+    for _ in range(FIT_PASSES):
+        shrink = figures_to_shrink(document, scales)
+        if shrink:
+            for figure_id, (scale, _) in shrink.items():
+                scales[figure_id] = scales.get(figure_id, 1.0) * scale
+            html = with_image_widths(html, {f: width for f, (_, width) in shrink.items()})
+        else:
+            moved = [t for t in tables_to_float(document) if (html := with_text_first(html, t))]
+            if not moved:
+                break
+        document = layout_pdf(html)
+    return document
+
+
+def tables_to_float(document) -> list[str]:
+    """Tables (by id) kept whole that open the page after a too-empty page."""
+    out = []
+    for number in pages_too_empty(document):
+        opening = _opening_block(document.pages[number]._page_box)
+        if opening is not None and opening.element_tag != "figure":
+            table = next((b for b in _boxes(opening) if b.element_tag == "table"), None)
+            if table is not None and table.element.get("id"):
+                out.append(table.element.get("id"))
+    return out
+
+
+KEPT_TABLE = re.compile(
+    r'<div class="keep[^"]*">\s*<table[^>]*\bid="(?P<id>[^"]+)".*?</table>\s*</div>', re.S
+)
+
+
+def with_text_first(html: str, table_id: str) -> str | None:
+    """`html` with the paragraph that follows a kept table's wrapper moved before it (None
+    where no paragraph follows it)."""
+    for kept in KEPT_TABLE.finditer(html):
+        if kept.group("id") != table_id:
+            continue
+        after = re.match(r"\s*(<p\b.*?</p>)", html[kept.end() :], re.S)
+        if after is None:
+            return None
+        text = after.group(1)
+        return html[: kept.start()] + text + "\n" + kept.group(0) + html[kept.end() + after.end() :]
+    return None
+
+
+MIN_FIGURE_SCALE = 0.7  # smaller, a figure's labels stop being readable on paper
+FIT_PASSES = 4
+
+
+def figures_to_shrink(document, scales: dict[str, float]) -> dict[str, tuple[float, float]]:
+    """{figure id: (scale, image width in CSS px)} that lets the block opening the page after a
+    too-empty page move up into it: that block (if a figure) and the figures above it on the
+    too-empty page shrink by one common scale, each staying at MIN_FIGURE_SCALE of its width or
+    more (`scales`: what earlier passes applied). A block kept whole (a table) keeps its size."""
+    shares = empty_shares(document)
+    out = {}
+    for number in pages_too_empty(document):
+        page, following = (document.pages[i]._page_box for i in (number - 1, number))
+        opening = _opening_block(following)
+        if opening is None:
+            continue
+        figures = [f for f in _figures(page) if f.element is not opening.element]
+        if _shrinkable(opening):
+            figures.insert(0, opening)
+        images = [_image(f) for f in figures]
+        if not figures or any(i is None or not i.height for i in images):
+            continue
+        moving = images[0].height if figures[0] is opening else 0.0
+        fixed = opening.margin_height() - moving
+        shrinkable = sum(i.height for i in images) - moving
+        gap = shares[number - 1] * page.height
+        scale = 0.97 * (gap + shrinkable - fixed) / (moving + shrinkable)
+        ids = [f.element.get("id") for f in figures]
+        if scale >= 1 or any(scales.get(i, 1.0) * scale < MIN_FIGURE_SCALE for i in ids):
+            continue
+        out.update({i: (scale, image.width * scale) for i, image in zip(ids, images, strict=True)})
+    return out
+
+
+def _boxes(box):
+    """A box and its descendants, in document order."""
+    stack = [box]
+    while stack:
+        box = stack.pop(0)
+        yield box
+        stack[:0] = list(getattr(box, "children", ()) or ())
+
+
+def _is_image(box) -> bool:
+    return "Replaced" in type(box).__name__
+
+
+def _image(figure):
+    return next((b for b in _boxes(figure) if _is_image(b)), None)
+
+
+def _shrinkable(box) -> bool:
+    """A figure drawn as one image (not a gallery of thumbnails) with an id."""
+    return (
+        box.element_tag == "figure"
+        and bool(box.element.get("id"))
+        and "galleries" not in (box.element.get("class") or "")
+        and "thumb" not in (box.element.get("class") or "")
+    )
+
+
+def _figures(page):
+    return [b for b in _boxes(page) if _shrinkable(b)]
+
+
+def _opening_block(root):
+    """The block a page starts with if it cannot break: a figure, or a block kept whole."""
+    for box in _boxes(root):
+        if type(box).__name__ == "MarginBox":
+            continue
+        if box.element_tag == "figure":
+            return box
+        if box.element is not None and "keep" in (box.element.get("class") or "").split():
+            return box
+        if type(box).__name__ in ("LineBox", "TableBox") or _is_image(box):
+            return None  # text, a table that may break, or an image comes first
+    return None
+
+
+def with_image_widths(html: str, widths: dict[str, float]) -> str:
+    """The first image of each figure with an id in `widths` drawn at that width."""
+    for figure_id, width in widths.items():
+        opening = re.search(r'<figure[^>]*\bid="' + re.escape(figure_id) + r'"[^>]*>', html)
+        if not opening:
+            continue
+        image = html.find("<img ", opening.end())
+        if image < 0:
+            continue
+        rest = re.sub(r'^style="width: [0-9.]+px; max-width: none" ', "", html[image + 5 :])
+        html = f'{html[:image]}<img style="width: {width:.1f}px; max-width: none" {rest}'
+
+    return html
+
+
+def layout_pdf(html: str):
+    """The laid-out PDF (a WeasyPrint Document): its pages' boxes, before they are written."""
     import logging
 
     from weasyprint import HTML
 
     logging.getLogger("weasyprint").setLevel(logging.ERROR)
     logging.getLogger("fontTools").setLevel(logging.ERROR)
-    return HTML(string=names_kept_whole(html), base_url=".").write_pdf()
+    return HTML(string=names_kept_whole(html), base_url=".").render()
+
+
+# A page may be at most this share empty below its content, except the last one and the one
+# before an appendix (a new part starts on a new page).
+MOST_EMPTY = 1 / 3
+
+
+def empty_shares(document) -> list[float]:
+    """Per page of a laid-out PDF, the share of its content area left empty below the lowest
+    box drawn there (its border's bottom; the page number in the margin is not content)."""
+    shares = []
+    for page in document.pages:
+        root = page._page_box
+        top, height = root.content_box_y(), root.height
+        bottom = top
+        content = [c for c in root.children if type(c).__name__ != "MarginBox"]
+        for box in (b for child in content for b in _boxes(child)):
+            # What is drawn: lines, images, table rows and empty boxes (rules, spacers). A block
+            # broken across pages reaches to the page's bottom: it does not count.
+            drawn = type(box).__name__ in ("LineBox", "TableRowBox") or _is_image(box)
+            if box.position_y is None or not (drawn or not getattr(box, "children", None)):
+                continue
+            bottom = max(bottom, box.border_box_y() + box.border_height())
+        shares.append(max(0.0, min(1.0, (top + height - bottom) / height)))
+    return shares
+
+
+def pages_too_empty(document) -> list[int]:
+    """Pages (1-based) more than MOST_EMPTY empty, other than the last and any page that ends
+    where an appendix starts."""
+    shares = empty_shares(document)
+    # The pages a part (forced onto a new page by the stylesheet) starts on.
+    starts = {
+        next(i for i, page in enumerate(document.pages) if part in page.anchors)
+        for part in PARTS
+        if any(part in page.anchors for page in document.pages)
+    }
+    return [
+        i + 1 for i, share in enumerate(shares[:-1]) if share > MOST_EMPTY and i + 1 not in starts
+    ]
+
+
+def split_tables(document) -> list[str]:
+    """Tables (by id) drawn across a page break although they would fit on one page."""
+    pages_of, height_of, name_of = defaultdict(set), defaultdict(float), {}
+    for number, page in enumerate(document.pages):
+        for box in _boxes(page._page_box):
+            if type(box).__name__ == "TableBox" and box.element.get("id"):
+                key = id(box.element)  # the element, not its id: an id may repeat
+                name_of[key] = box.element.get("id")
+                pages_of[key].add(number)
+                height_of[key] += box.margin_height()
+    room = document.pages[0]._page_box.height
+    return sorted(
+        name_of[k] for k, pages in pages_of.items() if len(pages) > 1 and height_of[k] < room
+    )
+
+
+PARTS = ("appendix",)  # sections the stylesheet starts on a new page (report.css)
 
 
 # A capitalised hyphenated name: Tiny-ImageNet, Inception-V3, ResNet-50, VGG-16-BN, CIFAR-10.

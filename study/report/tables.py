@@ -21,7 +21,7 @@ from study.report.formatting import (
 )
 from study.report.model import (
     FLAG_MARKS,
-    PROTOCOL_KEYS,
+    SETTING_ROWS,
     TIMING_SPREAD,
     base_model,
     budget_text,
@@ -30,6 +30,7 @@ from study.report.model import (
     model_title,
     run_ece,
     run_evaluation,
+    setting_label,
     stopped_by_budget,
     test_count,
     trained_epochs,
@@ -41,26 +42,31 @@ RUNS_PER_BLOCK = 8  # run columns per block of the differing-settings table
 
 
 def method_section(records, cells) -> dict:
-    """The protocol: values every run shares, and per run the values that differ."""
-    common, differing = [], []
-    for key, label in PROTOCOL_KEYS:
-        values = {json.dumps(r.config.get(key), sort_keys=True) for r in records}
-        if len(values) == 1:
-            common.append({"label": label, "value": value_text(records[0].config.get(key))})
-        else:
-            differing.append((key, label))
+    """The protocol: the values every run shares that changed what some run did, the switches
+    that were off in every run, and per run the values that differ."""
+    common, off, differing = [], [], []
+    for row in SETTING_ROWS:
+        values = {json.dumps(r.config.get(row.key), sort_keys=True) for r in records}
+        if len(values) > 1:
+            differing.append((row.key, row.heading))
+        elif any(row.used(r.config, r.info) for r in records):
+            value = value_text(records[0].config.get(row.key))
+            common.append({"label": row.heading, "value": value})
+        elif row.switch and all(row.key in r.config for r in records):  # absent: unknown
+            off.append(row.label)
+    listed = {row.key for row in SETTING_ROWS}
     other = sorted(
         {
             k
             for r in records
             for k in r.config
-            if k not in dict(PROTOCOL_KEYS)
+            if k not in listed
             and k not in PLACE_KEYS
             and k not in ("model", "dataset")
             and len({json.dumps(x.config.get(k), sort_keys=True) for x in records}) > 1
         }
     )
-    differing += [(k, k) for k in other]
+    differing += [(k, setting_label(k)) for k in other]
     per_block = -(-len(records) // -(-len(records) // RUNS_PER_BLOCK))  # blocks of equal size
     # One column per run and a row per setting: settings outnumber runs, and a column per
     # setting broke names mid-word. Wide studies continue in blocks of RUNS_PER_BLOCK runs.
@@ -107,6 +113,7 @@ def method_section(records, cells) -> dict:
     return {
         "arms": arms,
         "common": common,
+        "off": off,
         "blocks": blocks if differing else [],
         "multi": multi,
         "heads": heads,

@@ -1,0 +1,120 @@
+"""The PDF's page layout, measured from WeasyPrint's laid-out pages (the boxes the PDF is drawn
+from): no page more than a third empty where a figure could move up, and no table that fits on
+one page split across two."""
+
+import base64
+
+import pytest
+
+pytest.importorskip("weasyprint")
+
+from study.report import render  # noqa: E402
+
+# A4 with WeasyPrint's default margins: a content area of 972 CSS px.
+
+
+def image(height: int) -> str:
+    svg = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="600" height="{height}" '
+        f'viewBox="0 0 600 {height}"><rect width="600" height="{height}" fill="#369"/>'
+        '<text x="20" y="100">axis</text></svg>'
+    )
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
+
+
+def page(text_height: int, figure_class: str = "", figure_height: int = 400) -> str:
+    """Text `text_height` px tall, then a 600 px wide figure that does not fit below it."""
+    return f"""<html><head><style>
+      body {{ margin: 0; font-size: 12px; }}
+      .text {{ margin: 0; line-height: 20px; }}
+      figure {{ margin: 0; page-break-inside: avoid; }}
+      img {{ display: block; max-width: 100%; }}
+    </style></head><body>
+      <p class="text">{"A line of text.<br>" * (text_height // 20)}</p>
+      <figure id="figure-1" class="{figure_class}"><img src="{image(figure_height)}" alt="a figure">
+        <figcaption>Figure 1: a caption.</figcaption></figure>
+      <p>The text after the figure.</p>
+    </body></html>"""
+
+
+def figure_page_and_width(document) -> tuple[int, float]:
+    for number, p in enumerate(document.pages, 1):
+        for box in render._boxes(p._page_box):
+            if render._is_image(box):
+                return number, box.width
+    raise AssertionError("no image laid out")
+
+
+def test_a_figure_that_would_leave_a_page_more_than_a_third_empty_shrinks_to_fit():
+    html = page(600)  # 372 px (38 %) left: the 400 px figure moves to page 2
+    plain = render.layout_pdf(html)
+    assert render.empty_shares(plain)[0] == pytest.approx(0.38, abs=0.02)
+    assert render.pages_too_empty(plain) == [1]
+    assert figure_page_and_width(plain) == (2, 600)
+
+    fitted = render.fitted_layout(html)
+    assert render.pages_too_empty(fitted) == []
+    number, width = figure_page_and_width(fitted)
+    assert number == 1
+    assert render.MIN_FIGURE_SCALE * 600 <= width < 600
+    assert render.empty_shares(fitted)[0] < 1 / 3
+
+
+def test_a_figure_is_never_drawn_below_the_smallest_readable_scale():
+    html = page(600, figure_height=900)  # 372 px left: it would need a scale of about 0.4
+    fitted = render.fitted_layout(html)
+    assert figure_page_and_width(fitted) == (2, 600)  # left whole, at full size
+    assert render.pages_too_empty(fitted) == [1]  # and the page stays reported
+
+
+def test_a_gallery_of_thumbnails_is_not_shrunk():
+    fitted = render.fitted_layout(page(600, figure_class="galleries"))
+    assert figure_page_and_width(fitted) == (2, 600)
+
+
+def test_the_page_before_an_appendix_and_the_last_page_may_be_empty():
+    html = """<html><head><style>#appendix { page-break-before: always; }</style></head><body>
+      <p>One line, then a forced break.</p>
+      <section id="appendix"><h2>Appendix</h2><p>One line.</p></section></body></html>"""
+    document = render.layout_pdf(html)
+    assert len(document.pages) == 2 and min(render.empty_shares(document)) > 0.9
+    assert render.pages_too_empty(document) == []
+
+
+def test_a_table_split_across_pages_is_found_only_where_it_fits_on_one():
+    rows = "".join(f"<tr><td>row {i}</td></tr>" for i in range(30))
+    short = f'<div style="height: 900px">text</div><table id="t-short">{rows}</table>'
+    long_rows = "".join(f"<tr><td>row {i}</td></tr>" for i in range(120))
+    long = f'<table id="t-long">{long_rows}</table>'
+    document = render.layout_pdf(f"<html><body>{short}{long}</body></html>")
+    assert render.split_tables(document) == ["t-short"]
+
+
+def test_a_kept_table_that_would_leave_a_page_empty_lets_the_next_paragraph_go_first():
+    rows = "".join(f"<tr><td>row {i}</td></tr>" for i in range(20))  # 400 px
+    html = f"""<html><head><style>
+      body {{ margin: 0; font-size: 12px; line-height: 20px; }} p {{ margin: 0; }}
+      td {{ padding: 0; height: 20px; }} table {{ border-collapse: collapse; margin: 0; }}
+      .keep {{ page-break-inside: avoid; }}
+    </style></head><body>
+      <p>{"A line of text.<br>" * 30}</p>
+      <div class="keep scroll"><table id="table-1">{rows}</table></div>
+      <p id="after">{"The paragraph after the table.<br>" * 6}</p>
+    </body></html>"""
+    plain = render.layout_pdf(html)
+    assert render.pages_too_empty(plain) == [1]
+    assert render.tables_to_float(plain) == ["table-1"]
+
+    fitted = render.fitted_layout(html)
+    assert render.pages_too_empty(fitted) == []
+    assert render.split_tables(fitted) == []
+    first_page = [b.element.get("id") for b in render._boxes(fitted.pages[0]._page_box)
+                  if b.element is not None]  # fmt: skip
+    assert "after" in first_page and "table-1" not in first_page
+
+
+def test_with_text_first_moves_only_a_paragraph_that_follows_the_table():
+    kept = '<div class="keep"><table id="table-2"><tr><td>x</td></tr></table></div>'
+    assert render.with_text_first(kept + " <p>after</p>", "table-2") == ("<p>after</p>\n" + kept)
+    assert render.with_text_first(kept + "<figure>f</figure><p>x</p>", "table-2") is None
+    assert render.with_text_first(kept + "<p>x</p>", "table-9") is None
