@@ -173,8 +173,22 @@ DISABLE_VARIABLE = "STUDY_DISABLE_PLUGINS"
 HOOK_NAMES = tuple(n for n in dir(hookspecs) if n.startswith("study_"))
 
 
+# The distribution's names before a rename, with the name that replaced each: runs record
+# plugins as "distribution:entry-point", and a run recorded as "study:study-models" must
+# still name the plugin installed today (`study reproduce`, STUDY_DISABLE_PLUGINS).
+RENAMED_DISTRIBUTIONS = {"study": "archstudy"}  # "study" was taken on PyPI
+
+
+def current_plugin_name(name: str) -> str:
+    """A plugin ("distribution:entry-point") or distribution name under today's distribution
+    names: "study:study-models" -> "archstudy:study-models"."""
+    dist, colon, entry = name.partition(":")
+    return RENAMED_DISTRIBUTIONS.get(dist, dist) + colon + entry
+
+
 def disabled_plugins() -> set[str]:
-    return {p.strip() for p in os.environ.get(DISABLE_VARIABLE, "").split(",") if p.strip()}
+    names = os.environ.get(DISABLE_VARIABLE, "").split(",")
+    return {current_plugin_name(p.strip()) for p in names if p.strip()}
 
 
 def plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
@@ -195,6 +209,20 @@ def plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
                     f"switch it off with {DISABLE_VARIABLE}={name}"
                 ) from exc
             _check_hook_names(plugin, name)
+            other = pm.get_name(plugin)
+            if other is not None:  # one module, two distributions: an old install left behind
+                dists = sorted({dist, other.partition(":")[0]})
+                old = [d for d in dists if d in RENAMED_DISTRIBUTIONS]
+                raise PluginError(
+                    f"plugin {name} ({ep.value}) is also installed as {other}: two installed "
+                    "distributions provide the same code; "
+                    + (
+                        f"{old[0]} is {RENAMED_DISTRIBUTIONS[old[0]]}'s old name: "
+                        f"pip uninstall {old[0]}"
+                        if old
+                        else f"uninstall one of them: {' or '.join(dists)}"
+                    )
+                )
             pm.register(plugin, name=name)
     return pm
 

@@ -102,11 +102,11 @@ def main(argv: list[str]) -> int:
 def check_plugins_installed(original: RunRecord) -> None:
     """A run whose model or data set no installed plugin provides: one line naming the
     distribution (and version) that provided it when it ran, so a reader knows what to install."""
-    from study.registry import registry
+    from study.registry import current_plugin_name, registry
 
     reg = registry()
     prov = original.info.get("provenance") or {}
-    versions = prov.get("plugins") if isinstance(prov.get("plugins"), dict) else {}
+    versions = _current_names(prov.get("plugins"))
     for kind, name, table in (
         ("model", original.model, reg.models),
         ("dataset", original.dataset, reg.datasets),
@@ -115,6 +115,7 @@ def check_plugins_installed(original: RunRecord) -> None:
             continue
         part = original.info.get(kind) or {}
         plugin = part.get("plugin") if isinstance(part.get("plugin"), str) else None
+        plugin = current_plugin_name(plugin) if plugin is not None else None
         if plugin is None:  # recorded before the data set named its plugin: the ones missing
             plugin = " or ".join(p for p in versions if reg.pm.get_plugin(p) is None) or None
         if plugin is None:
@@ -130,6 +131,16 @@ def check_plugins_installed(original: RunRecord) -> None:
             + (f" {version}" if version else "")
             + f", which is not installed here; install it (pip install '{pin}') to reproduce it"
         )
+
+
+def _current_names(plugins) -> dict:
+    """A provenance's {plugin: value} under today's distribution names (a run recorded before
+    the distribution's rename names "study:study-models")."""
+    from study.registry import current_plugin_name
+
+    if not isinstance(plugins, dict):
+        return {}
+    return {current_plugin_name(str(k)): v for k, v in plugins.items()}
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -386,9 +397,13 @@ def differences(original: RunRecord, again: RunRecord, updates: dict, data_note)
         )
     else:
         lines += _dict_differences("version", _versions(pa), _versions(pb))
-        lines += _dict_differences("plugin", pa.get("plugins") or {}, pb.get("plugins") or {})
         lines += _dict_differences(
-            "plugin code", pa.get("plugin_code") or {}, pb.get("plugin_code") or {}
+            "plugin", _current_names(pa.get("plugins")), _current_names(pb.get("plugins"))
+        )
+        lines += _dict_differences(
+            "plugin code",
+            _current_names(pa.get("plugin_code")),
+            _current_names(pb.get("plugin_code")),
         )
         lines += _dict_differences("code", _code(pa), _code(pb))
         lines += _dict_differences(

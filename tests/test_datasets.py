@@ -44,7 +44,7 @@ def decode(name: str, root: Path, workers: int = 0):
 
 def test_plugin_registers_the_built_in_datasets():
     pm = registry.plugin_manager(load_entry_points=False)
-    pm.register(datasets, name="study:study-datasets")
+    pm.register(datasets, name="archstudy:study-datasets")
     found = registry.Registry(pm).datasets
     assert set(found) == {"mnist", "fashion_mnist", "cifar10", "tiny_imagenet", "image_folder"}
     assert found["image_folder"].spec.describe is not None  # its classes come from its files

@@ -39,7 +39,7 @@ def _deterministic():
 def test_registry_finds_all_models_from_the_first_party_plugin():
     registry = Registry(plugin_manager())
     for name in NAMES:
-        assert registry.models[name].plugin == "study:study-models"
+        assert registry.models[name].plugin == "archstudy:study-models"
         assert registry.model(name).name == name
 
 

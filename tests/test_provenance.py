@@ -22,16 +22,16 @@ def test_a_run_records_its_provenance(mnist_root, tmp_path):
     prov = info["provenance"]
     assert prov["study"] == study.__version__
     assert prov["plugins"] == {
-        "study:study-datasets": study.__version__,
-        "study:study-models": study.__version__,
+        "archstudy:study-datasets": study.__version__,
+        "archstudy:study-models": study.__version__,
     }
     # Each plugin's source, hashed: the files of the package that holds its entry point.
     h = hashlib.sha256()
     for file in sorted(Path(study.plugins.models.__file__).parent.glob("*.py")):
         h.update(file.name.encode() + b"\0" + file.read_bytes())
     assert prov["plugin_code"] == {
-        "study:study-datasets": h.hexdigest()[:16],
-        "study:study-models": h.hexdigest()[:16],
+        "archstudy:study-datasets": h.hexdigest()[:16],
+        "archstudy:study-models": h.hexdigest()[:16],
     }
     assert prov["versions"]["torch"] and prov["versions"]["numpy"]
     assert prov["determinism"]["autocast"] is None  # the CPU trains in fp32
@@ -76,5 +76,6 @@ def test_the_report_appendix_names_the_code_that_ran(mnist_root, tmp_path):
     else:
         assert row.startswith(f"study {study.__version__} (installed)")
     assert row.endswith(
-        f"plugins: study:study-datasets {study.__version__}, study:study-models {study.__version__}"
+        f"plugins: archstudy:study-datasets {study.__version__}, "
+        f"archstudy:study-models {study.__version__}"
     )

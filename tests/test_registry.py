@@ -20,8 +20,8 @@ def test_builtin_plugins_are_registered_through_entry_points():
     reg = Registry(plugin_manager())
     assert {"vgg16", "resnet50", "inception_v3", "resnet18", "small_cnn"} <= set(reg.models)
     assert {"mnist", "fashion_mnist", "cifar10", "tiny_imagenet"} <= set(reg.datasets)
-    assert reg.models["resnet50"].plugin == "study:study-models"
-    assert reg.datasets["cifar10"].plugin == "study:study-datasets"
+    assert reg.models["resnet50"].plugin == "archstudy:study-models"
+    assert reg.datasets["cifar10"].plugin == "archstudy:study-datasets"
 
 
 def test_unknown_name_lists_the_registered_ones():
@@ -51,7 +51,7 @@ def test_two_plugins_registering_one_name_are_both_named(tmp_path, monkeypatch):
         Registry(plugin_manager())
     message = str(err.value)
     assert "'resnet18'" in message and "rename the model" in message
-    assert "study:study-models" in message and "dupmodels:dup_plugin" in message
+    assert "archstudy:study-models" in message and "dupmodels:dup_plugin" in message
 
 
 def test_a_plugin_that_fails_to_import_is_named(tmp_path, monkeypatch):
@@ -64,7 +64,7 @@ def test_a_plugin_that_fails_to_import_is_named(tmp_path, monkeypatch):
 def test_study_list_names_each_plugin(tmp_path):
     out = run_study("list", cwd=tmp_path).stdout
     assert "resnet50" in out and "tiny_imagenet" in out
-    assert out.count("study:study-models") == 6
+    assert out.count("archstudy:study-models") == 6
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def test_python_m_study_works_in_the_source_checkout():
     """The README's commands run from the checkout, where `python -m study` imports ./study
     first: the installed package must still supply study.plugins and study.templates."""
     out = run_study("list", cwd=HERE.parent).stdout
-    assert "resnet50" in out and "study:study-models" in out
+    assert "resnet50" in out and "archstudy:study-models" in out
 
 
 def test_a_misspelled_hook_is_named_with_the_hook_it_resembles(tmp_path, monkeypatch):
@@ -229,3 +229,19 @@ def test_a_broken_plugin_can_be_switched_off_without_uninstalling_it(tmp_path, m
         env={"PYTHONPATH": str(tmp_path), "STUDY_DISABLE_PLUGINS": "brokenplugin"},
     ).stdout  # fmt: skip
     assert "resnet18" in out and "broken" not in out
+
+
+def test_the_old_distribution_left_installed_beside_the_new_one_is_named_in_one_line(tmp_path):
+    """`pip install archstudy` over an old `study` install: both distributions point at the same
+    plugin module. One line says which to uninstall, not pluggy's ValueError."""
+    info = tmp_path / "study-0.0.9.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: study\nVersion: 0.0.9\n")
+    (info / "entry_points.txt").write_text(
+        "[study.plugins]\nstudy-models = study.plugins.models\n"
+    )
+    proc = run_study("list", cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)}, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("study: error:")]
+    assert "two installed distributions provide the same code" in line
+    assert line.endswith("study is archstudy's old name: pip uninstall study")

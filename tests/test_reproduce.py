@@ -112,26 +112,57 @@ def test_an_older_plugin_version_in_the_record_is_named(stored, tmp_path):
     runs = _copy_store(stored, tmp_path)
     info_path = runs / "1" / "info.json"
     info = json.loads(info_path.read_text())
-    now = info["provenance"]["plugins"]["study:study-models"]
-    code = info["provenance"]["plugin_code"]["study:study-datasets"]
-    info["provenance"]["plugins"]["study:study-models"] = "0.0.1"
+    now = info["provenance"]["plugins"]["archstudy:study-models"]
+    code = info["provenance"]["plugin_code"]["archstudy:study-datasets"]
+    info["provenance"]["plugins"]["archstudy:study-models"] = "0.0.1"
     # The data set plugin's code changed with no version bump: the digest still tells.
-    info["provenance"]["plugin_code"]["study:study-datasets"] = "0123456789abcdef"
+    info["provenance"]["plugin_code"]["archstudy:study-datasets"] = "0123456789abcdef"
     info["provenance"]["versions"]["torch"] = "1.13.1"
     info_path.write_text(json.dumps(info))
     proc = run_study("reproduce", "1", "--runs", runs, cwd=tmp_path)
     assert _verdict(proc).group(1) == "identical"
-    assert f"plugin: study:study-models '0.0.1' -> '{now}'" in proc.stdout
-    assert f"plugin code: study:study-datasets '0123456789abcdef' -> '{code}'" in proc.stdout
-    assert "plugin: study:study-datasets" not in proc.stdout  # its version did not change
+    assert f"plugin: archstudy:study-models '0.0.1' -> '{now}'" in proc.stdout
+    assert f"plugin code: archstudy:study-datasets '0123456789abcdef' -> '{code}'" in proc.stdout
+    assert "plugin: archstudy:study-datasets" not in proc.stdout  # its version did not change
     assert "version: torch '1.13.1' -> " in proc.stdout
+
+
+def test_a_run_recorded_under_the_old_distribution_name_finds_its_plugins(
+    stored, tmp_path, monkeypatch
+):
+    """Runs recorded before the rename name their plugins "study:study-models"; reproduce
+    compares them with archstudy's own, and STUDY_DISABLE_PLUGINS accepts either name."""
+    runs = _copy_store(stored, tmp_path)
+    info_path = runs / "1" / "info.json"
+    info = json.loads(info_path.read_text())
+    prov = info["provenance"]
+    for table in ("plugins", "plugin_code"):
+        prov[table] = {k.replace("archstudy:", "study:"): v for k, v in prov[table].items()}
+    for part in ("model", "dataset"):
+        info[part]["plugin"] = info[part]["plugin"].replace("archstudy:", "study:")
+    info_path.write_text(json.dumps(info))
+    proc = run_study("reproduce", "1", "--runs", runs, cwd=tmp_path)
+    assert _verdict(proc).group(1) == "identical"
+    assert "plugin: " not in proc.stdout and "plugin code: " not in proc.stdout
+
+    from study.registry import current_plugin_name, disabled_plugins
+
+    assert current_plugin_name("study:study-models") == "archstudy:study-models"
+    assert current_plugin_name("study") == "archstudy"
+    assert current_plugin_name("study-tinynet:tinynet") == "study-tinynet:tinynet"
+    proc = run_study(
+        "list", cwd=tmp_path, env={"STUDY_DISABLE_PLUGINS": "study:study-models, study-tinynet"}
+    )
+    assert "resnet50" not in proc.stdout and "cifar10" in proc.stdout
+    monkeypatch.setenv("STUDY_DISABLE_PLUGINS", "study")
+    assert disabled_plugins() == {"archstudy"}
 
 
 def test_a_run_whose_plugin_is_not_installed_names_the_distribution(stored, tmp_path):
     runs = _copy_store(stored, tmp_path)
     config_path, info_path = runs / "1" / "config.json", runs / "1" / "info.json"
     config, info = json.loads(config_path.read_text()), json.loads(info_path.read_text())
-    assert info["dataset"]["plugin"] == "study:study-datasets"  # what a run records
+    assert info["dataset"]["plugin"] == "archstudy:study-datasets"  # what a run records
     config["model"] = "tinynet"
     info["model"].update(name="tinynet", plugin="study-tinynet:models")
     info["provenance"]["plugins"]["study-tinynet:models"] = "0.2"
@@ -346,7 +377,7 @@ def test_runs_long_shows_the_provenance(stored, tmp_path):
     prov = run.info["provenance"]
     lines = [line.strip() for line in proc.stdout.splitlines()]
     assert f"code: study {prov['study']}" in "\n".join(lines)
-    assert "plugins: study:study-datasets" in "\n".join(lines)
+    assert "plugins: archstudy:study-datasets" in "\n".join(lines)
     assert f"torch {prov['versions']['torch']}" in "\n".join(lines)
     assert any(line.startswith("determinism: ") and "cudnn_benchmark=" in line for line in lines)
     digest = run.info["dataset"]["content"]["MNIST/raw/train-images-idx3-ubyte.gz"]

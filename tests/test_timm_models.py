@@ -22,7 +22,7 @@ def test_study_list_names_the_family_without_importing_timm(tmp_path):
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=tmp_path
     ).stdout
-    assert "timm:NAME" in out and "study:study-timm" in out and "`study list timm`" in out
+    assert "timm:NAME" in out and "archstudy:study-timm" in out and "`study list timm`" in out
     assert out.strip().endswith("timm not imported")
     listed = run_study("list", "timm", cwd=tmp_path).stdout.splitlines()
     assert listed[0] == f"{len(timm.list_models())} models in timm (model=timm:NAME):"
@@ -37,7 +37,7 @@ def test_a_timm_spec_comes_from_timms_own_metadata():
     assert spec.input_size == {"paper": 176, "fast": None}  # timm's pretrained input size
     assert spec.pretrained_weights and spec.normalises_activations  # BatchNorm inside
     assert f"timm {timm.__version__}" in spec.description
-    assert registry().models["timm:resnet10t"].plugin == "study:study-timm"
+    assert registry().models["timm:resnet10t"].plugin == "archstudy:study-timm"
     assert "timm:nope" not in registry().models and "timm:resnet10t" in registry().models
 
 
@@ -48,7 +48,7 @@ def test_a_timm_model_trains_as_a_recorded_run_and_a_misspelt_one_is_one_line(mn
     )  # fmt: skip
     (run,) = read_file_store(tmp_path / "runs")
     assert run.status == "COMPLETED" and run.config["model"] == "timm:resnet10t"
-    assert run.info["model"]["plugin"] == "study:study-timm"
+    assert run.info["model"]["plugin"] == "archstudy:study-timm"
     assert run.info["model"]["image_size"] == 32  # MNIST's 28 px raised to the family's minimum
     assert run.info["model"]["params"] > 1e6
     bad = run_study("run", "with", "model=timm:resnet10x", "dataset=mnist",
