@@ -237,9 +237,7 @@ def test_the_old_distribution_left_installed_beside_the_new_one_is_named_in_one_
     info = tmp_path / "study-0.0.9.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: study\nVersion: 0.0.9\n")
-    (info / "entry_points.txt").write_text(
-        "[study.plugins]\nstudy-models = study.plugins.models\n"
-    )
+    (info / "entry_points.txt").write_text("[study.plugins]\nstudy-models = study.plugins.models\n")
     proc = run_study("list", cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)}, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("study: error:")]
