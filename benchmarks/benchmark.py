@@ -41,9 +41,10 @@ import numpy as np
 import torch
 
 from study import engine, sacred_api
+from study.build import make_optimizer
 from study.data import Prepared, prepare
 from study.distributed import World
-from study.experiment import build_setup, make_optimizer
+from study.experiment import build_setup
 from study.modelstats import count_macs
 from study.registry import registry
 from study.specs import Split
@@ -193,7 +194,7 @@ class SeedStyleDataset(torch.utils.data.Dataset):
 
 def seed_style_rate(config, data, model_spec, device, batch, steps, warmup, workers, bf16):
     """The seed's pipeline: DataLoader workers, NCHW, the default (unfused) optimizer."""
-    from study.experiment import input_channels, model_options
+    from study.build import input_channels, model_options
 
     in_channels = input_channels(model_spec, data)
     dataset = SeedStyleDataset(

@@ -35,6 +35,10 @@ class Setting:
     shown_default: str  # the default as help and the README state it
     help: str  # one line: print_config's comment, `study help run`
     readme: str = ""  # the README's fuller meaning, where it says more than `help`
+    # Whether a value other than the protocol's is a departure from it (recorded in the run's
+    # info.departures and listed by the report): not for where a run ran (identity.PLACE_KEYS),
+    # which repeat it is, or how the same model was executed (compiling).
+    departs: bool = True
 
     @property
     def meaning(self) -> str:
@@ -75,12 +79,14 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "required",
         "a registered model name (`study list`)",
+        departs=False,
     ),
     Setting(
         "dataset",
         None,
         "required",
         "a registered data set name (`study list`)",
+        departs=False,
     ),
     Setting(
         "data_root",
@@ -88,6 +94,7 @@ SETTINGS: tuple[Setting, ...] = (
         "`$STUDY_DATA_ROOT`, else `~/.cache/study/data`",
         "where data sets live, as torchvision lays them out",
         readme="where data sets live, laid out as torchvision lays out its downloads",
+        departs=False,
     ),
     Setting(
         "folder_image_size",
@@ -105,6 +112,7 @@ SETTINGS: tuple[Setting, ...] = (
         "`True`",
         "fetch missing data set files from their official location",
         readme="fetch missing files from the official location, verifying the checksum",
+        departs=False,
     ),
     Setting(
         "protocol",
@@ -199,6 +207,7 @@ SETTINGS: tuple[Setting, ...] = (
         "0",
         "",
         readme="the same seed on the CPU gives the same metrics",
+        departs=False,
     ),
     Setting(
         "image_size",
@@ -341,6 +350,7 @@ SETTINGS: tuple[Setting, ...] = (
             "(see [Health](#health)): it ends COMPLETED, with the reason in "
             "`info.health.stopped`"
         ),
+        departs=False,
     ),
     Setting(
         "compile",
@@ -352,6 +362,7 @@ SETTINGS: tuple[Setting, ...] = (
             "`train_seconds` (recorded as `compile_seconds`), and evaluation and precise "
             "BatchNorm use the uncompiled module"
         ),
+        departs=False,
     ),
     Setting(
         "compile_mode",
@@ -362,6 +373,7 @@ SETTINGS: tuple[Setting, ...] = (
             "torch.compile's mode: `default`, `reduce-overhead` (CUDA graphs), "
             "`max-autotune`, `max-autotune-no-cudagraphs`"
         ),
+        departs=False,
     ),
     Setting(
         "data_on_device",
@@ -374,6 +386,7 @@ SETTINGS: tuple[Setting, ...] = (
             "when it takes at most half the device's free memory. Data that fits neither is "
             "refused before any work, with what would fit"
         ),
+        departs=False,
     ),
     Setting(
         "sync_bn",
@@ -413,6 +426,7 @@ SETTINGS: tuple[Setting, ...] = (
         "`auto`",
         "auto, cpu, cuda or cuda:N",
         readme="`cpu`, `cuda`, `cuda:N`",
+        departs=False,
     ),
     Setting(
         "num_workers",
@@ -420,12 +434,14 @@ SETTINGS: tuple[Setting, ...] = (
         "0",
         "processes that decode a data set into its cache (first run only)",
         readme="processes that decode a data set into its cache (first use only)",
+        departs=False,
     ),
     Setting(
         "gallery",
         16,
         "16",
         "how many confidently misclassified test images to keep",
+        departs=False,
     ),
     Setting(
         "checkpoint_dir",
@@ -433,6 +449,7 @@ SETTINGS: tuple[Setting, ...] = (
         "null: the run's folder",
         "where checkpoints go: null, the run's folder in a file store (./checkpoints/<id> with "
         "MongoDB alone)",
+        departs=False,
     ),
     Setting(
         "resume",
@@ -440,6 +457,7 @@ SETTINGS: tuple[Setting, ...] = (
         "null",
         "a run id to continue from its last checkpoint",
         readme="a run id: continue that interrupted run from its last checkpoint",
+        departs=False,
     ),
 )
 

@@ -252,7 +252,8 @@ def test_departures_from_the_named_protocol_are_recorded_and_short_schedules_war
 ):
     proc = run_study(
         "run", "with", "fast", "model=small_cnn", "dataset=mnist", f"data_root={mnist_root}",
-        "epochs=1", "lr=0.05", "test_limit=50", "-F", tmp_path / "runs", cwd=tmp_path,
+        "epochs=1", "lr=0.05", "test_limit=50", "seed=3", "gallery=4", "-F", tmp_path / "runs",
+        cwd=tmp_path,
     )  # fmt: skip
     (warning,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning: ")]
     assert warning == (
@@ -266,7 +267,13 @@ def test_departures_from_the_named_protocol_are_recorded_and_short_schedules_war
         "epochs": {"value": 1, "protocol": 10},
         "lr": {"value": 0.05, "protocol": 0.003},
         "test_limit": {"value": 50, "protocol": None},
-    }
+    }  # not seed, gallery or data_root: the settings table says they are no departure
+
+    from study import experiment, identity, settings
+
+    assert set(identity.PLACE_KEYS) <= set(experiment.NOT_DEPARTURES)
+    assert {"seed", "compile"} <= set(experiment.NOT_DEPARTURES)
+    assert experiment.NOT_DEPARTURES == tuple(s.name for s in settings.SETTINGS if not s.departs)
 
 
 def _spec_with(decode, **fields):

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from study import protocols, sacred_api
-from study.experiment import make_scheduler
+from study.build import make_scheduler
 from study.modelstats import count_macs
 from study.registry import registry
 from study.specs import ModelOptions
@@ -114,7 +114,7 @@ def test_the_schedule_warms_up_linearly_then_decays_by_a_cosine():
 def test_no_weight_decay_on_norm_and_bias_under_fast(optimizer):
     import torch
 
-    from study.experiment import make_optimizer
+    from study.build import make_optimizer
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     cfg = {"optimizer": optimizer, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,

@@ -1,4 +1,4 @@
-"""The learning-rate schedules `study run` steps every batch (study.experiment.make_scheduler)."""
+"""The learning-rate schedules `study run` steps every batch (study.build.make_scheduler)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from study.experiment import make_scheduler
+from study.build import make_scheduler
 
 
 def _lrs(
