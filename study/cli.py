@@ -549,8 +549,15 @@ def run_experiment(
             started["id"] = sacred_api.run_id(run)
     except StudyError:
         raise
-    except KeyboardInterrupt:
-        print("study: interrupted; the run is recorded as INTERRUPTED", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        from study.engine import Preempted
+
+        kept = (
+            f" ({exc}; its checkpoint holds that step: resume=ID continues from it)"
+            if isinstance(exc, Preempted)
+            else ""
+        )
+        print(f"study: interrupted; the run is recorded as INTERRUPTED{kept}", file=sys.stderr)
         return 130
     except Exception:
         if args.get("--debug"):
@@ -565,16 +572,27 @@ def run_experiment(
     return 0
 
 
+# A scheduler's signals that a job is about to be stopped: SLURM's SIGTERM, submitit's SIGUSR2
+# (its preemption warning), SIGUSR1 (what `sbatch --signal` sends by default).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
 def _terminate_as_interrupt() -> None:
-    """SIGTERM (a scheduler stopping the job) ends the run like Ctrl-C: recorded INTERRUPTED."""
+    """A stop signal (a scheduler preempting the job) ends the run like Ctrl-C, recorded
+    INTERRUPTED; while it trains, after the step in progress, with a checkpoint of that step
+    (study.engine.PREEMPT), so that resuming loses nothing."""
+    from study import engine
 
     def handler(signum, frame):
-        raise KeyboardInterrupt
+        if not engine.TRAINING.is_set():
+            raise KeyboardInterrupt
+        engine.PREEMPT.set()
 
     import threading
 
     if threading.current_thread() is threading.main_thread():  # signals: the main thread's
-        signal.signal(signal.SIGTERM, handler)
+        for stop in STOP_SIGNALS:
+            signal.signal(stop, handler)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import math
 import os
 import random
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,6 +74,9 @@ class TrainState:
     config: dict = field(default_factory=dict)  # what was trained; a resume must match it
     # Why training ended before its schedule did, by the health rule (health_stop), or None.
     stopped_by_health: str | None = None
+    # Where an unfinished epoch stood (a mid-epoch checkpoint), or None: {"epoch", "step",
+    # "generator": the epoch generator's state, "sums": the epoch's running totals, "seconds"}.
+    partial: dict | None = None
 
 
 @dataclass
@@ -106,6 +110,7 @@ class TrainingSetup:
     warmup_steps: int = 0  # the schedule's warm-up: the health rule judges the loss after it
     aux_logits: bool = False  # the model trains an auxiliary head (its loss adds aux_weight x)
     health_stop: bool = False  # training ends at the first evaluation the health rule flags
+    checkpoint_every: float | None = None  # seconds between mid-epoch checkpoints; None: never
 
     @property
     def device(self) -> torch.device:
@@ -161,6 +166,18 @@ BUDGET_CHECK_EVERY = 16
 END_LOSS_SHARE = 0.25
 
 
+class Preempted(KeyboardInterrupt):
+    """Training stopped after a step because the run was asked to stop (a scheduler's
+    preemption signal, study.cli): the checkpoint holds that step, and resuming continues from
+    it. A KeyboardInterrupt: the run is recorded INTERRUPTED, as after Ctrl-C."""
+
+
+# Set by the signal handler (study.cli) while a run trains (TRAINING, set by fit): the next
+# step writes a checkpoint and training stops with Preempted.
+PREEMPT = threading.Event()
+TRAINING = threading.Event()
+
+
 def train_one_epoch(
     setup: TrainingSetup,
     generator: torch.Generator,
@@ -168,10 +185,17 @@ def train_one_epoch(
     progress: str | None = None,
     time_limit: float | None = None,
     untimed_steps: int = 0,
+    resume: dict | None = None,
+    save_partial: Callable[[dict], None] | None = None,
 ) -> dict:
     """One pass over the training split (or less: with `time_limit`, it stops after the first
     step that ends that many seconds after the epoch began, checked every step in one process
-    and every BUDGET_CHECK_EVERY steps under torchrun; `stopped_early` then says so)."""
+    and every BUDGET_CHECK_EVERY steps under torchrun; `stopped_early` then says so).
+
+    `resume` (a TrainState.partial): continue the epoch where a mid-epoch checkpoint left it,
+    to the same metrics as had it not stopped (on the CPU, bit for bit). `save_partial` is
+    given where the epoch stands every `setup.checkpoint_every` seconds, and when PREEMPT is
+    set, after which the epoch stops with Preempted."""
     setup.model.train()
     data = setup.train
     device = data.device
@@ -186,24 +210,52 @@ def train_one_epoch(
     nonfinite = torch.zeros((), device=device)
     first_nonfinite = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
+    done, earlier = 0, 0.0  # steps and seconds of this epoch before a resume
+    if resume is not None:
+        done, earlier = int(resume["step"]), float(resume["seconds"])
+        sums = resume["sums"].tolist()  # float64: every float32 sum and int count exactly
+        loss_sum.fill_(sums[0])
+        correct.fill_(int(sums[1]))
+        end_loss_sum.fill_(sums[2])
+        nonfinite.fill_(sums[4])
+        first_nonfinite.fill_(int(sums[5]))
+        end_seen, seen = int(sums[3]), int(sums[6])
     batches = data.batches(
         setup.batch_size,
         setup.train_transform,
         train=True,
         generator=generator,
         drop_last=setup.drop_last,
+        resume=None if resume is None else (done, resume["generator"]),
     )
     total = data.num_batches(setup.batch_size, train=True, drop_last=setup.drop_last)
     end_from = total - max(1, int(total * END_LOSS_SHARE))  # the steps after this one
     timed_from, timed_seen = None, 0
     check_every = BUDGET_CHECK_EVERY if distributed.active() else 1
     stopped_early = False
-    start = time.perf_counter()
+    start = time.perf_counter() - earlier
+    last_saved = time.perf_counter()
+
+    def snapshot(step: int) -> dict:
+        sums = [loss_sum, correct, end_loss_sum, end_seen, nonfinite, first_nonfinite, seen]
+        return {
+            "step": step,
+            "generator": generator.get_state(),
+            "sums": torch.tensor([float(v) for v in sums], dtype=torch.float64),
+            "seconds": time.perf_counter() - start,
+        }
+
     for step, (inputs, labels) in enumerate(
         # A bar only where someone watches: on a terminal. Elsewhere (a log, Sacred's
         # cout.txt, a cluster job) the line fit prints after each epoch says it all.
-        tqdm(batches, total=total, desc=progress, disable=progress is None or not on_terminal()),
-        start=1,
+        tqdm(
+            batches,
+            total=total,
+            initial=done,
+            desc=progress,
+            disable=progress is None or not on_terminal(),
+        ),
+        start=done + 1,
     ):
         loss, logits = train_step(setup, inputs, labels)
         loss_sum += loss.detach() * len(labels)
@@ -227,6 +279,15 @@ def train_one_epoch(
         ):
             stopped_early = True
             break
+        if step < total and step % check_every == 0:
+            preempted = _agreed(PREEMPT.is_set(), device)
+            every = setup.checkpoint_every
+            due = every is not None and _past(last_saved, every, device)
+            if save_partial is not None and (preempted or due):
+                save_partial(snapshot(step))
+                last_saved = time.perf_counter()
+            if preempted:
+                raise Preempted(f"stopped after step {step} of {total}")
     # One read of the device per epoch (and, under torchrun, one sum over the ranks).
     seen_t = torch.full((), float(seen), device=device)
     end_seen_t = torch.full((), float(end_seen), device=device)
@@ -280,10 +341,14 @@ def _past(start: float, limit: float, device: torch.device) -> bool:
     they must stop at the same step). On CUDA the host clock may run a few queued steps ahead
     of the device; the epoch's recorded time is measured after the device finished (the
     epoch's one read), so the record stays exact."""
-    past = time.perf_counter() - start >= limit
+    return _agreed(time.perf_counter() - start >= limit, device)
+
+
+def _agreed(flag: bool, device: torch.device) -> bool:
+    """`flag` on any rank (under torchrun every rank must act at the same step)."""
     if distributed.active():
-        past = bool(distributed.sum_(torch.tensor([float(past)], device=device)).item() > 0)
-    return past
+        flag = bool(distributed.sum_(torch.tensor([float(flag)], device=device)).item() > 0)
+    return flag
 
 
 @torch.no_grad()
@@ -449,6 +514,15 @@ def fit(
     metrics)` is called, then the checkpoint is written. Returns the final state and the
     evaluation of the final weights (evaluated here when a resumed run had no epoch left).
     """
+    PREEMPT.clear()  # a signal before training began ended the run then (study.cli)
+    TRAINING.set()
+    try:
+        return _fit(setup, state, on_epoch)
+    finally:
+        TRAINING.clear()
+
+
+def _fit(setup: TrainingSetup, state: TrainState | None, on_epoch) -> tuple:
     state = state or TrainState()
     evaluation = None
     epochs, budget = setup.epochs, setup.time_budget
@@ -466,13 +540,28 @@ def fit(
             state.stopped_by_budget = True
             break
         tick = time.perf_counter()
+        resume = _partial_of(state, epoch)
+        state.partial = None
+
+        def save_partial(snapshot: dict, epoch: int = epoch) -> None:
+            # Every rank's place in the epoch and random states: each continues its own.
+            state.partial = {"epoch": epoch, "ranks": distributed.gather(snapshot)}
+            rng = distributed.gather(_rng_states(setup.device))
+            if distributed.from_environment().is_main:
+                save_checkpoint(
+                    setup.checkpoint, setup.model, setup.optimizer, state, setup.scheduler, rng=rng
+                )
+            state.partial = None
+
         try:
             metrics = train_one_epoch(
                 setup,
                 epoch_generator(setup.seed, epoch, setup.device),
                 progress=f"epoch {epoch}/{epochs}" if setup.progress else None,
                 time_limit=None if budget is None else budget - state.train_seconds,
-                untimed_steps=UNTIMED_STEPS if first else 0,
+                untimed_steps=UNTIMED_STEPS if first and resume is None else 0,
+                resume=resume,
+                save_partial=save_partial if setup.checkpoint is not None else None,
             )
             first = False
         except TrainingFailed as exc:
@@ -538,6 +627,24 @@ def fit(
     return state, evaluation
 
 
+def _partial_of(state: TrainState, epoch: int) -> dict | None:
+    """This rank's place in `epoch` from a mid-epoch checkpoint, or None (none, another epoch's,
+    or written by another number of processes: the epoch then starts over)."""
+    partial = state.partial
+    if not partial or partial.get("epoch") != epoch:
+        return None
+    ranks = partial.get("ranks") or []
+    world = distributed.from_environment()
+    if len(ranks) != world.size:
+        print(
+            f"note: epoch {epoch} was checkpointed mid-way by {len(ranks)} process(es), not "
+            f"{world.size}: it starts over",
+            flush=True,
+        )
+        return None
+    return ranks[world.rank]
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module inside torch.compile's and DistributedDataParallel's wrappers."""
     while True:
@@ -593,6 +700,7 @@ def save_checkpoint(
         "compile_seconds": state.compile_seconds,
         "stopped_by_budget": state.stopped_by_budget,
         "stopped_by_health": state.stopped_by_health,
+        "partial": state.partial,
         "config": state.config,
         "rng": rng if rng is not None else [_rng_states(device)],
     }
@@ -689,4 +797,5 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler=None) -> 
         stopped_by_budget=payload.get("stopped_by_budget", False),
         config=dict(payload["config"]),
         stopped_by_health=payload.get("stopped_by_health"),
+        partial=payload.get("partial"),
     )

@@ -444,6 +444,7 @@ def build_setup(config: dict, data, device, world, model_spec) -> tuple:
         warmup_steps=warmup,
         aux_logits=config["aux_logits"],
         health_stop=config["health_stop"],
+        checkpoint_every=config.get("checkpoint_every"),
     )
     return setup, stats, test_idx
 
@@ -471,10 +472,11 @@ def train_and_evaluate(run, config: dict) -> dict:
         state = engine.load_checkpoint(ckpt, setup.model, setup.optimizer, setup.scheduler)
         check_resumable(state, config)
         if world.is_main:
-            print(
-                f"resuming run {sacred_api.run_id(run)} after epoch {state.epoch} from {ckpt}",
-                flush=True,
-            )
+            where = f"after epoch {state.epoch}"
+            if state.partial:  # a mid-epoch checkpoint
+                step = (state.partial.get("ranks") or [{}])[0].get("step")
+                where = f"in epoch {state.partial.get('epoch')} after step {step}"
+            print(f"resuming run {sacred_api.run_id(run)} {where} from {ckpt}", flush=True)
         # Metrics reach the store at Sacred's heartbeat, so a killed run may lack its last
         # epochs there; the checkpoint has them all. Readers keep one value per epoch.
         for metrics in state.history:

@@ -17,6 +17,7 @@ PLACE_KEYS = (
     "download",
     "num_workers",
     "checkpoint_dir",
+    "checkpoint_every",
     "device",
     "data_on_device",
     "resume",

@@ -104,6 +104,16 @@ def _order(n: int, train: bool, generator: torch.Generator | None, device) -> to
     return torch.arange(n, device=device)
 
 
+def _resumed(slices: list, generator: torch.Generator | None, resume) -> list:
+    """The batches left after `resume`'s first ones, `generator` set to where it stood then."""
+    if resume is None:
+        return slices
+    done, state = resume
+    if generator is not None:
+        generator.set_state(state)
+    return slices[done:]
+
+
 class _Split:
     """What both kinds of split share: their length and how they cut it into batches."""
 
@@ -133,10 +143,14 @@ class DeviceSplit(_Split):
         train: bool,
         generator: torch.Generator | None = None,
         drop_last: bool = False,
+        resume: tuple[int, torch.Tensor] | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (inputs, labels). Training order is a permutation drawn from `generator`."""
+        """Yield (inputs, labels). Training order is a permutation drawn from `generator`.
+        `resume` (batch, generator state): continue the epoch from that batch, the generator as
+        it stood there (a mid-epoch checkpoint): the same batches, augmented the same way."""
         order = _order(len(self), train, generator, self.device)
-        for start, stop in batch_slices(len(self), batch_size, train, drop_last):
+        slices = _resumed(batch_slices(len(self), batch_size, train, drop_last), generator, resume)
+        for start, stop in slices:
             idx = order[start:stop]
             yield transform(self.images[idx], train, generator), self.labels[idx]
 
@@ -166,11 +180,12 @@ class HostSplit(_Split):
         train: bool,
         generator: torch.Generator | None = None,
         drop_last: bool = False,
+        resume: tuple[int, torch.Tensor] | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         device = generator.device if generator is not None else self.device
         # The order is drawn where DeviceSplit draws it, then read once per epoch.
         order = _order(len(self), train, generator, device).cpu()
-        slices = batch_slices(len(self), batch_size, train, drop_last)
+        slices = _resumed(batch_slices(len(self), batch_size, train, drop_last), generator, resume)
         if not self._cuda:
             for start, stop in slices:
                 idx = order[start:stop]

@@ -452,6 +452,20 @@ SETTINGS: tuple[Setting, ...] = (
         departs=False,
     ),
     Setting(
+        "checkpoint_every",
+        None,
+        "null: after each epoch only",
+        "seconds between mid-epoch checkpoints (a place setting: not part of what a run trains)",
+        readme=(
+            "seconds between mid-epoch checkpoints, for long epochs on machines that may go "
+            "away (a preempted cluster job); resuming one continues from its step, on the CPU "
+            "to the same metrics. A place setting: it changes nothing a run trains, and a "
+            "resume may change it. Without it a checkpoint is written after each epoch, and "
+            "on a scheduler's preemption signal (SIGUSR1, SIGUSR2, SIGTERM) at the next step"
+        ),
+        departs=False,
+    ),
+    Setting(
         "resume",
         None,
         "null",
@@ -546,6 +560,7 @@ VALID: dict[str, Valid] = {
     "protocol": one_of(*protocols.PROTOCOLS),
     "epochs": integer(1),
     "time_budget": number(positive=True, allow_none=True),
+    "checkpoint_every": number(positive=True, allow_none=True),
     "stop_after": integer(1, allow_none=True),
     "batch_size": integer(1),
     "lr": number(positive=True),

@@ -97,6 +97,99 @@ def test_resume_from_checkpoint_gives_the_uninterrupted_result(tmp_path):
     assert state.epoch == 3 and again.loss == straight.loss
 
 
+class _StopAt(BatchTransform):
+    """The training transform, calling `action` when it prepares training batch `n` (counted
+    over the run): a signal or a crash arriving mid-epoch, at a known step."""
+
+    def __init__(self, n: int, action, **kw):
+        super().__init__(8, mean=(0.5,), std=(0.25,), out_channels=1, augment="flip", **kw)
+        self.n, self.action, self.calls = n, action, 0
+
+    def __call__(self, images, train, generator):
+        if train:
+            self.calls += 1
+            if self.calls == self.n:
+                self.action()
+        return super().__call__(images, train, generator)
+
+
+def _same_history(a, b):
+    keys = ("train_loss", "train_loss_end", "train_top1", "test_loss", "test_top1", "train_images")
+    for x, y in zip(a.history, b.history, strict=True):
+        assert {k: x[k] for k in keys} == {k: y[k] for k in keys}, (x["epoch"], x, y)
+
+
+def test_a_preempted_epoch_resumes_from_its_step_to_the_uninterrupted_result(tmp_path):
+    """The scheduler's signal (PREEMPT, set by study.cli's handler) mid-way through epoch 2:
+    the step in progress ends, a checkpoint of that step is written, training stops; resuming
+    from it gives, on the CPU, exactly the metrics of a run that was never stopped."""
+    model, opt, train, test, t = _setup()
+    straight, final = _fit(model, opt, train, test, t, 3, scheduler=_onecycle(opt))
+
+    model, opt, train, test, _ = _setup()
+    ckpt = tmp_path / "checkpoint.pt"
+    stopping = _StopAt(7 + 3, engine.PREEMPT.set)  # epoch 2's 3rd batch (7 a epoch)
+    setup = _setup_for(model, opt, train, test, stopping, 3, checkpoint=ckpt,
+                       scheduler=_onecycle(opt))  # fmt: skip
+    setup.test_transform = BatchTransform(8, mean=(0.5,), std=(0.25,), out_channels=1)
+    with pytest.raises(engine.Preempted, match="stopped after step 3 of 7"):
+        engine.fit(setup)
+    assert not engine.TRAINING.is_set()
+
+    torch.manual_seed(12345)  # disturb the global RNG: the checkpoint must restore it
+    model, opt, train, test, t = _setup(seed=99)
+    scheduler = _onecycle(opt)
+    state = engine.load_checkpoint(ckpt, model, opt, scheduler)
+    assert state.epoch == 1 and state.partial["epoch"] == 2
+    assert state.partial["ranks"][0]["step"] == 3 and scheduler.last_epoch == 7 + 3
+    state, resumed = _fit(model, opt, train, test, t, 3, state=state, scheduler=scheduler)
+    _same_history(state, straight)
+    assert resumed.loss == final.loss and np.array_equal(resumed.topk_prob, final.topk_prob)
+    assert state.partial is None
+
+
+def test_checkpoint_every_writes_mid_epoch_checkpoints_a_crash_resumes_from(tmp_path):
+    """checkpoint_every=0.0: a checkpoint after every step. A crash in epoch 3 loses only the
+    step in progress, and the resumed run ends where the uninterrupted one does."""
+    model, opt, train, test, t = _setup()
+    straight, final = _fit(model, opt, train, test, t, 3, scheduler=_onecycle(opt))
+
+    def crash():
+        raise RuntimeError("the machine went away")
+
+    model, opt, train, test, _ = _setup()
+    ckpt = tmp_path / "checkpoint.pt"
+    crashing = _StopAt(2 * 7 + 5, crash)
+    setup = _setup_for(model, opt, train, test, crashing, 3, checkpoint=ckpt,
+                       scheduler=_onecycle(opt), checkpoint_every=1e-9)  # fmt: skip
+    setup.test_transform = BatchTransform(8, mean=(0.5,), std=(0.25,), out_channels=1)
+    with pytest.raises(RuntimeError, match="went away"):
+        engine.fit(setup)
+
+    model, opt, train, test, t = _setup(seed=99)
+    scheduler = _onecycle(opt)
+    state = engine.load_checkpoint(ckpt, model, opt, scheduler)
+    assert state.partial["epoch"] == 3 and state.partial["ranks"][0]["step"] == 4
+    state, resumed = _fit(model, opt, train, test, t, 3, state=state, scheduler=scheduler)
+    _same_history(state, straight)
+    assert resumed.loss == final.loss and np.array_equal(resumed.topk_prob, final.topk_prob)
+
+
+def test_without_checkpoint_every_only_epochs_are_checkpointed(tmp_path):
+    model, opt, train, test, t = _setup()
+    ckpt = tmp_path / "checkpoint.pt"
+    setup = _setup_for(model, opt, train, test, _StopAt(10, lambda: None), 2, checkpoint=ckpt)
+    setup.test_transform = t
+    writes = []
+    real = engine.save_checkpoint
+    try:
+        engine.save_checkpoint = lambda *a, **k: (writes.append(a[3].partial), real(*a, **k))
+        engine.fit(setup)
+    finally:
+        engine.save_checkpoint = real
+    assert writes == [None, None]  # one per epoch, none mid-epoch
+
+
 def test_a_time_budget_ends_training_mid_epoch_and_evaluates_what_was_trained(tmp_path):
     model, opt, train, test, t = _setup()
     ckpt = tmp_path / "checkpoint.pt"
