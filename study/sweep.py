@@ -145,6 +145,11 @@ def main(argv: list[str]) -> int:
     """`study sweep [GRID] [--models ...] [--datasets ...] [--seeds N] [with KEY=VALUE ...]`."""
     args, with_tokens = parse_args(argv)
     launcher = check_launcher(args.launcher)
+    given = [o for o, v in (("--nodes", args.nodes != 1), ("--gpus-per-node", args.gpus_per_node),
+                            ("--partition", args.partition), ("--time", args.time),
+                            ("--slurm-option", args.slurm_option)) if v]  # fmt: skip
+    if given and not args.executor:
+        raise StudyError(f"{', '.join(given)}: job options, for --executor slurm or local only")
     grid = make_grid(args, with_tokens)
     store = make_store(args.file_storage, args.mongo_db)
     sweep_id = args.id or grid_id(args.grid or "grid", grid)
@@ -179,7 +184,40 @@ def main(argv: list[str]) -> int:
         return 0
 
     logs = Path(args.logs) if args.logs else log_folder(store, sweep_id)
+    if args.executor:
+        return submit_cells(cells, sweep_id, store, logs, args, split_with(argv)[0], with_tokens)
     return run_cells(cells, grid, sweep_id, store, logs, launcher)
+
+
+def submit_cells(cells, sweep_id: str, store: Store, logs: Path, args, options, with_tokens):
+    """`--executor`: each cell still to run as one job (study.cluster), then, once every job
+    has ended, the summary from the store."""
+    from study import cluster
+
+    ex = cluster.executor(args.executor, logs / "jobs", args)
+    os.environ.update(store.env)  # a password reaches the jobs by their environment only
+    jobs = [
+        (
+            c.name,
+            cluster.cell_command(
+                cell_args(options, with_tokens, c, sweep_id, store), args.gpus_per_node
+            ),
+        )  # fmt: skip
+        for c in cells
+        if c.action in ("run", "resume")
+    ]
+    print(f"submitting {len(jobs)} job(s) to {args.executor} (logs {logs / 'jobs'})", flush=True)
+    problems = cluster.wait(cluster.submit(jobs, ex))
+    records = store.read()
+    for cell in cells:
+        plan(cell, records)
+        cell.log = logs / f"{cell.slug}.log" if (logs / f"{cell.slug}.log").exists() else None
+        if cell.action != "done":
+            cell.status = outcome_of(cell, store)
+    print(write_summary(cells, sweep_id, store, logs), flush=True)
+    for line in problems:
+        print(f"study sweep: {line}", file=sys.stderr)
+    return 0 if all(c.status == "COMPLETED" for c in cells) else 1
 
 
 def check_launcher(launcher: str | None) -> list[str]:
@@ -199,16 +237,25 @@ def check_launcher(launcher: str | None) -> list[str]:
     return words
 
 
+# The options of `--executor`: a cell's job runs the cell itself, never submits again.
+EXECUTOR_OPTIONS = ("--executor", "--nodes", "--gpus-per-node", "--partition", "--time",
+                    "--slurm-option")  # fmt: skip
 # Options a printed cell line sets itself (and how many values each takes).
 LINE_OPTIONS = {"--print-commands": 0, "--dry-run": 0, "--cell": 1, "--id": 1, "-F": 1,
                 "--file_storage": 1, "--runs": 1, "-m": 1, "--mongo_db": 1,
-                "--mongo": 1}  # fmt: skip
+                "--mongo": 1, **{o: 1 for o in EXECUTOR_OPTIONS}}  # fmt: skip
 
 
 def cell_line(options: list[str], with_tokens: list[str], cell, sweep_id: str, store) -> str:
     """One cell as a shell line: `python -m study sweep ... --cell N --id ID`, so a printed line
     goes through the sweep's claims like any sweep process (run twice, or by two array tasks,
     the cell trains once) and its index is the sweep's own, from 0."""
+    return shlex.join(["python", "-m", "study", *cell_args(options, with_tokens, cell, sweep_id,
+                                                            store)])  # fmt: skip
+
+
+def cell_args(options: list[str], with_tokens: list[str], cell, sweep_id: str, store) -> list:
+    """The arguments (after `python -m study`) of cell_line."""
     kept, i = [], 0
     while i < len(options):
         name, has_value = options[i].split("=", 1)[0], "=" in options[i]
@@ -218,13 +265,12 @@ def cell_line(options: list[str], with_tokens: list[str], cell, sweep_id: str, s
         kept.append(options[i])
         i += 1
     args = ["sweep", *kept, "--cell", str(cell.index), "--id", sweep_id, *store.printable_args]
-    return shlex.join(
-        ["python", "-m", "study", *args, *(["with", *with_tokens] * bool(with_tokens))]
-    )
+    return [*args, *(["with", *with_tokens] * bool(with_tokens))]
 
 
 VALUE_OPTIONS = ("-F", "--file_storage", "--runs", "-m", "--mongo_db", "--mongo", "--models",
-                 "--datasets", "--seeds", "--cell", "--id", "--logs", "--launcher")  # fmt: skip
+                 "--datasets", "--seeds", "--cell", "--id", "--logs", "--launcher",
+                 *EXECUTOR_OPTIONS)  # fmt: skip
 
 
 def split_with(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -276,6 +322,21 @@ def parse_args(argv: list[str]):
         help="what starts each cell's `-m study run` (default: this Python; e.g. "
         "'torchrun --nproc-per-node=4')",
     )  # fmt: skip
+    parser.add_argument(
+        "--executor", choices=("slurm", "local"),
+        help="submit each cell still to run as a job through submitit: `slurm`, or `local` "
+        "(every job at once on this machine); without it, cells run one after another here",
+    )  # fmt: skip
+    parser.add_argument("--nodes", type=int, default=1, help="--executor: nodes per cell (1)")
+    parser.add_argument("--gpus-per-node", type=int, metavar="G",
+                        help="--executor: GPUs per cell; with more than one, the cell's run is "
+                        "started by torchrun, one process per GPU")  # fmt: skip
+    parser.add_argument("--partition", help="--executor slurm: the SLURM partition")
+    parser.add_argument("--time", type=int, metavar="MINUTES",
+                        help="--executor: each job's time limit in minutes")  # fmt: skip
+    parser.add_argument("--slurm-option", action="append", metavar="KEY=VALUE",
+                        help="--executor slurm: any other sbatch option, e.g. qos=high "
+                        "(repeatable)")  # fmt: skip
     parser.add_argument("--cell", type=int, help="run only this cell (0-based, as listed)")
     parser.add_argument("--id", help="the sweep's id (default: derived from the grid)")
     parser.add_argument("--logs", metavar="DIR", help="where cell logs go")

@@ -52,3 +52,50 @@ def test_torchrun_ranks_stop_together_at_a_time_budget(mnist_root, tmp_path):
     # (5 images each), summed; then the whole test split is evaluated.
     assert rec.metric("train_images") == [(1, float(BUDGET_CHECK_EVERY * 10))]
     assert rec.evaluation()["confusion"].sum() == 50
+
+
+def test_two_torchrun_nodes_meeting_by_c10d_rendezvous_record_one_run(mnist_root, tmp_path):
+    """README's multi-node recipe on one machine: two torchrun "nodes" (one process each) that
+    find each other through c10d rendezvous on loopback train one run, recorded once."""
+    import socket
+
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc-per-node=1",
+                "--rdzv-id=study-test",
+                "--rdzv-backend=c10d",
+                f"--rdzv-endpoint=127.0.0.1:{port}",
+                "-m",
+                "study",
+                "run",
+                "with",
+                "model=small_cnn",
+                "dataset=mnist",
+                f"data_root={mnist_root}",
+                "epochs=1",
+                "batch_size=50",
+                "lr=0.003",
+                "test_limit=50",
+                "-F",
+                str(tmp_path / "runs"),
+            ],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    (rec,) = read_file_store(tmp_path / "runs")  # the global rank 0 alone records
+    assert rec.status == "COMPLETED" and rec.info["training"]["processes"] == 2
+    assert rec.evaluation()["confusion"].sum() == 50

@@ -1,0 +1,151 @@
+"""`study sweep --executor slurm|local`: each cell of a sweep as one job, through submitit.
+
+A job runs the cell's own sweep line (`python -m study sweep ... --cell N --id ID`), so it takes
+the cell's claim like any sweep process (study.claims): a sweep submitted twice, or a job that
+runs twice, still trains each cell once, and a cell already done is not trained again.
+
+Preemption: submitit sends the job SIGUSR2 before SLURM stops it. The job passes SIGTERM on to
+its cell, whose run writes a checkpoint of the step it is on and stops INTERRUPTED
+(study.engine.PREEMPT); the job is then requeued, and its sweep line resumes that run from the
+checkpoint. A requeued job whose old process was killed before it could let go of the claim
+waits for the claim to go stale (study.identity.STALE_S), then resumes: never refused, never
+restarted from scratch.
+
+`--executor local` runs the same jobs as processes on this machine (submitit's LocalExecutor),
+every job at once: how the tests exercise the cluster path without a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from study.errors import StudyError
+
+EXECUTORS = ("slurm", "local")
+# How long a preempted job's cell may take to checkpoint and stop before the job is requeued
+# anyway (SLURM's grace between its signal and SIGKILL is typically 90-120 s).
+STOP_WAIT_S = 90.0
+
+
+class CellJob:
+    """One sweep cell as a submitit job: a callable, checkpointable (requeued on preemption).
+    Holds only the cell's command line: no password (the cells find $STUDY_MONGO_URL in the
+    job's environment) and nothing of a run record."""
+
+    def __init__(self, command: list[str], cwd: str):
+        self.command = list(command)
+        self.cwd = cwd
+        self.process: subprocess.Popen | None = None
+
+    def __call__(self) -> dict:
+        self.process = subprocess.Popen(self.command, cwd=self.cwd)
+        code = self.process.wait()
+        self.process = None
+        if code != 0:
+            raise StudyError(f"cell exited {code}: {' '.join(self.command)}")
+        return {"command": self.command, "returncode": code}
+
+    def checkpoint(self):
+        """Preempted (or about to time out): the cell checkpoints the step it is on and stops,
+        then the job is submitted again, to resume it."""
+        import submitit
+
+        process = self.process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)  # the sweep passes it on to its `study run`
+            deadline = time.monotonic() + STOP_WAIT_S
+            while process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.5)
+        return submitit.helpers.DelayedSubmission(CellJob(self.command, self.cwd))
+
+    def __getstate__(self):  # a running child is not part of what is resubmitted
+        return {"command": self.command, "cwd": self.cwd, "process": None}
+
+
+def executor(kind: str, folder: Path, args):
+    """A submitit executor for `kind` (slurm or local), with the cell's resources."""
+    try:
+        import submitit
+    except ImportError:
+        raise StudyError(
+            "--executor needs submitit: pip install 'archstudy[cluster]' (or pip install submitit)"
+        ) from None
+    if kind not in EXECUTORS:
+        raise StudyError(f"--executor {kind!r} is invalid; expected one of: {', '.join(EXECUTORS)}")
+    if args.nodes != 1:
+        raise StudyError(
+            f"--nodes {args.nodes}: a cell across several nodes is not launched by --executor "
+            "yet; run it with srun and torchrun as README's 'On a cluster' shows, or use "
+            "--nodes 1"
+        )
+    gpus = {"gpus_per_node": args.gpus_per_node} if args.gpus_per_node else {}
+    if kind == "local":
+        ex = submitit.LocalExecutor(folder=str(folder))
+        # submitit's local default is 2 minutes; a local job is stopped only by its --time.
+        ex.update_parameters(timeout_min=args.time or LOCAL_TIME_MIN, tasks_per_node=1, **gpus)
+        return ex
+    extra = dict(_slurm_option(o) for o in args.slurm_option or [])
+    ex = submitit.SlurmExecutor(folder=str(folder))
+    ex.update_parameters(
+        nodes=1,
+        ntasks_per_node=1,
+        **gpus,
+        **({"time": args.time} if args.time else {}),
+        **({"partition": args.partition} if args.partition else {}),
+        additional_parameters=extra,
+    )
+    return ex
+
+
+LOCAL_TIME_MIN = 7 * 24 * 60
+
+
+def _slurm_option(text: str) -> tuple[str, str]:
+    """`--slurm-option constraint=a100` -> ("constraint", "a100")."""
+    key, sep, value = text.partition("=")
+    key = key.strip().lstrip("-").replace("-", "_")
+    if not sep or not key:
+        raise StudyError(
+            f"--slurm-option {text!r} is invalid; expected KEY=VALUE, e.g. constraint=a100 "
+            "or qos=high"
+        )
+    return key, value
+
+
+def cell_command(line_args: list[str], gpus_per_node: int | None) -> list[str]:
+    """The job's command: this Python running the cell's sweep line; with several GPUs on the
+    node, its run started by torchrun, one process per GPU."""
+    command = [sys.executable, "-m", "study", *line_args]
+    if gpus_per_node and gpus_per_node > 1 and "--launcher" not in line_args:
+        at = command.index("with") if "with" in command else len(command)
+        launcher = f"torchrun --standalone --nproc-per-node={gpus_per_node}"
+        command[at:at] = ["--launcher", launcher]
+    return command
+
+
+def submit(jobs: list[tuple[str, list[str]]], ex) -> list:
+    """Submit each (cell name, command) as a job; returns the jobs, in order."""
+    cwd = os.getcwd()
+    submitted = []
+    for name, command in jobs:
+        job = ex.submit(CellJob(command, cwd))
+        print(f"  {name}: job {job.job_id}", flush=True)
+        submitted.append(job)
+    return submitted
+
+
+def wait(jobs: list) -> list[str]:
+    """Wait for every job; returns a line per job that did not end well."""
+    problems = []
+    for job in jobs:
+        try:
+            job.result()
+        except Exception as exc:  # the job's own error, or submitit's account of its end
+            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            problems.append(f"job {job.job_id}: {first}")
+    return problems

@@ -1,0 +1,103 @@
+"""`study sweep --executor`: cells as submitit jobs. The local executor runs the same jobs as
+SLURM would (without a cluster); a job runs its cell's sweep line, so the claims keep each cell
+to one run however often the sweep or a job is launched; a preempted job checkpoints the step
+its run is on, is submitted again, and resumes the run from that step."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from conftest import run_study
+from test_experiment import _wait_for_first_checkpoint
+
+from study.stores import read_file_store
+
+submitit = pytest.importorskip("submitit")
+
+
+def _sweep_args(runs, data, *more):
+    return ["--models", "small_cnn", "--datasets", "mnist", "--seeds", "2", "--runs", str(runs),
+            *more, "with", f"data_root={data}", "epochs=1", "batch_size=50",
+            "test_limit=50"]  # fmt: skip
+
+
+def test_a_sweep_through_the_local_executor_runs_each_cell_once_even_launched_twice(
+    mnist_root, tmp_path
+):
+    runs = tmp_path / "runs"
+    args = ["sweep", *_sweep_args(runs, mnist_root, "--executor", "local")]
+    both = [
+        subprocess.Popen([sys.executable, "-m", "study", *args], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    outputs = [p.communicate(timeout=600)[0] for p in both]
+    assert [p.returncode for p in both] == [0, 0], outputs
+    assert all("2 of 2 cells COMPLETED" in out for out in outputs), outputs
+    records = read_file_store(runs)
+    assert sorted(r.config["seed"] for r in records) == [0, 1]  # each cell once, not twice
+    assert all(r.status == "COMPLETED" for r in records)
+    assert all(r.meta.get("comment", "").startswith("sweep:") for r in records)
+    jobs = list((runs / next(p.name for p in runs.iterdir() if p.name.startswith("sweep-")))
+                .glob("jobs/*_log.out"))  # fmt: skip
+    assert jobs  # the cells really ran as submitit jobs
+
+    # Once more: nothing left to submit, nothing trained again.
+    again = run_study(*args, cwd=tmp_path)
+    assert "submitting 0 job(s) to local" in again.stdout
+    assert len(read_file_store(runs)) == 2
+
+
+def test_job_options_without_an_executor_are_refused_in_one_line(tmp_path):
+    proc = run_study("sweep", "--models", "small_cnn", "--datasets", "mnist", "--partition", "gpu",
+                     cwd=tmp_path, check=False)  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--partition: job options, for --executor slurm or local only" in proc.stderr
+    proc = run_study("sweep", "--models", "small_cnn", "--datasets", "mnist", "--executor",
+                     "local", "--nodes", "2", cwd=tmp_path, check=False)  # fmt: skip
+    assert proc.returncode == 2 and "--nodes 2: a cell across several nodes" in proc.stderr
+
+
+def test_a_preempted_job_checkpoints_its_run_and_the_requeued_job_resumes_it(mnist_root, tmp_path):
+    """What submitit does on SLURM's preemption signal, step by step: the job's checkpoint()
+    stops its cell (the run checkpoints the step it is on, INTERRUPTED) and returns the job to
+    submit again; that job's sweep line resumes the same run from that step to the end."""
+    from study import cluster
+
+    runs = tmp_path / "runs"
+    line = ["sweep", *_sweep_args(runs, mnist_root, "--cell", "0")]
+    line[line.index("epochs=1")] = "epochs=3"
+    line += ["image_size=64"]
+    job = cluster.CellJob(cluster.cell_command(line, None), str(tmp_path))
+    failed = []
+    thread = threading.Thread(target=lambda: _call(job, failed))
+    thread.start()
+    deadline = time.time() + 120
+    while job.process is None and time.time() < deadline:
+        time.sleep(0.05)
+    _wait_for_first_checkpoint(runs, job.process)
+
+    requeued = job.checkpoint()  # SIGUSR2 reached the job: what submitit calls
+    thread.join(timeout=120)
+    assert failed and "exited 130" in str(failed[0])  # the first job's cell was stopped
+    (stopped,) = read_file_store(runs)
+    assert stopped.status == "INTERRUPTED" and stopped.has_checkpoint()
+
+    assert isinstance(requeued, submitit.helpers.DelayedSubmission)
+    result = requeued.function(*requeued.args, **requeued.kwargs)  # the requeued job runs
+    assert result["returncode"] == 0
+    (done,) = read_file_store(runs)
+    assert done.id == stopped.id and done.status == "COMPLETED"
+    log = next(runs.glob("sweep-*/000-*.log")).read_text()
+    assert f"resuming run {done.id} in epoch" in log  # from the step, not from epoch 2's start
+
+
+def _call(job, failed):
+    try:
+        job()
+    except Exception as exc:  # the stopped cell's exit, as the first job reports it
+        failed.append(exc)
