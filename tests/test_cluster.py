@@ -101,3 +101,125 @@ def _call(job, failed):
         job()
     except Exception as exc:  # the stopped cell's exit, as the first job reports it
         failed.append(exc)
+
+
+# --- a real one-node SLURM cluster, where this machine can start one -------------------------
+
+SLURM_PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "scancel", "sinfo")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """slurmctld and slurmd on this machine (Debian's slurm-wlm and munge, started as root, as
+    `.ci/run` installs them), one partition of this node; yields the environment that points
+    sbatch at it. Skipped where the programs are missing or this is not root."""
+    import os
+    import shutil
+    import socket
+
+    if any(shutil.which(p) is None for p in SLURM_PROGRAMS) or os.geteuid() != 0:
+        pytest.skip("no slurm-wlm and munge here, or not root: no SLURM cluster to start")
+    root = tmp_path_factory.mktemp("slurm")
+    host = socket.gethostname().split(".")[0]
+    for d in ("state", "spool", "log"):
+        (root / d).mkdir()
+    conf = root / "slurm.conf"
+    conf.write_text(f"""ClusterName=studytest
+SlurmctldHost={host}
+SlurmUser=root
+SlurmctldPort={_free_port()}
+SlurmdPort={_free_port()}
+AuthType=auth/munge
+StateSaveLocation={root}/state
+SlurmdSpoolDir={root}/spool
+SlurmctldPidFile={root}/slurmctld.pid
+SlurmdPidFile={root}/slurmd.pid
+SlurmctldLogFile={root}/log/slurmctld.log
+SlurmdLogFile={root}/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=none
+ReturnToService=2
+JobRequeue=1
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+NodeName={host} CPUs={os.cpu_count()} State=UNKNOWN
+PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
+""")
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    if subprocess.run("munge -n | unmunge", shell=True, capture_output=True).returncode != 0:
+        os.makedirs("/run/munge", exist_ok=True)
+        subprocess.run(["munged", "--force"], check=True, capture_output=True)
+    daemons = [subprocess.Popen([d, "-D"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL) for d in ("slurmctld", "slurmd")]  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            up = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True,
+                                text=True)  # fmt: skip
+            if up.stdout.strip() == "idle":
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"the test SLURM cluster did not come up: {up.stdout} {up.stderr}")
+        yield env
+    finally:
+        for d in daemons:
+            d.terminate()
+            d.wait(timeout=30)
+
+
+def test_a_sweep_through_slurm_runs_each_cell_once_as_a_job(slurm, mnist_root, tmp_path):
+    runs = tmp_path / "runs"
+    args = ["sweep", *_sweep_args(runs, mnist_root, "--executor", "slurm", "--time", "30")]
+    first = run_study(*args, cwd=tmp_path, env=slurm)
+    assert "submitting 2 job(s) to slurm" in first.stdout
+    assert "2 of 2 cells COMPLETED" in first.stdout
+    records = read_file_store(runs)
+    assert sorted(r.config["seed"] for r in records) == [0, 1]
+    # The runs ran inside SLURM jobs.
+    logs = "".join(p.read_text() for p in runs.glob("sweep-*/jobs/*_log.out"))
+    assert "study sweep" in logs
+    again = run_study(*args, cwd=tmp_path, env=slurm)
+    assert "submitting 0 job(s) to slurm" in again.stdout and len(read_file_store(runs)) == 2
+
+
+def test_a_slurm_job_preempted_by_its_signal_requeues_and_resumes_its_run(
+    slurm, mnist_root, tmp_path
+):
+    """SLURM's preemption warning (USR2, as `--signal` sends it) reaches the job: the run
+    checkpoints the step it is on, the job requeues itself (scontrol requeue), and the requeued
+    job resumes the same run to COMPLETED."""
+    import re
+
+    runs = tmp_path / "runs"
+    args = _sweep_args(runs, mnist_root, "--executor", "slurm", "--time", "30", "--cell", "0")
+    args[args.index("epochs=1")] = "epochs=3"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "study", "sweep", *args, "image_size=64"], cwd=tmp_path, env=slurm,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while not (runs / "1" / "checkpoint.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.1)
+    jobs = subprocess.run(["squeue", "-h", "-o", "%i"], env=slurm, capture_output=True,
+                          text=True).stdout.split()  # fmt: skip
+    assert len(jobs) == 1
+    subprocess.run(["scancel", "--signal=USR2", jobs[0]], env=slurm, check=True)
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out
+    (done,) = read_file_store(runs)
+    assert done.id == "1" and done.status == "COMPLETED"
+    log = next(runs.glob("sweep-*/000-*.log")).read_text()
+    assert re.search(r"resuming run 1 in epoch \d after step \d+", log), log
