@@ -160,8 +160,8 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
     if subprocess.run("munge -n | unmunge", shell=True, capture_output=True).returncode != 0:
         os.makedirs("/run/munge", exist_ok=True)
         subprocess.run(["munged", "--force"], check=True, capture_output=True)
-    daemons = [subprocess.Popen([d, "-D"], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL) for d in ("slurmctld", "slurmd")]  # fmt: skip
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    daemons = [subprocess.Popen([d, "-D"], env=env, **quiet) for d in ("slurmctld", "slurmd")]
     try:
         deadline = time.time() + 60
         while time.time() < deadline:
