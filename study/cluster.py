@@ -4,6 +4,9 @@ A job runs the cell's own sweep line (`python -m study sweep ... --cell N --id I
 the cell's claim like any sweep process (study.claims): a sweep submitted twice, or a job that
 runs twice, still trains each cell once, and a cell already done is not trained again.
 
+Several nodes (`--nodes N`, SLURM only): one task per node, each starting a torchrun that
+meets the others by c10d rendezvous on the first node (run_on_node).
+
 Preemption: submitit sends the job SIGUSR2 before SLURM stops it. The job passes SIGTERM on to
 its cell, whose run writes a checkpoint of the step it is on and stops INTERRUPTED
 (study.engine.PREEMPT); the job is then requeued, and its sweep line resumes that run from the
@@ -35,20 +38,36 @@ STOP_WAIT_S = 90.0
 class CellJob:
     """One sweep cell as a submitit job: a callable, checkpointable (requeued on preemption).
     Holds only the cell's command line: no password (the cells find $STUDY_MONGO_URL in the
-    job's environment) and nothing of a run record."""
+    job's environment) and nothing of a run record. On several nodes (one task each), see
+    run_on_node."""
 
-    def __init__(self, command: list[str], cwd: str):
+    def __init__(self, command: list[str], cwd: str, gpus_per_node: int | None = None):
         self.command = list(command)
         self.cwd = cwd
+        self.gpus_per_node = gpus_per_node
         self.process: subprocess.Popen | None = None
 
     def __call__(self) -> dict:
-        self.process = subprocess.Popen(self.command, cwd=self.cwd)
+        nodes, rank, head, job_id = 1, 0, "", ""
+        try:
+            import submitit
+
+            env = submitit.JobEnvironment()
+            nodes, rank, head, job_id = env.num_nodes, env.global_rank, env.hostnames[0], env.job_id
+        except Exception:  # not inside a submitit job (a test calling the job itself)
+            pass
+        if nodes == 1:
+            return self._run(self.command)
+        handoff = Path(self.cwd) / f".study-cell-{job_id}.json"
+        return run_on_node(self, nodes, rank, head, job_id, handoff)
+
+    def _run(self, command: list[str], env: dict | None = None) -> dict:
+        self.process = subprocess.Popen(command, cwd=self.cwd, env=env)
         code = self.process.wait()
         self.process = None
         if code != 0:
-            raise StudyError(f"cell exited {code}: {' '.join(self.command)}")
-        return {"command": self.command, "returncode": code}
+            raise StudyError(f"cell exited {code}: {' '.join(command)}")
+        return {"command": command, "returncode": code}
 
     def checkpoint(self):
         """Preempted (or about to time out): the cell checkpoints the step it is on and stops,
@@ -64,7 +83,46 @@ class CellJob:
         return submitit.helpers.DelayedSubmission(CellJob(self.command, self.cwd))
 
     def __getstate__(self):  # a running child is not part of what is resubmitted
-        return {"command": self.command, "cwd": self.cwd, "process": None}
+        return {**self.__dict__, "process": None}
+
+
+# The c10d rendezvous port on a multi-node cell's first node (torchrun's default).
+RDZV_PORT = 29500
+# How long the other nodes wait for the first node's sweep to say what the cell runs.
+HANDOFF_WAIT_S = 600.0
+
+
+def run_on_node(job: CellJob, nodes: int, rank: int, head: str, job_id: str, handoff: Path):
+    """One node's part of a cell that spans `nodes` nodes, one torchrun each, meeting by c10d
+    rendezvous on the first node. The first node runs the cell's sweep line (its claim decides
+    whether the cell runs afresh, resumes or is done) with torchrun as the launcher, and the
+    sweep writes the exact command it starts to `handoff` (STUDY_CELL_COMMAND_FILE; "null"
+    when the cell needs no run); every other node waits for that file and starts the same
+    command, so all torchruns train one run (global rank 0 alone records it)."""
+    import json
+
+    launcher = (
+        f"torchrun --nnodes={nodes} --nproc-per-node={job.gpus_per_node or 1} "
+        f"--rdzv-id=study-{job_id} --rdzv-backend=c10d --rdzv-endpoint={head}:{RDZV_PORT}"
+    )
+    if rank == 0:
+        at = job.command.index("with") if "with" in job.command else len(job.command)
+        command = [*job.command[:at], "--launcher", launcher, *job.command[at:]]
+        env = {**os.environ, "STUDY_CELL_COMMAND_FILE": str(handoff)}
+        try:
+            return job._run(command, env)
+        finally:
+            if not handoff.exists():  # nothing was started: the other nodes stop waiting
+                handoff.write_text("null")
+    deadline = time.monotonic() + HANDOFF_WAIT_S
+    while not handoff.exists():
+        if time.monotonic() > deadline:
+            raise StudyError(f"node {rank}: the first node said nothing in {HANDOFF_WAIT_S:.0f} s")
+        time.sleep(1.0)
+    command = json.loads(handoff.read_text())
+    if command is None:
+        return {"command": None, "returncode": 0}
+    return job._run(command)
 
 
 def executor(kind: str, folder: Path, args):
@@ -77,11 +135,10 @@ def executor(kind: str, folder: Path, args):
         ) from None
     if kind not in EXECUTORS:
         raise StudyError(f"--executor {kind!r} is invalid; expected one of: {', '.join(EXECUTORS)}")
-    if args.nodes != 1:
+    if args.nodes < 1 or (kind == "local" and args.nodes != 1):
         raise StudyError(
-            f"--nodes {args.nodes}: a cell across several nodes is not launched by --executor "
-            "yet; run it with srun and torchrun as README's 'On a cluster' shows, or use "
-            "--nodes 1"
+            f"--nodes {args.nodes} is invalid for --executor {kind}; expected "
+            + ("1 (one machine)" if kind == "local" else "1 or more")
         )
     gpus = {"gpus_per_node": args.gpus_per_node} if args.gpus_per_node else {}
     if kind == "local":
@@ -92,8 +149,8 @@ def executor(kind: str, folder: Path, args):
     extra = dict(_slurm_option(o) for o in args.slurm_option or [])
     ex = submitit.SlurmExecutor(folder=str(folder))
     ex.update_parameters(
-        nodes=1,
-        ntasks_per_node=1,
+        nodes=args.nodes,
+        ntasks_per_node=1,  # one task per node: each starts its node's torchrun
         **gpus,
         **({"time": args.time} if args.time else {}),
         **({"partition": args.partition} if args.partition else {}),
@@ -117,23 +174,24 @@ def _slurm_option(text: str) -> tuple[str, str]:
     return key, value
 
 
-def cell_command(line_args: list[str], gpus_per_node: int | None) -> list[str]:
-    """The job's command: this Python running the cell's sweep line; with several GPUs on the
-    node, its run started by torchrun, one process per GPU."""
+def cell_command(line_args: list[str], gpus_per_node: int | None, nodes: int = 1) -> list[str]:
+    """The job's command: this Python running the cell's sweep line; with several GPUs on one
+    node, its run started by torchrun, one process per GPU (on several nodes the job adds its
+    own torchrun, run_on_node)."""
     command = [sys.executable, "-m", "study", *line_args]
-    if gpus_per_node and gpus_per_node > 1 and "--launcher" not in line_args:
+    if nodes == 1 and gpus_per_node and gpus_per_node > 1 and "--launcher" not in line_args:
         at = command.index("with") if "with" in command else len(command)
         launcher = f"torchrun --standalone --nproc-per-node={gpus_per_node}"
         command[at:at] = ["--launcher", launcher]
     return command
 
 
-def submit(jobs: list[tuple[str, list[str]]], ex) -> list:
+def submit(jobs: list[tuple[str, list[str]]], ex, gpus_per_node: int | None = None) -> list:
     """Submit each (cell name, command) as a job; returns the jobs, in order."""
     cwd = os.getcwd()
     submitted = []
     for name, command in jobs:
-        job = ex.submit(CellJob(command, cwd))
+        job = ex.submit(CellJob(command, cwd, gpus_per_node))
         print(f"  {name}: job {job.job_id}", flush=True)
         submitted.append(job)
     return submitted

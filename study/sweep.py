@@ -47,6 +47,9 @@ from study.atomic import write_atomic
 from study.errors import StudyError
 from study.identity import CLAIM_TOUCH_S, STALE_S, run_order, trained
 
+# Where a multi-node job's first node tells the others the command its cell starts
+# (study.cluster.run_on_node).
+COMMAND_FILE = "STUDY_CELL_COMMAND_FILE"
 # Keys the grid sets itself.
 GRID_KEYS = ("model", "dataset", "seed")
 # While the cells of other processes run, the store is looked at again this often.
@@ -200,14 +203,14 @@ def submit_cells(cells, sweep_id: str, store: Store, logs: Path, args, options, 
         (
             c.name,
             cluster.cell_command(
-                cell_args(options, with_tokens, c, sweep_id, store), args.gpus_per_node
+                cell_args(options, with_tokens, c, sweep_id, store), args.gpus_per_node, args.nodes
             ),
         )  # fmt: skip
         for c in cells
         if c.action in ("run", "resume")
     ]
     print(f"submitting {len(jobs)} job(s) to {args.executor} (logs {logs / 'jobs'})", flush=True)
-    problems = cluster.wait(cluster.submit(jobs, ex))
+    problems = cluster.wait(cluster.submit(jobs, ex, args.gpus_per_node))
     records = store.read()
     for cell in cells:
         plan(cell, records)
@@ -623,6 +626,8 @@ def run_cell(
         log.write(f"=== {dt.datetime.now().isoformat(timespec='seconds')} {shown}\n")
         log.flush()
         env = {**os.environ, **store.env}
+        if os.environ.get(COMMAND_FILE):  # a multi-node job's other nodes start the same
+            write_atomic(Path(os.environ[COMMAND_FILE]), json.dumps(command))
         stop.child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         while True:
             try:

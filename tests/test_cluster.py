@@ -59,7 +59,9 @@ def test_job_options_without_an_executor_are_refused_in_one_line(tmp_path):
     assert "--partition: job options, for --executor slurm or local only" in proc.stderr
     proc = run_study("sweep", "--models", "small_cnn", "--datasets", "mnist", "--executor",
                      "local", "--nodes", "2", cwd=tmp_path, check=False)  # fmt: skip
-    assert proc.returncode == 2 and "--nodes 2: a cell across several nodes" in proc.stderr
+    assert proc.returncode == 2 and "--nodes 2 is invalid for --executor local; expected 1" in (
+        proc.stderr
+    )
 
 
 def test_a_preempted_job_checkpoints_its_run_and_the_requeued_job_resumes_it(mnist_root, tmp_path):
@@ -94,6 +96,48 @@ def test_a_preempted_job_checkpoints_its_run_and_the_requeued_job_resumes_it(mni
     assert done.id == stopped.id and done.status == "COMPLETED"
     log = next(runs.glob("sweep-*/000-*.log")).read_text()
     assert f"resuming run {done.id} in epoch" in log  # from the step, not from epoch 2's start
+
+
+def test_a_cell_on_two_nodes_runs_one_torchrun_per_node_and_records_one_run(
+    mnist_root, tmp_path, monkeypatch
+):
+    """--nodes 2: each node's task of the job (here two threads of one machine, as two SLURM
+    nodes would run them) starts a torchrun; the first node's sweep line decides the command
+    and hands it to the other; they meet by c10d rendezvous and train one run, recorded once.
+    Launched again, the first node finds the cell done and the other node stops too."""
+    from study import cluster
+
+    monkeypatch.setattr(cluster, "RDZV_PORT", _free_port())
+    runs = tmp_path / "runs"
+    line = ["sweep", *_sweep_args(runs, mnist_root, "--cell", "0")]
+
+    def both_nodes(tag):
+        handoff = tmp_path / f"handoff-{tag}.json"
+        results, errors = {}, []
+
+        def node(rank):
+            job = cluster.CellJob(cluster.cell_command(line, None, nodes=2), str(tmp_path))
+            try:
+                results[rank] = cluster.run_on_node(job, 2, rank, "127.0.0.1", tag, handoff)
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=node, args=(rank,)) for rank in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=600)
+        assert not errors, errors
+        return results
+
+    first = both_nodes("a")
+    assert first[1]["command"][0] == "torchrun" and "--nnodes=2" in first[1]["command"]
+    (rec,) = read_file_store(runs)
+    assert rec.status == "COMPLETED" and rec.info["training"]["processes"] == 2
+
+    again = both_nodes("b")  # the cell is done: nothing runs on either node
+    assert again[1] == {"command": None, "returncode": 0}
+    assert len(read_file_store(runs)) == 1
 
 
 def _call(job, failed):
