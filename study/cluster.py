@@ -48,18 +48,21 @@ class CellJob:
         self.process: subprocess.Popen | None = None
 
     def __call__(self) -> dict:
-        nodes, rank, head, job_id = 1, 0, "", ""
+        nodes, rank, head, job_id, folder = 1, 0, "", "", Path(self.cwd)
         try:
             import submitit
 
             env = submitit.JobEnvironment()
             nodes, rank, head, job_id = env.num_nodes, env.global_rank, env.hostnames[0], env.job_id
+            folder = Path(env.paths.folder)
         except Exception:  # not inside a submitit job (a test calling the job itself)
             pass
         if nodes == 1:
             return self._run(self.command)
-        handoff = Path(self.cwd) / f".study-cell-{job_id}.json"
-        return run_on_node(self, nodes, rank, head, job_id, handoff)
+        # One file per attempt: a requeued job (same id) must not read its last attempt's.
+        attempt = os.environ.get("SLURM_RESTART_COUNT", "0")
+        handoff = folder / f"{job_id}_cell_command_{attempt}.json"
+        return run_on_node(self, nodes, rank, head, f"{job_id}-{attempt}", handoff)
 
     def _run(self, command: list[str], env: dict | None = None) -> dict:
         self.process = subprocess.Popen(command, cwd=self.cwd, env=env)
