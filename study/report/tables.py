@@ -46,6 +46,8 @@ def method_section(records, cells) -> dict:
     that were off in every run, and per run the values that differ."""
     common, off, differing = [], [], []
     for row in SETTING_ROWS:
+        if not any(row.key in r.config for r in records):
+            continue  # recorded before the setting existed: nothing to say
         values = {json.dumps(r.config.get(row.key), sort_keys=True) for r in records}
         if len(values) > 1:
             differing.append((row.key, row.heading))
