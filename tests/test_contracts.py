@@ -447,7 +447,7 @@ def test_version_is_written_once_and_printed(tmp_path):
 
     proc = run_study("--version", cwd=tmp_path)
     assert proc.stdout == f"study {study.__version__}\n"
-    assert version("study") == study.__version__  # pyproject.toml reads it from the package
+    assert version("archstudy") == study.__version__  # pyproject.toml reads it from the package
 
 
 def test_every_setting_declares_its_values_or_is_checked_with_its_context():

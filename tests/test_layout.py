@@ -118,3 +118,23 @@ def test_with_text_first_moves_only_a_paragraph_that_follows_the_table():
     assert render.with_text_first(kept + " <p>after</p>", "table-2") == ("<p>after</p>\n" + kept)
     assert render.with_text_first(kept + "<figure>f</figure><p>x</p>", "table-2") is None
     assert render.with_text_first(kept + "<p>x</p>", "table-9") is None
+
+
+def test_a_table_that_cannot_float_does_not_undo_one_that_did(monkeypatch):
+    """Of two tables opening too-empty pages, one with a paragraph after it and one without:
+    the first moves, the second stays, and the page is still laid out (the second's "nothing
+    to move" once replaced the whole HTML with nothing)."""
+    rows = "".join(f"<tr><td>row {i}</td></tr>" for i in range(20))
+    html = f"""<html><head><style>
+      body {{ margin: 0; font-size: 12px; line-height: 20px; }} p {{ margin: 0; }}
+      td {{ padding: 0; height: 20px; }} .keep {{ page-break-inside: avoid; }}
+    </style></head><body>
+      <p>{"A line of text.<br>" * 30}</p>
+      <div class="keep scroll"><table id="table-1">{rows}</table></div>
+      <p id="after">{"The paragraph after the table.<br>" * 6}</p>
+      <div class="keep scroll"><table id="table-2">{rows}</table></div>
+    </body></html>"""
+    real = render.tables_to_float
+    monkeypatch.setattr(render, "tables_to_float", lambda doc: [*real(doc), "table-2"])
+    fitted = render.fitted_layout(html)
+    assert render.pages_too_empty(fitted) == []

@@ -85,7 +85,11 @@ def fitted_layout(html: str):
                 scales[figure_id] = scales.get(figure_id, 1.0) * scale
             html = with_image_widths(html, {f: width for f, (_, width) in shrink.items()})
         else:
-            moved = [t for t in tables_to_float(document) if (html := with_text_first(html, t))]
+            moved = False
+            for table in tables_to_float(document):
+                changed = with_text_first(html, table)
+                if changed is not None:
+                    html, moved = changed, True
             if not moved:
                 break
         document = layout_pdf(html)
