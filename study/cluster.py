@@ -78,15 +78,25 @@ class CellJob:
         import submitit
 
         process = self.process
-        if process is not None and process.poll() is None:
+        if process is not None and not _exited(process.pid):
             process.send_signal(signal.SIGTERM)  # the sweep passes it on to its `study run`
             deadline = time.monotonic() + STOP_WAIT_S
-            while process.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.5)
+            while not _exited(process.pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
         return submitit.helpers.DelayedSubmission(CellJob(self.command, self.cwd))
 
     def __getstate__(self):  # a running child is not part of what is resubmitted
         return {**self.__dict__, "process": None}
+
+
+def _exited(pid: int) -> bool:
+    """Whether child `pid` has ended, without reaping it. Not Popen.poll(): checkpoint() runs in
+    a signal handler that interrupted Popen.wait(), which holds the lock poll() needs, so poll()
+    would say "running" until STOP_WAIT_S had passed (a requeue 90 s late)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # already reaped
+        return True
 
 
 # The c10d rendezvous port on a multi-node cell's first node (torchrun's default).

@@ -261,16 +261,23 @@ def test_a_slurm_job_preempted_by_its_signal_requeues_and_resumes_its_run(
                           text=True).stdout.split()  # fmt: skip
     assert len(jobs) == 1
     subprocess.run(["scancel", "--signal=USR2", jobs[0]], env=slurm, check=True)
+    signalled, requeued_after = time.monotonic(), None
     # SLURM holds a requeued job for a while before it may start again (minutes): start it
     # now, so the test does not wait for the scheduler's delay. The requeue itself is SLURM's.
     while proc.poll() is None and time.time() < deadline + 300:
         state = subprocess.run(["squeue", "-h", "-j", jobs[0], "-o", "%T"], env=slurm,
                                capture_output=True, text=True).stdout.strip()  # fmt: skip
         if state == "PENDING":
+            requeued_after = requeued_after or time.monotonic() - signalled
             subprocess.run(["scontrol", "update", f"JobId={jobs[0]}", "StartTime=now"],
                            env=slurm, capture_output=True)  # fmt: skip
         time.sleep(1.0)
-    out = proc.communicate(timeout=600)[0]
+    if proc.poll() is None:
+        proc.kill()
+    out = proc.communicate()[0]
+    # The job is requeued as soon as its cell has checkpointed and stopped, not when
+    # cluster.STOP_WAIT_S runs out (the job's wait for its cell must see the cell end).
+    assert requeued_after is not None and requeued_after < 45, (requeued_after, out)
     assert proc.returncode == 0, out
     (done,) = read_file_store(runs)
     assert done.id == "1" and done.status == "COMPLETED"
