@@ -191,7 +191,9 @@ def _vgg(name: str):
 
         _check_options(name, options)
         _check_rgb(name, options)
-        model = getattr(torchvision.models, name)(weights=None, num_classes=IMAGENET_CLASSES)
+        model = getattr(torchvision.models, name)(
+            weights=None, num_classes=IMAGENET_CLASSES, dropout=options.dropout
+        )
         if _wants_weights(options.pretrained):
             _load_weights(name, model, options.pretrained)
         if options.protocol == "fast":
@@ -238,6 +240,7 @@ def _inception_v3(options: ModelOptions):
         aux_logits=options.aux_logits,
         transform_input=False,
         init_weights=True,
+        dropout=options.dropout,
     )
     if _wants_weights(options.pretrained):
         # torchvision's checkpoint carries the aux classifier; a model without one skips it.

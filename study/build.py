@@ -19,6 +19,7 @@ def model_options(config: dict, num_classes: int, in_channels: int) -> ModelOpti
         aux_logits=config["aux_logits"],
         protocol=config["protocol"],
         zero_init_residual=config["zero_init_residual"],
+        dropout=config["dropout"],
     )
 
 

@@ -330,6 +330,12 @@ SETTINGS: tuple[Setting, ...] = (
         "label smoothing of the training loss",
     ),
     Setting(
+        "dropout",
+        None,
+        PROTOCOL,
+        "dropout rate before the classifier's layers (VGG-16's, Inception-V3's)",
+    ),
+    Setting(
         "amp",
         None,
         PROTOCOL,
@@ -522,8 +528,8 @@ def number(positive: bool = False, allow_none: bool = False, upper=None, words=N
             raise _bad(key, value, "a number")
         if not math.isfinite(value):  # 1e999, nan from a JSON config
             raise _bad(key, value, "a finite number")
-        if (positive and value <= 0) or value < 0:
-            raise _bad(key, value, f"a number {bound}")
+        if (positive and value <= 0) or value < 0:  # a bounded range is said whole
+            raise _bad(key, value, words if upper is not None else f"a number {bound}")
         if upper is not None and not (value <= upper[0] if upper[1] else value < upper[0]):
             raise _bad(key, value, words)
 
@@ -581,6 +587,7 @@ VALID: dict[str, Valid] = {
     "zero_init_residual": FLAG,
     "drop_last": FLAG,
     "label_smoothing": number(upper=(1, False), words="0 <= x < 1"),
+    "dropout": number(upper=(1, False), words="0 <= x < 1"),
     "amp": one_of("auto", True, False),
     "health_stop": FLAG,
     "compile": FLAG,

@@ -36,6 +36,8 @@ class ModelOptions:
     # Residual branches end in a BatchNorm whose scale starts at 0 (each block starts as an
     # identity): what the `fast` protocol asks of a model that has such blocks.
     zero_init_residual: bool = False
+    # The dropout rate before the classifier's layers, where the model has dropout there.
+    dropout: float = 0.5
 
 
 @dataclass(frozen=True)

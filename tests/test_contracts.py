@@ -247,6 +247,22 @@ def test_a_run_with_no_named_config_is_exactly_the_paper_protocol(tmp_path):
     assert resnet["head"] == "'append'" and resnet["epochs"] == "25"
 
 
+def test_bf16_autocast_on_a_cpu_without_bf16_instructions_is_warned():
+    """amp=true on such a CPU is emulated (measured: over 30x slower than fp32): one line says
+    so and what to use; a CPU with them, CUDA, auto and false say nothing."""
+    import torch
+
+    from study.experiment import amp_warning
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    line = amp_warning({"amp": True}, cpu, has_bf16=lambda: False)
+    assert line.startswith("warning: amp=true on a CPU without bf16 instructions")
+    assert "amp=auto trains in fp32 on the CPU" in line
+    assert amp_warning({"amp": True}, cpu, has_bf16=lambda: True) is None
+    for amp, device in (("auto", cpu), (False, cpu), (True, cuda)):
+        assert amp_warning({"amp": amp}, device, has_bf16=lambda: False) is None
+
+
 def test_departures_from_the_named_protocol_are_recorded_and_short_schedules_warned(
     mnist_root, tmp_path
 ):
@@ -465,6 +481,7 @@ def test_every_setting_declares_its_values_or_is_checked_with_its_context():
         ("lr", 0): "lr=0 is invalid; expected a number > 0",
         ("warmup", 0.6): "warmup=0.6 is invalid; expected a share of the schedule's steps, 0 <=",
         ("label_smoothing", 1.0): "label_smoothing=1.0 is invalid; expected 0 <= x < 1",
+        ("dropout", -0.1): "dropout=-0.1 is invalid; expected 0 <= x < 1",
         ("train_limit", 0): "train_limit=0 is invalid; expected an integer >= 1 or null",
         ("folder_image_size", 4096): "folder_image_size=4096 is invalid; expected 8 <= ",
     }

@@ -144,6 +144,23 @@ def test_zero_init_residual_is_an_option():
     assert config_for("resnet18", "mnist", "fast", zero_init_residual=True)["zero_init_residual"]
 
 
+def test_dropout_is_the_protocols_and_reaches_the_classifier():
+    """`paper` keeps torchvision's (the seed's) 0.5 before VGG-16's and Inception-V3's
+    classifier layers; `fast` drops none (it slowed plain VGG-16's escape from chance:
+    study/protocols.py); `with dropout=P` sets it, and the built model carries P."""
+    from torch import nn
+
+    assert config_for("vgg16", "mnist", "paper")["dropout"] == 0.5
+    assert config_for("vgg16", "mnist", "fast")["dropout"] == protocols.FAST_DROPOUT == 0.0
+    assert config_for("inception_v3", "cifar10", "fast", dropout=0.3)["dropout"] == 0.3
+    for name, protocol, size, count in (("vgg16", "fast", 32, 2), ("inception_v3", "fast", 75, 1)):
+        spec = registry().model(name)
+        for p in (0.0, 0.3):
+            options = ModelOptions(num_classes=10, image_size=size, protocol=protocol, dropout=p)
+            rates = [m.p for m in spec.factory(options).modules() if isinstance(m, nn.Dropout)]
+            assert rates == [p] * count, (name, p, rates)
+
+
 @pytest.mark.parametrize("model", ["vgg16", "vgg16_bn", "resnet18", "resnet50", "inception_v3"])
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10", "tiny_imagenet"])
 def test_fast_costs_no_more_than_the_paper_size(model, dataset):
