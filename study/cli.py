@@ -512,7 +512,10 @@ def run_experiment(
             check_run_id(resume, file_store or (store.describe() if store else "the store"))
             if store is None:
                 raise StudyError("resume needs the store that holds the run (-F DIR or -m URL)")
-            stored = store.resumable_config(resume)
+            # A setting added since the run began resumes as the run trained before it existed.
+            from study.settings import BEFORE_RECORDED
+
+            stored = {**BEFORE_RECORDED, **store.resumable_config(resume)}
             # The stored config, then whatever this command line changes (checked later).
             saved = Path(tmp) / "config.json"
             saved.write_text(json.dumps(stored))

@@ -26,8 +26,11 @@ PLACE_KEYS = (
 
 
 def trained(config: dict) -> dict:
-    """The part of a config that says what a run trained."""
-    return {k: v for k, v in config.items() if k not in PLACE_KEYS}
+    """The part of a config that says what a run trained; a setting added since the run was
+    recorded is the value it trained with then (settings.BEFORE_RECORDED)."""
+    from study.settings import BEFORE_RECORDED
+
+    return {**BEFORE_RECORDED, **{k: v for k, v in config.items() if k not in PLACE_KEYS}}
 
 
 def run_order(run_id: str) -> tuple:

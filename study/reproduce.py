@@ -21,7 +21,7 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 
-from study import stats
+from study import settings, stats
 from study.errors import StudyError
 from study.identity import PLACE_KEYS, trained
 from study.stores import RunRecord
@@ -242,7 +242,8 @@ def reproducible_config(config: dict) -> dict:
     data where the original did and never downloads there (the record names that folder: a
     hostile archive could name any), unless `with download=true` asks for it."""
     kept = {k: v for k, v in config.items() if k not in NOT_REPRODUCED}
-    return {**kept, "download": False}
+    # A setting added since trains as the original did before it existed.
+    return {**settings.BEFORE_RECORDED, **kept, "download": False}
 
 
 def _where_to_record(args, store) -> tuple[list[str], object]:

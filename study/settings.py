@@ -39,6 +39,10 @@ class Setting:
     # info.departures and listed by the report): not for where a run ran (identity.PLACE_KEYS),
     # which repeat it is, or how the same model was executed (compiling).
     departs: bool = True
+    # A setting added after runs were recorded without it: the value those runs trained with
+    # (None: the setting is as old as the records). identity.trained fills it in, so an
+    # older run is the same cell, and is reproduced, as what it really trained.
+    before: Any = None
 
     @property
     def meaning(self) -> str:
@@ -334,6 +338,7 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         PROTOCOL,
         "dropout rate before the classifier's layers (VGG-16's, Inception-V3's)",
+        before=0.5,  # torchvision's, which every run trained with before the setting existed
     ),
     Setting(
         "amp",
@@ -482,6 +487,8 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}
+# {key: value} that a run recorded before the key existed trained with.
+BEFORE_RECORDED = {s.name: s.before for s in SETTINGS if s.before is not None}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,23 @@ def test_place_keys_say_where_a_run_ran_not_what_it_trained():
     assert "lr" in experiment.training_config(BASE)
 
 
+def test_a_setting_added_since_reads_as_what_older_runs_trained_with():
+    """`dropout` came after runs were recorded without it, all of which trained with
+    torchvision's 0.5: an older `paper` run is the same sweep cell as today's (0.5), an older
+    `fast` one is not (today's `fast` has none), and a reproduction or resume trains it with 0.5."""
+    from study import settings, sweep
+    from study.reproduce import reproducible_config
+
+    assert settings.BEFORE_RECORDED["dropout"] == 0.5
+    assert identity.trained(BASE)["dropout"] == 0.5
+    assert identity.trained({**BASE, "dropout": 0.0})["dropout"] == 0.0
+    assert sweep.identity({**BASE, "dropout": 0.5}) == sweep.identity(BASE)
+    assert sweep.identity({**BASE, "dropout": 0.0}) != sweep.identity(BASE)
+    assert reproducible_config(BASE)["dropout"] == 0.5
+    assert reproducible_config({**BASE, "dropout": 0.0})["dropout"] == 0.0
+    assert all(settings.BY_NAME[k].before == v for k, v in settings.BEFORE_RECORDED.items())
+
+
 def test_one_run_order_everywhere(tmp_path):
     from study.report import _id_key
     from study.stores import RunRecord, read_file_store
