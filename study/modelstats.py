@@ -19,7 +19,10 @@ def model_stats(model: nn.Module, image_size: int, in_channels: int = 3) -> dict
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     nbytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     macs = count_macs(model, image_size, in_channels)
+    # Whether `dropout` did anything to this model (the report lists it only then).
+    dropouts = sum(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
     return {
+        "dropout_layers": dropouts,
         "params": params,
         "trainable_params": trainable,
         "weight_mb": nbytes / 2**20,

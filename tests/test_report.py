@@ -295,6 +295,27 @@ def test_the_settings_table_lists_only_what_changed_what_a_run_did(built):
     assert "torch.compile" not in method["off"]
 
 
+def test_dropout_is_listed_only_where_the_models_have_dropout_layers(built):
+    """The fixture's small_cnn runs record no dropout layers: `paper`'s 0.5 changed nothing in
+    them. The same runs, recorded as a model with two such layers, list it."""
+    from study.report.tables import method_section
+
+    records = [
+        dataclasses.replace(r, config={**r.config, "dropout": 0.5}) for r in built["records"]
+    ]
+    assert {r.info["model"]["dropout_layers"] for r in records} == {0}  # what a run records
+    method = method_section(records, {})
+    assert "classifier dropout" not in {row["label"] for row in method["common"]}
+    with_layers = [
+        dataclasses.replace(r, info={**r.info, "model": {**r.info["model"], "dropout_layers": 2}})
+        for r in records
+    ]
+    method = method_section(with_layers, {})
+    assert {"label": "classifier dropout", "value": "0.5"} in method["common"]
+    no_dropout = [dataclasses.replace(r, config={**r.config, "dropout": 0.0}) for r in with_layers]
+    assert "classifier dropout" in method_section(no_dropout, {})["off"]
+
+
 def test_a_negative_train_test_gap_is_explained(built, tmp_path):
     records = list(built["records"])
     gap = "A negative gap is expected of a model still learning"

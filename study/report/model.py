@@ -85,6 +85,13 @@ def _bf16(config: dict, info: dict) -> bool:  # `auto` is bf16 on CUDA only
     return config.get("amp") is True or (config.get("amp") == "auto" and device.startswith("cuda"))
 
 
+def _dropped(config: dict, info: dict) -> bool:
+    """Dropout set, in a model that has dropout layers (a record that does not say: has)."""
+    layers = (info.get("model") or {}).get("dropout_layers", 1)
+    counted = isinstance(layers, int) and not isinstance(layers, bool)
+    return _set("dropout")(config, info) and (not counted or layers > 0)
+
+
 def _distributed(config: dict, info: dict) -> bool:
     processes = (info.get("training") or {}).get("processes")
     return isinstance(processes, int) and not isinstance(processes, bool) and processes > 1
@@ -125,7 +132,7 @@ SETTING_ROWS = (
     ),
     SettingRow("grad_clip", "gradient-norm clipping", _set("grad_clip"), switch=True),
     SettingRow("label_smoothing", "label smoothing", _set("label_smoothing"), switch=True),
-    SettingRow("dropout", "classifier dropout", _set("dropout"), switch=True),
+    SettingRow("dropout", "classifier dropout", lambda c, i: _dropped(c, i), switch=True),
     SettingRow("precise_bn", "precise BatchNorm", _set("precise_bn"), switch=True, unit="images"),
     SettingRow(
         "zero_init_residual",
