@@ -4,8 +4,9 @@ class predicted, train loss ln 10; benchmarks/protocol_check.py measures the ful
 
 Sized for CI's 2-core CPU (one to two minutes a model): `batch` images a step, `steps` steps,
 each model at the protocol's own learning rate for that batch. Plain VGG-16 (no normalisation,
-a tenth of the others' learning rate) leaves chance slowest: on the 2-core EPYC, 60 steps gave
-0.435 (its first 30 are warm-up), 100 gave 0.58, 120 gave 0.689."""
+a tenth of the others' learning rate) leaves chance slowest: on the 2-core EPYC, with the
+classifier's dropout 0.5 that `fast` had until 2026-12-06, 60 steps gave 0.435 (its first 30 are
+warm-up), 100 gave 0.58, 120 gave 0.689."""
 
 from __future__ import annotations
 
