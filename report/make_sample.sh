@@ -11,7 +11,8 @@
 # them, and a CPU without bf16 instructions emulates bf16 autocast (measured on a 2-core AVX2
 # EPYC: over 60 s a step of VGG-16 at 32 px against 1.9 s in fp32).
 # MNIST first, Tiny-ImageNet last: plain VGG-16 is the cell at risk there (measured at 32 px, 3
-# epochs, fp32: test top-1 0.033 with `fast`'s no dropout, 0.011 with torchvision's 0.5).
+# epochs, fp32: test top-1 0.033 with `fast`'s no dropout, 0.0105 and flagged with torchvision's
+# 0.5; at 64 px it is not measured yet).
 # Each sweep resumes where it stopped (finished cells are skipped, a killed one continues from its
 # last checkpoint), so this script can be run again after an interruption.
 # Usage: report/make_sample.sh DATA_ROOT [STORE]

@@ -37,8 +37,8 @@ FAST_EPOCHS = 10
 # `fast`'s dropout before the classifier's layers: none. Regularising a schedule of a few epochs
 # only slows it, and plain VGG-16 most (its 4096-wide layers at half their width learn nothing
 # for longer). Measured on Tiny-ImageNet's local 20,000 training images at 32 px, 3 epochs, fp32,
-# 2-core AVX2 EPYC, 2026-12-06: test top-1 0.033 (top-5 0.119, not flagged) against 0.011 and
-# a 'stuck' flag with torchvision's 0.5.
+# 2-core AVX2 EPYC, 2026-12-06: test top-1 0.033 (top-5 0.119, training loss 4.97, not flagged)
+# against 0.0105 (0.048; 5.18, flagged stuck and collapsed) with torchvision's 0.5.
 FAST_DROPOUT = 0.0
 # Training images that re-estimate BatchNorm's statistics before each evaluation under `fast`.
 FAST_PRECISE_BN = 2000
