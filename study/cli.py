@@ -512,10 +512,9 @@ def run_experiment(
             check_run_id(resume, file_store or (store.describe() if store else "the store"))
             if store is None:
                 raise StudyError("resume needs the store that holds the run (-F DIR or -m URL)")
-            # A setting added since the run began resumes as the run trained before it existed.
-            from study.settings import BEFORE_RECORDED
+            from study.identity import as_trained
 
-            stored = {**BEFORE_RECORDED, **store.resumable_config(resume)}
+            stored = as_trained(store.resumable_config(resume))
             # The stored config, then whatever this command line changes (checked later).
             saved = Path(tmp) / "config.json"
             saved.write_text(json.dumps(stored))

@@ -25,12 +25,17 @@ PLACE_KEYS = (
 )
 
 
-def trained(config: dict) -> dict:
-    """The part of a config that says what a run trained; a setting added since the run was
-    recorded is the value it trained with then (settings.BEFORE_RECORDED)."""
+def as_trained(config: dict) -> dict:
+    """A stored config with every setting added since it was recorded set to the value the run
+    trained with then (settings.BEFORE_RECORDED): what a sweep, reproduce and resume read."""
     from study.settings import BEFORE_RECORDED
 
-    return {**BEFORE_RECORDED, **{k: v for k, v in config.items() if k not in PLACE_KEYS}}
+    return {**BEFORE_RECORDED, **config}
+
+
+def trained(config: dict) -> dict:
+    """The part of a config that says what a run trained (as_trained)."""
+    return {k: v for k, v in as_trained(config).items() if k not in PLACE_KEYS}
 
 
 def run_order(run_id: str) -> tuple:

@@ -21,9 +21,9 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 
-from study import settings, stats
+from study import stats
 from study.errors import StudyError
-from study.identity import PLACE_KEYS, trained
+from study.identity import PLACE_KEYS, as_trained, trained
 from study.stores import RunRecord
 
 REPRODUCES_KEY = "reproduces"  # Sacred meta: {"id": ..., "store": ...} of the re-run run
@@ -241,9 +241,8 @@ def reproducible_config(config: dict) -> dict:
     without the resume that continued it and the folder its checkpoints went to. It reads the
     data where the original did and never downloads there (the record names that folder: a
     hostile archive could name any), unless `with download=true` asks for it."""
-    kept = {k: v for k, v in config.items() if k not in NOT_REPRODUCED}
-    # A setting added since trains as the original did before it existed.
-    return {**settings.BEFORE_RECORDED, **kept, "download": False}
+    kept = {k: v for k, v in as_trained(config).items() if k not in NOT_REPRODUCED}
+    return {**kept, "download": False}
 
 
 def _where_to_record(args, store) -> tuple[list[str], object]:

@@ -40,7 +40,7 @@ class Setting:
     # which repeat it is, or how the same model was executed (compiling).
     departs: bool = True
     # A setting added after runs were recorded without it: the value those runs trained with
-    # (None: the setting is as old as the records). identity.trained fills it in, so an
+    # (None: the setting is as old as the records). identity.as_trained fills it in, so an
     # older run is the same cell, and is reproduced, as what it really trained.
     before: Any = None
 

@@ -1,5 +1,6 @@
 """`python -m study run` end to end: what a run records, bad input, determinism, resume."""
 
+import json
 import os
 import re
 import signal
@@ -166,6 +167,28 @@ def test_killed_mid_epoch_then_resumed_matches_the_uninterrupted_run(mnist_root,
     assert resumed.result == straight.result
     for name in ("train_loss", "train_top1", "test_loss", "test_top1", "test_top5"):
         assert resumed.metric(name) == straight.metric(name), name
+
+
+def test_a_run_recorded_before_a_setting_existed_resumes_with_the_value_it_trained_with(
+    mnist_root, tmp_path
+):
+    """A `fast` run that trained with dropout 0.5 and whose record predates the `dropout` key
+    (removed from its config.json, as an older study wrote it): the resume fills in the 0.5 it
+    trained with (settings.BEFORE_RECORDED), not today's `fast` 0, which its checkpoint refuses."""
+    proc = _start(tmp_path, mnist_root, "old", "protocol=fast", "dropout=0.5", "epochs=3",
+                  "image_size=64")  # fmt: skip
+    _wait_for_first_checkpoint(tmp_path / "old", proc)
+    proc.kill()
+    proc.wait()
+    config_file = tmp_path / "old" / "1" / "config.json"
+    config = json.loads(config_file.read_text())
+    del config["dropout"]
+    config_file.write_text(json.dumps(config))
+
+    run_study("run", "with", "resume=1", "-F", tmp_path / "old", cwd=tmp_path)
+    (resumed,) = read_file_store(tmp_path / "old")
+    assert resumed.status == "COMPLETED" and resumed.id == "1"
+    assert resumed.config["dropout"] == 0.5 and resumed.config["protocol"] == "fast"
 
 
 def test_resuming_a_completed_run_is_refused(mnist_root, tmp_path):

@@ -132,7 +132,7 @@ SETTING_ROWS = (
     ),
     SettingRow("grad_clip", "gradient-norm clipping", _set("grad_clip"), switch=True),
     SettingRow("label_smoothing", "label smoothing", _set("label_smoothing"), switch=True),
-    SettingRow("dropout", "classifier dropout", lambda c, i: _dropped(c, i), switch=True),
+    SettingRow("dropout", "classifier dropout", _dropped, switch=True),
     SettingRow("precise_bn", "precise BatchNorm", _set("precise_bn"), switch=True, unit="images"),
     SettingRow(
         "zero_init_residual",
