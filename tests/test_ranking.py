@@ -378,3 +378,74 @@ def test_equal_time_orders_by_accuracy_and_bounds_both_ways():
     assert c["tests"][0]["favours"] is False
     # A boolean budget is no budget.
     assert not pair([timed(1, 800, True, 600.0)], [timed(2, 900, True, 600.0)])
+
+
+def test_seeds_pair_by_value_whichever_side_has_more_of_them():
+    # The leader's seeds in the reverse of id order, the other model with a seed more: every
+    # shared seed pairs the runs of that seed, whichever set the shared seeds come from.
+    def big(i):
+        return int(str(1000 + i))
+
+    spec = {"vgg16": {big(0): 700, big(1): 750, big(2): 800, big(3): 800},
+            "resnet50": {big(2): 920, big(1): 910, big(0): 900}}  # fmt: skip
+    t, _ = decision(spec)
+    assert [(r["seed"], r["runs"], r["test"].b) for r in t["rows"]] == [
+        ("1000", "7 vs 1", 200), ("1001", "6 vs 2", 160), ("1002", "5 vs 3", 120),
+    ]  # fmt: skip
+
+
+def test_three_equal_means_are_named_together():
+    t, _ = decision(
+        {m: dict.fromkeys(range(3), 900) for m in ("vgg16", "resnet50", "inception_v3")}
+    )
+    assert t["reasons"][0] == "ResNet-50, Inception-V3 have the same mean top-1"
+
+
+def test_a_reason_is_given_only_for_its_own_model_whatever_the_order():
+    # ResNet-50 leads; one model is close to it at two seeds (p = 0.0625), the other clearly
+    # below at all four. In either order of the models, the reason names only the close one.
+    below = dict.fromkeys(range(4), 800)
+    close = {0: 895, 1: 895, 2: 800, 3: 800}
+    for close_model, far_model in (("inception_v3", "vgg16"), ("vgg16", "inception_v3")):
+        spec = {close_model: close, far_model: below, "resnet50": dict.fromkeys(range(4), 900)}
+        t, _ = decision(spec)
+        title = {"vgg16": "VGG-16", "inception_v3": "Inception-V3"}[close_model]
+        assert t["reasons"] == [
+            f"it does not differ significantly from {title} at seeds 0, 1 (p = 0.0625, "
+            "p = 0.0625 by McNemar's test)"
+        ], close_model
+
+
+def test_every_reason_a_pair_is_untested_is_named_once():
+    spec = {"vgg16": dict.fromkeys(range(3), 800), "resnet50": dict.fromkeys(range(3), 900)}
+    cells = cells_of(spec)
+    vgg = cells[("mnist", "vgg16")]
+    vgg[1] = fake_run(2, "vgg16", right(800), seed=1, indices=np.arange(N)[::-1])
+    vgg[2] = fake_run(3, "vgg16", right(800), seed=2, indices=np.arange(N)[::-1])
+    t = decide("mnist", ["vgg16", "resnet50"], cells, {},
+               lambda r: None if r is vgg[0] else r.evaluation())  # fmt: skip
+    assert t["reasons"] == [
+        "it cannot be tested against VGG-16 (no evaluation artifact; their runs were evaluated "
+        "on different test images)"
+    ]
+
+
+def test_equal_time_keeps_the_order_of_equal_means_and_favours_only_a_significant_lead():
+    from study.report.model import model_title
+    from study.report.ranking import equal_time
+
+    def timed(run_id, count, seed=0):
+        r = fake_run(run_id, "resnet18", right(count), seed=seed, config={"time_budget": 600.0})
+        r.info["training"] = {"train_seconds": 600.0}
+        return r
+
+    def pair(a, b):
+        cells = {("mnist", "x"): a, ("mnist", "y"): b}
+        return equal_time("mnist", ["x", "y"], cells, {}, evaluate)
+
+    (c,) = pair([timed(1, 900)], [timed(2, 900)])
+    assert (c["a"], c["b"]) == (model_title("x"), model_title("y"))
+    # x leads on the mean (0.845 vs 0.800), but y is significantly better at seed 0.
+    (c,) = pair([timed(1, 700), timed(3, 990, seed=1)], [timed(2, 800), timed(4, 800, seed=1)])
+    assert c["a"] == model_title("x")
+    assert [(t["seed"], t["favours"]) for t in c["tests"]] == [("0", False), ("1", True)]

@@ -168,6 +168,9 @@ def test_the_overfitting_claim_compares_each_models_train_test_gap():
     )
     ends["vgg16"] = (0.96, 0.94)  # a gap of 0.02: the smallest
     assert verdict(gap_claim, runs(spec, metrics=metrics))["verdict"] == "not supported"
+    # A gap wider than the test accuracy itself (0.99 - 0.30 = 0.69) is still a difference.
+    ends["vgg16"] = (0.99, 0.30)
+    assert verdict(gap_claim, runs(spec, metrics=metrics))["verdict"] == "supported"
 
 
 def test_equally_highest_needs_no_difference_between_the_two_and_both_above_the_third():
@@ -192,16 +195,22 @@ def test_a_top5_claim_is_judged_on_top5_correctness():
     spec = {"vgg16": dict.fromkeys(range(3), 700), "resnet50": dict.fromkeys(range(3), 900),
             "inception_v3": dict.fromkeys(range(3), 800)}  # fmt: skip
     cells = runs(spec)
-    # Top-1 wrong everywhere; the true class second where `count` says, else not in the five.
+    # Top-1 wrong everywhere; the true class fifth where `count` says, else not in the five.
     for rs in cells.values():
-        for r in rs:
+        for i, r in enumerate(rs):
             ev = r.evaluation()
             right = ev["topk"][:, 0] == ev["labels"]
-            ev["topk"][right, 1] = ev["labels"][right]
+            ev["topk"][right, 4] = ev["labels"][right]
+            ev["topk"][right, 1:4] = (ev["labels"][right, None] + [1, 2, 3]) % 10
             ev["topk"][:, 0] = (ev["labels"] + 9) % 10
+            rs[i] = dataclasses.replace(r, result={"top1": 0.0, "top5": right.mean()})
     row = verdict(top5_claim, cells)
     assert row["verdict"] == "supported", row
-    assert row["evidence"][0].startswith("test top-5, ResNet-50 > Inception-V3: ")
+    # The observed means are the runs' top-5, not their top-1.
+    assert row["evidence"][0] == (
+        "test top-5, ResNet-50 > Inception-V3: ResNet-50 0.9000 vs Inception-V3 0.8000; "
+        "3 seeds, McNemar at each seed"
+    )
 
 
 def test_which_model_learned_fastest_is_read_after_the_first_epoch():
@@ -217,4 +226,141 @@ def test_which_model_learned_fastest_is_read_after_the_first_epoch():
     assert row["evidence"][0].startswith(
         "training top-1 after the first epoch, ResNet-50 > VGG-16: ResNet-50 0.3000 vs "
         "VGG-16 0.1000"
+    )
+
+
+def test_equally_highest_is_not_supported_when_either_model_is_above_the_other():
+    tie_claim = CLAIMS[0]
+    spec = {"vgg16": dict.fromkeys(range(3), 800), "resnet50": dict.fromkeys(range(3), 950),
+            "inception_v3": dict.fromkeys(range(3), 900)}  # fmt: skip
+    row = verdict(tie_claim, runs(spec, dataset="mnist"))  # ResNet-50 above at every seed
+    assert row["verdict"] == "not supported", row
+    assert row["evidence"][2].endswith("3 seeds, McNemar at each seed")
+
+
+def test_only_the_seeds_both_models_ran_are_compared():
+    spec = {"vgg16": dict.fromkeys(range(3), 700), "resnet50": dict.fromkeys(range(4), 800),
+            "inception_v3": dict.fromkeys(range(5), 900)}  # fmt: skip
+    row = verdict(CIFAR_TOP1, runs(spec))
+    assert row["verdict"] == "supported", row
+    assert row["evidence"][0].endswith("ResNet-50 0.8000; 4 seeds, McNemar at each seed")
+    assert row["evidence"][1].endswith("VGG-16 0.7000; 3 seeds, McNemar at each seed")
+    # No seed in common: nothing to compare, said with the right number.
+    apart = {"vgg16": {0: 700}, "resnet50": {1: 800}, "inception_v3": {2: 900}}
+    row = verdict(CIFAR_TOP1, runs(apart))
+    assert row["evidence"][0].endswith("; 0 comparable seeds of the 3 needed"), row
+    one = {"vgg16": {0: 700}, "resnet50": {0: 800}, "inception_v3": {0: 900}}
+    row = verdict(CIFAR_TOP1, runs(one))
+    assert row["evidence"][0].endswith("; 1 comparable seed of the 3 needed"), row
+
+
+def test_more_seeds_than_needed_still_decide():
+    four = {m: dict.fromkeys(range(4), c) for m, c in zip(THREE, (700, 800, 900), strict=True)}
+    assert verdict(CIFAR_TOP1, runs(four))["verdict"] == "supported"
+
+
+def test_a_model_run_on_other_data_sets_too_is_found_on_each():
+    spec = {m: dict.fromkeys(range(3), 800) for m in THREE}
+    order = {"vgg16": lambda s: (0.99, 0.05, 40.0), "resnet50": lambda s: (0.95, 0.2, 150.0),
+             "inception_v3": lambda s: (0.90, 0.4, 80.0)}  # fmt: skip
+    cells = {**runs(spec, "cifar10", training(order)), **runs(spec, "mnist", training(order))}
+    row = verdict(SPEED_ALL, cells)  # a claim over every data set the runs cover
+    assert row["verdict"] == "supported", row
+    assert [e.split(":")[0] for e in row["evidence"]] == ["CIFAR-10"] * 2 + ["MNIST"] * 2
+
+
+def test_a_model_trained_two_ways_is_not_picked_for_the_seeds_one():
+    spec = {
+        "vgg16 [lr=0.1]": dict.fromkeys(range(3), 700),
+        "vgg16 [lr=0.01]": dict.fromkeys(range(3), 700),
+        "resnet50": dict.fromkeys(range(3), 800),
+        "inception_v3": dict.fromkeys(range(3), 900),
+    }
+    row = verdict(CIFAR_TOP1, runs(spec))
+    assert row["verdict"] == "not testable here"
+    assert row["evidence"] == ["VGG-16 not run on CIFAR-10"]
+
+
+def test_names_read_from_records_are_matched_by_value():
+    """Models and data sets in a report come from records (JSON), not from literals: equal
+    strings, but not the same objects as the claims' names."""
+    fresh = {"".join(["vgg", "16"]): 700, "".join(["resnet", "50"]): 800,
+             "".join(["inception", "_v3"]): 900}  # fmt: skip
+    cells = runs({m: dict.fromkeys(range(3), c) for m, c in fresh.items()})
+    cells = {("".join(["cifar", "10"]), m): rs for (_, m), rs in cells.items()}
+    datasets = ["".join(["cifar", "10"])]
+    row = check(CIFAR_TOP1, datasets, cells, {}, lambda r: r.evaluation())
+    assert row["verdict"] == "supported", row
+    assert not any("stands in" in e for e in row["evidence"])
+
+
+def test_a_claim_over_every_data_set_goes_on_past_one_it_cannot_test():
+    speeds = {"vgg16": lambda s: (0.9, 0.1, 40.0), "resnet50": lambda s: (0.9, 0.1, 150.0),
+              "inception_v3": lambda s: (0.9, 0.1, 80.0)}  # fmt: skip
+    full = {m: dict.fromkeys(range(3), 800) for m in THREE}
+    # CIFAR-10 (checked first) lacks Inception-V3; MNIST has all three.
+    cells = {
+        **runs({m: full[m] for m in THREE[:2]}, "cifar10", training(speeds)),
+        **runs(full, "mnist", training(speeds)),
+    }
+    row = verdict(SPEED_ALL, cells)
+    assert row["verdict"] == "not decided", row
+    assert row["evidence"][-1] == "not testable: Inception-V3 not run on CIFAR-10"
+    assert row["evidence"][0].startswith("MNIST: training images/s, ResNet-50 > VGG-16")
+    # The same when the first data set's VGG-16 is flagged, for a claim about learning.
+    gap_claim = CLAIMS[9]
+    cells = {**runs(full, "cifar10", training(speeds)), **runs(full, "mnist", training(speeds))}
+    flags = {("cifar10", "vgg16"): {"flagged": True, "stuck": True}}
+    row = verdict(gap_claim, cells, flags)
+    assert row["verdict"] == "not decided", row
+    assert row["evidence"][0].startswith("MNIST: training minus test top-1")
+
+
+def test_equal_training_values_go_neither_way():
+    same = {m: (lambda s: (0.9, 0.1, 100.0)) for m in THREE}
+    spec = {m: dict.fromkeys(range(3), 800) for m in THREE}
+    row = verdict(CIFAR_TRAIN, runs(spec, metrics=training(same)))
+    assert row["verdict"] == "not decided"
+    assert row["evidence"][0].endswith(
+        "3 comparable seeds (at each seed): 0 its way, 0 the other, 3 neither"
+    )
+
+
+def test_a_training_value_one_run_lacks_leaves_that_seed_out():
+    order = training({"vgg16": lambda s: (0.99, 0.05, 40.0),
+                      "resnet50": lambda s: (0.95, 0.2, 150.0),
+                      "inception_v3": lambda s: (0.90, 0.4, 80.0)})  # fmt: skip
+
+    def metrics(model, seed):  # ResNet-50's seed 2 recorded no training accuracy
+        m = order(model, seed)
+        return {k: v for k, v in m.items() if (model, seed, k) != ("resnet50", 2, "train_top1")}
+
+    spec = {m: dict.fromkeys(range(3), 800) for m in THREE}
+    row = verdict(CIFAR_TRAIN, runs(spec, metrics=metrics))
+    assert row["evidence"][0].endswith("; 2 comparable seeds of the 3 needed"), row
+
+
+def test_the_last_epoch_is_the_last_of_several():
+    def metrics(model, seed):  # VGG-16 ahead at epoch 2, ResNet-50 at the last (3)
+        last = {"vgg16": 0.90, "resnet50": 0.95, "inception_v3": 0.80}[model]
+        second = {"vgg16": 0.85, "resnet50": 0.80, "inception_v3": 0.70}[model]
+        return {"train_top1": [(1, 0.5), (2, second), (3, last)],
+                "train_loss": [(1, 2.0), (2, 1.0), (3, 1.0 - last)]}  # fmt: skip
+
+    spec = {m: dict.fromkeys(range(3), 800) for m in THREE}
+    row = verdict(CIFAR_TRAIN, runs(spec, metrics=metrics))
+    assert row["verdict"] == "not supported", row
+    assert row["evidence"][0].startswith(
+        "training top-1 at the last epoch, VGG-16 > ResNet-50: VGG-16 0.9000 vs ResNet-50 0.9500"
+    )
+
+
+def test_images_per_second_are_printed_to_one_decimal():
+    rate = {"vgg16": 40.25, "resnet50": 150.25, "inception_v3": 80.25}
+    rates = training({m: (lambda s, m=m: (0.9, 0.1, rate[m])) for m in THREE})
+    spec = {m: dict.fromkeys(range(3), 800) for m in THREE}
+    row = verdict(SPEED_ALL, runs(spec, metrics=rates))
+    assert row["evidence"][0] == (
+        "CIFAR-10: training images/s, ResNet-50 > VGG-16: ResNet-50 150.2 vs VGG-16 40.2; "
+        "3 seeds, at each seed"
     )

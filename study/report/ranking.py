@@ -192,7 +192,8 @@ def pair_reasons(title: str, rows: list[dict]) -> list[str]:
     against = [r for r in rows if r["test"] is not None and r["test"].significant
                and not r["favours"]]  # fmt: skip
     if untested:
-        out.append(f"it cannot be tested against {title} ({untested[0]['reason']})")
+        why = "; ".join(dict.fromkeys(r["reason"] for r in untested))  # each reason once
+        out.append(f"it cannot be tested against {title} ({why})")
     if same:
         out.append(
             f"it does not differ significantly from {title}{where(same)} "
