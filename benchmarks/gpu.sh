@@ -18,7 +18,54 @@
 # CELLS=1 runs instead, in its own call, issue 19's nine seed cells under `fast` (VGG-16,
 # ResNet-50, Inception-V3 on MNIST and on gpu-prepare's CIFAR-10 and Tiny-ImageNet subsets, 300
 # steps of batch 128 each): top-1, health flags and GMACs per cell, about 4 minutes on an H200.
+# SAMPLE=DATASET (mnist, cifar10, tiny_imagenet; or `stage`) runs instead one data set's sweep of
+# the sample study (report/make_sample.sh) into .gpu-sample-runs/, seeded from
+# report/sample-next/, and copies that store to OUT/sample-runs. DATA_ROOT is `.gpu-sample`:
+# the pieces gpu-prepare.sh --sample cut, carried one or two a call, are moved into
+# .gpu-sample-root/ (git-ignored, so kept between calls while the machine stays warm) and
+# checked against their SHA256SUMS; `stage` only does that. A cell cut by a call's limit
+# resumes from its checkpoint in the next call on the same machine. Here, afterwards:
+#   rm -rf report/sample-next && cp -r FILES_AT/sample-runs report/sample-next
 set -uo pipefail
+if [ -n "${SAMPLE:-}" ]; then
+    set -e
+    USAGE="usage: SAMPLE=DATASET benchmarks/gpu.sh .gpu-sample OUT_DIR"
+    PIECES=$(cd "${1:?$USAGE}" && pwd)
+    OUT=$(mkdir -p "${2:?$USAGE}" && cd "$2" && pwd)
+    cd "$(dirname "$0")/.."
+    ROOT=.gpu-sample-root
+    mkdir -p "$ROOT"
+    for piece in "$PIECES"/*/; do
+        [ -d "$piece" ] || continue
+        cp -rf "$piece". "$ROOT"/
+        echo "staged $piece"
+    done
+    part="$ROOT/tiny-imagenet-200.zip.part"
+    if [ -f "$part-a" ] && [ -f "$part-b" ]; then
+        cat "$part-a" "$part-b" >"$ROOT/tiny-imagenet-200.zip" && rm "$part-a" "$part-b"
+    fi
+    # Every whole file here must be the one gpu-prepare.sh hashed (one still to come is fine).
+    present=$(cd "$ROOT" && while read -r sum file; do
+        if [ -f "$file" ]; then echo "$sum  $file"; fi
+    done <SHA256SUMS)
+    if [ -n "$present" ]; then (cd "$ROOT" && sha256sum --check --quiet - <<<"$present"); fi
+    ls -l "$ROOT" | tee "$OUT/sample-data.log"
+    [ "$SAMPLE" = stage ] && exit 0
+    if [ ! -d .gpu-sample-runs ]; then
+        if [ -d report/sample-next ]; then cp -r report/sample-next .gpu-sample-runs; fi
+    fi
+    export PYTHONUNBUFFERED=1 STUDY_CACHE_DIR=${STUDY_CACHE_DIR:-/tmp/study-gpu-cache}
+    export STUDY_SAMPLE_CHECKPOINTS=/tmp/study-sample-checkpoints STUDY=${STUDY:-python3 -m study}
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null \
+        | tee "$OUT/sample.log" || true
+    rc=0
+    timeout "${SAMPLE_LIMIT:-540}" bash report/make_sample.sh "$ROOT" .gpu-sample-runs "$SAMPLE" \
+        2>&1 | tee -a "$OUT/sample.log" || rc=$?
+    rm -rf "$OUT/sample-runs"
+    cp -r .gpu-sample-runs "$OUT/sample-runs"
+    echo "== sample $SAMPLE: exit $rc ($(date +%T))"
+    exit "$rc"
+fi
 DATA_ROOT=$(cd "${1:?usage: benchmarks/gpu.sh DATA_ROOT OUT_DIR}" && pwd)
 OUT=$(mkdir -p "${2:?usage: benchmarks/gpu.sh DATA_ROOT OUT_DIR}" && cd "$2" && pwd)
 MACHINE=${MACHINE:-h100}

@@ -15,24 +15,47 @@
 # 0.5; at 64 px it is not measured yet).
 # Each sweep resumes where it stopped (finished cells are skipped, a killed one continues from its
 # last checkpoint), so this script can be run again after an interruption.
-# Usage: report/make_sample.sh DATA_ROOT [STORE]
+# Usage: report/make_sample.sh DATA_ROOT [STORE [DATASET ...]]
+# Naming data sets runs only their sweeps and builds no report (a sample made in parts, e.g. on
+# a lent GPU machine: benchmarks/gpu.sh's SAMPLE mode).
+# STUDY (default `study`) is the command; SAMPLE_MODELS and SAMPLE_EXTRA (settings appended to
+# every cell's, e.g. "train_limit=64 test_limit=64") are for checking this script quickly.
 set -euo pipefail
-# `study`, not `python -m study`: run from the checkout, `python -m` would import ./study first.
-DATA_ROOT=${1:?usage: report/make_sample.sh DATA_ROOT [STORE] (e.g. ../shared/data)}
+USAGE="usage: report/make_sample.sh DATA_ROOT [STORE [DATASET ...]] (e.g. ../shared/data)"
+DATA_ROOT=${1:?$USAGE}
 STORE=${2:-report/sample-runs}
+shift $(($# < 2 ? $# : 2))
+DATASETS=("$@")
 cd "$(dirname "$0")/.."
+# `study`, not `python -m study`: run from the checkout, `python -m` would import ./study first
+# (where that is the same code, as on a machine given this checkout, `python3 -m study` will do).
+read -r -a STUDY <<<"${STUDY:-study}"
+read -r -a EXTRA <<<"${SAMPLE_EXTRA:-}"
 # Checkpoints are large: kept out of the store, where a resumed sweep finds them again.
 CKPT=${STUDY_SAMPLE_CHECKPOINTS:-${TMPDIR:-/tmp}/study-sample-checkpoints}
-MODELS=vgg16,resnet50,inception_v3
+MODELS=${SAMPLE_MODELS:-vgg16,resnet50,inception_v3}
 COMMON=(protocol=fast test_limit=5000 "data_root=$DATA_ROOT" "checkpoint_dir=$CKPT")
-sweep() {  # dataset seeds [KEY=VALUE ...]
-    local dataset=$1 seeds=$2
-    shift 2
-    study sweep --models "$MODELS" --datasets "$dataset" --seeds "$seeds" --runs "$STORE" \
-        with "${COMMON[@]}" "$@"
-}
-sweep mnist 2 epochs=2 train_limit=20000
-sweep cifar10 1 epochs=5
-sweep tiny_imagenet 1 epochs=3
-study report --runs "$STORE" --out report/sample.pdf \
-    --title "study: the seed comparison under fast on a 2-core CPU"
+declare -A CELLS=(  # data set: seeds, then the departures from `fast` (see above)
+    [mnist]="2 epochs=2 train_limit=20000"
+    [cifar10]="1 epochs=5"
+    [tiny_imagenet]="1 epochs=3"
+)
+for dataset in "${DATASETS[@]}"; do
+    if [ -z "${CELLS[$dataset]:-}" ]; then
+        echo "make_sample.sh: no data set $dataset; expected mnist, cifar10 or tiny_imagenet" >&2
+        exit 2
+    fi
+done
+for dataset in mnist cifar10 tiny_imagenet; do
+    if [ ${#DATASETS[@]} -gt 0 ] && [[ ! " ${DATASETS[*]} " =~ " $dataset " ]]; then
+        continue
+    fi
+    read -r seeds settings <<<"${CELLS[$dataset]}"
+    read -r -a settings <<<"$settings"
+    "${STUDY[@]}" sweep --models "$MODELS" --datasets "$dataset" --seeds "$seeds" \
+        --runs "$STORE" with "${COMMON[@]}" "${settings[@]}" "${EXTRA[@]}"
+done
+if [ ${#DATASETS[@]} -eq 0 ]; then
+    "${STUDY[@]}" report --runs "$STORE" --out report/sample.pdf \
+        --title "study: the seed comparison under fast on a 2-core CPU"
+fi
