@@ -8,28 +8,31 @@
 #                300 / 100 and 20 / 5 train / test images a class; benchmarks/subset_data.py)
 # All three are git-ignored; name them in the device call's `carry`. Usage:
 #   benchmarks/gpu-prepare.sh ../shared/data
-# With --sample, also the sample study's whole data root (report/make_sample.sh), byte for byte,
-# cut into pieces that each fit one call (gpu.sh's SAMPLE mode puts them together there):
-#   .gpu-sample/mnist/ (11 MB), .gpu-sample/cifar10/ (63 MB), .gpu-sample/tiny-a/ and tiny-b/
-#   (the Tiny-ImageNet zip, 67 MB, in two halves); each holds SHA256SUMS of the whole files.
+# With --sample (instead of the above), the sample study's whole data root (report/make_sample.sh)
+# byte for byte, cut into pieces that each fit one call, for gpu.sh's SAMPLE mode to put together:
+#   PIECES/mnist/ (11 MB), PIECES/cifar10/ (63 MB), PIECES/tiny-a/ and tiny-b/ (the
+#   Tiny-ImageNet zip, 67 MB, in two halves), each with SHA256SUMS of the whole files.
+#   benchmarks/gpu-prepare.sh ../shared/data --sample [PIECES (default .gpu-sample)]
 set -euo pipefail
-DATA_ROOT=${1:?usage: benchmarks/gpu-prepare.sh DATA_ROOT [--sample]}
+DATA_ROOT=${1:?usage: benchmarks/gpu-prepare.sh DATA_ROOT [--sample [PIECES]]}
 DATA_ROOT=$(cd "$DATA_ROOT" && pwd)
-cd "$(dirname "$0")/.."
 if [ "${2:-}" = --sample ]; then
-    rm -rf .gpu-sample
-    mkdir -p .gpu-sample/mnist/MNIST/raw .gpu-sample/cifar10 .gpu-sample/tiny-a .gpu-sample/tiny-b
-    cp "$DATA_ROOT"/MNIST/raw/*-ubyte.gz .gpu-sample/mnist/MNIST/raw/
-    cp "$DATA_ROOT"/cifar-10-python.tar.gz .gpu-sample/cifar10/
+    PIECES=${3:-$(dirname "$0")/../.gpu-sample}
+    rm -rf "$PIECES"
+    mkdir -p "$PIECES"/{mnist/MNIST/raw,cifar10,tiny-a,tiny-b}
+    cp "$DATA_ROOT"/MNIST/raw/*-ubyte.gz "$PIECES/mnist/MNIST/raw/"
+    cp "$DATA_ROOT"/cifar-10-python.tar.gz "$PIECES/cifar10/"
     zip="$DATA_ROOT/tiny-imagenet-200.zip"
-    half=$(( ($(stat -c %s "$zip") + 1) / 2 ))
-    head -c "$half" "$zip" >.gpu-sample/tiny-a/tiny-imagenet-200.zip.part-a
-    tail -c +"$((half + 1))" "$zip" >.gpu-sample/tiny-b/tiny-imagenet-200.zip.part-b
+    half=$((($(stat -c %s "$zip") + 1) / 2))
+    head -c "$half" "$zip" >"$PIECES/tiny-a/tiny-imagenet-200.zip.part-a"
+    tail -c +"$((half + 1))" "$zip" >"$PIECES/tiny-b/tiny-imagenet-200.zip.part-b"
     (cd "$DATA_ROOT" && sha256sum MNIST/raw/*-ubyte.gz cifar-10-python.tar.gz \
-        tiny-imagenet-200.zip) >.gpu-sample/SHA256SUMS
-    for piece in .gpu-sample/*/; do cp .gpu-sample/SHA256SUMS "$piece"; done
-    du -sh .gpu-sample/*/
+        tiny-imagenet-200.zip) >"$PIECES/SHA256SUMS"
+    for piece in "$PIECES"/*/; do cp "$PIECES/SHA256SUMS" "$piece"; done
+    du -sh "$PIECES"/*/
+    exit 0
 fi
+cd "$(dirname "$0")/.."
 rm -rf .whl build-site .gpu-data
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \

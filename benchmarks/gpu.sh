@@ -24,7 +24,8 @@
 # the pieces gpu-prepare.sh --sample cut, carried one or two a call, are moved into
 # .gpu-sample-root/ (git-ignored, so kept between calls while the machine stays warm) and
 # checked against their SHA256SUMS; `stage` only does that. A cell cut by a call's limit
-# resumes from its checkpoint in the next call on the same machine. Here, afterwards:
+# resumes from its checkpoint in the next call on the same machine. SAMPLE_ROOT and SAMPLE_RUNS
+# put the data root and the store elsewhere. Here, afterwards:
 #   rm -rf report/sample-next && cp -r FILES_AT/sample-runs report/sample-next
 set -uo pipefail
 if [ -n "${SAMPLE:-}" ]; then
@@ -33,7 +34,7 @@ if [ -n "${SAMPLE:-}" ]; then
     PIECES=$(cd "${1:?$USAGE}" && pwd)
     OUT=$(mkdir -p "${2:?$USAGE}" && cd "$2" && pwd)
     cd "$(dirname "$0")/.."
-    ROOT=.gpu-sample-root
+    ROOT=${SAMPLE_ROOT:-.gpu-sample-root} STORE=${SAMPLE_RUNS:-.gpu-sample-runs}
     mkdir -p "$ROOT"
     for piece in "$PIECES"/*/; do
         [ -d "$piece" ] || continue
@@ -51,18 +52,16 @@ if [ -n "${SAMPLE:-}" ]; then
     if [ -n "$present" ]; then (cd "$ROOT" && sha256sum --check --quiet - <<<"$present"); fi
     ls -l "$ROOT" | tee "$OUT/sample-data.log"
     [ "$SAMPLE" = stage ] && exit 0
-    if [ ! -d .gpu-sample-runs ]; then
-        if [ -d report/sample-next ]; then cp -r report/sample-next .gpu-sample-runs; fi
-    fi
+    if [ ! -d "$STORE" ] && [ -d report/sample-next ]; then cp -r report/sample-next "$STORE"; fi
     export PYTHONUNBUFFERED=1 STUDY_CACHE_DIR=${STUDY_CACHE_DIR:-/tmp/study-gpu-cache}
     export STUDY_SAMPLE_CHECKPOINTS=/tmp/study-sample-checkpoints STUDY=${STUDY:-python3 -m study}
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null \
         | tee "$OUT/sample.log" || true
     rc=0
-    timeout "${SAMPLE_LIMIT:-540}" bash report/make_sample.sh "$ROOT" .gpu-sample-runs "$SAMPLE" \
+    timeout "${SAMPLE_LIMIT:-540}" bash report/make_sample.sh "$ROOT" "$STORE" "$SAMPLE" \
         2>&1 | tee -a "$OUT/sample.log" || rc=$?
     rm -rf "$OUT/sample-runs"
-    cp -r .gpu-sample-runs "$OUT/sample-runs"
+    cp -r "$STORE" "$OUT/sample-runs"
     echo "== sample $SAMPLE: exit $rc ($(date +%T))"
     exit "$rc"
 fi

@@ -173,3 +173,90 @@ def test_subset_data_keeps_the_first_images_of_each_class_in_the_official_format
                 np.testing.assert_array_equal(
                     b.images[b.labels == c], a.images[a.labels == c][:per_class]
                 )
+
+
+# The sample study on a lent GPU (benchmarks/README.md): gpu-prepare.sh --sample cuts the data
+# root into pieces, gpu.sh SAMPLE=... puts them together over several calls and runs a sweep.
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def sample_pieces(tmp_path) -> tuple[Path, Path]:
+    """A data root in the three data sets' own formats, and gpu-prepare.sh's pieces of it."""
+    import fakedata
+
+    data, pieces = tmp_path / "data", tmp_path / "pieces"
+    fakedata.write_mnist(data, n_train=40, n_test=20)
+    fakedata.write_cifar10(data, n_train=20, n_test=10)
+    fakedata.write_tiny_imagenet(data, n_classes=3, per_class=3)
+    subprocess.run(["bash", str(BENCH / "gpu-prepare.sh"), str(data), "--sample", str(pieces)],
+                   check=True, capture_output=True, text=True)  # fmt: skip
+    return data, pieces
+
+
+def gpu_sample(dataset, pieces, tmp_path, **env):
+    import os
+    import shutil
+
+    call = tmp_path / "call"  # what one device call carries: some of the pieces
+    shutil.rmtree(call, ignore_errors=True)
+    call.mkdir()
+    for name in pieces[1]:
+        shutil.copytree(pieces[0] / name, call / name)
+    return subprocess.run(
+        ["bash", str(BENCH / "gpu.sh"), str(call), str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "SAMPLE": dataset, "SAMPLE_ROOT": str(tmp_path / "root"),
+             "SAMPLE_RUNS": str(tmp_path / "store"), "STUDY": f"{sys.executable} -m study",
+             "STUDY_CACHE_DIR": str(tmp_path / "cache"), **env},
+    )  # fmt: skip
+
+
+def test_sample_pieces_come_together_over_calls_byte_for_byte_or_stop_the_call(tmp_path):
+    data, pieces = sample_pieces(tmp_path)
+    assert sorted(p.name for p in pieces.iterdir() if p.is_dir()) == [
+        "cifar10", "mnist", "tiny-a", "tiny-b"
+    ]  # fmt: skip
+    root = tmp_path / "root"
+    # First call: half of the Tiny-ImageNet zip, nothing yet to put together or check.
+    proc = gpu_sample("stage", (pieces, ["tiny-a"]), tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert not (root / "tiny-imagenet-200.zip").exists()
+    # Second call: the rest; every file is then the data root's own.
+    proc = gpu_sample("stage", (pieces, ["tiny-b", "mnist", "cifar10"]), tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    whole = [p.relative_to(data) for p in data.rglob("*") if p.is_file()]
+    assert len(whole) == 6
+    for name in whole:
+        assert (root / name).read_bytes() == (data / name).read_bytes(), name
+    assert not list(root.glob("*.part-*"))
+    # A piece changed on the way stops the call.
+    archive = pieces / "cifar10" / "cifar-10-python.tar.gz"
+    blob = bytearray(archive.read_bytes())
+    blob[100] ^= 1
+    archive.write_bytes(bytes(blob))
+    proc = gpu_sample("stage", (pieces, ["cifar10"]), tmp_path)
+    assert proc.returncode != 0
+    assert "cifar-10-python.tar.gz: FAILED" in proc.stdout + proc.stderr
+
+
+def test_sample_mode_runs_one_data_sets_sweep_once_and_returns_its_store(tmp_path):
+    _, pieces = sample_pieces(tmp_path)
+    small = {"SAMPLE_MODELS": "small_cnn",
+             "SAMPLE_EXTRA": "train_limit=20 test_limit=10 batch_size=10 epochs=1"}  # fmt: skip
+    proc = gpu_sample("mnist", (pieces, ["mnist"]), tmp_path, **small)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    runs = read_file_store(tmp_path / "out" / "sample-runs")
+    assert sorted((r.config["model"], r.config["dataset"], r.config["seed"], r.status)
+                  for r in runs) == [("small_cnn", "mnist", 0, "COMPLETED"),
+                                     ("small_cnn", "mnist", 1, "COMPLETED")]  # fmt: skip
+    # The sample's own settings for MNIST, and the check's sizes after them.
+    config = runs[0].config
+    assert (config["protocol"], config["epochs"], config["train_limit"]) == ("fast", 1, 20)
+    # Called again, the sweep finds both cells done.
+    proc = gpu_sample("mnist", (pieces, []), tmp_path, **small)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(read_file_store(tmp_path / "out" / "sample-runs")) == 2
+    # A data set the sample does not have is refused in one line.
+    proc = gpu_sample("imagenet", (pieces, []), tmp_path, **small)
+    assert proc.returncode == 2
+    assert "no data set imagenet; expected mnist, cifar10 or tiny_imagenet" in proc.stdout
