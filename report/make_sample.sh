@@ -7,9 +7,10 @@
 # - epochs (`fast` trains 10): 3 on Tiny-ImageNet's 20,000 local training images (100 per
 #   class), 5 on CIFAR-10's 10,000, 2 on a stratified 20,000 of MNIST's 60,000 (train_limit).
 # - test_limit=5000: a stratified half of each test split, evaluated after every epoch.
-# fp32, as `fast` trains on a CPU (amp=auto): the cells are the same on whichever machine resumes
-# them, and a CPU without bf16 instructions emulates bf16 autocast (measured on a 2-core AVX2
-# EPYC: over 60 s a step of VGG-16 at 32 px against 1.9 s in fp32).
+# fp32 on every machine (amp=false; `fast`'s amp=auto would train bf16 on a GPU and fp32 on a
+# CPU under one recorded value): a cell trains alike wherever it runs or resumes, in the seed's
+# precision; and a CPU without bf16 instructions emulates bf16 autocast (measured on a 2-core
+# AVX2 EPYC: over 60 s a step of VGG-16 at 32 px against 1.9 s in fp32).
 # MNIST first, Tiny-ImageNet last: plain VGG-16 is the cell at risk there (measured at 32 px, 3
 # epochs, fp32: test top-1 0.033 with `fast`'s no dropout, 0.0105 and flagged with torchvision's
 # 0.5; at 64 px it is not measured yet).
@@ -34,7 +35,7 @@ read -r -a EXTRA <<<"${SAMPLE_EXTRA:-}"
 # Checkpoints are large: kept out of the store, where a resumed sweep finds them again.
 CKPT=${STUDY_SAMPLE_CHECKPOINTS:-${TMPDIR:-/tmp}/study-sample-checkpoints}
 MODELS=${SAMPLE_MODELS:-vgg16,resnet50,inception_v3}
-COMMON=(protocol=fast test_limit=5000 "data_root=$DATA_ROOT" "checkpoint_dir=$CKPT")
+COMMON=(protocol=fast amp=false test_limit=5000 "data_root=$DATA_ROOT" "checkpoint_dir=$CKPT")
 declare -A CELLS=(  # data set: seeds, then the departures from `fast` (see above)
     [mnist]="2 epochs=2 train_limit=20000"
     [cifar10]="1 epochs=5"

@@ -429,10 +429,12 @@ def resolve(updates_tokens: tuple[str, ...], model: str, dataset: str, seed: int
     from sacred.arg_parser import get_config_updates
 
     from study import sacred_api
+    from study.cli import parse_booleans
     from study.experiment import ex
 
     updates, named = get_config_updates(list(updates_tokens))
-    updates = {**updates, "model": model, "dataset": dataset, "seed": seed}
+    # As `study run` reads them: `amp=false` is False, not the string 'false'.
+    updates = {**parse_booleans(updates), "model": model, "dataset": dataset, "seed": seed}
     try:
         run = sacred_api.resolve_run(ex, updates, named)
     except StudyError:

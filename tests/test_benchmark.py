@@ -252,6 +252,7 @@ def test_sample_mode_runs_one_data_sets_sweep_once_and_returns_its_store(tmp_pat
     # The sample's own settings for MNIST, and the check's sizes after them.
     config = runs[0].config
     assert (config["protocol"], config["epochs"], config["train_limit"]) == ("fast", 1, 20)
+    assert config["amp"] is False  # fp32 on every machine, so a cell trains alike anywhere
     # Called again, the sweep finds both cells done.
     proc = gpu_sample("mnist", (pieces, []), tmp_path, **small)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -514,3 +514,15 @@ def test_two_sweeps_of_one_grid_started_together_run_each_cell_once(data, tmp_pa
     started = [len(re.findall(r"^\[\d\] [^:]+: run \(log", out, re.M)) for out in outs]
     assert sum(started) == 3, outs
     assert all("3 of 3 cells COMPLETED" in out for out in outs), outs
+
+
+def test_a_sweeps_true_and_false_are_booleans_as_in_study_run():
+    # `study run with amp=false` reads False; the sweep resolves each cell's config the same
+    # way (it refused 'false' as "expected auto, true or false").
+    from study.sweep import resolve
+
+    config = resolve(("fast", "amp=false", "compile=False"), "small_cnn", "mnist", 0)
+    assert config["amp"] is False and config["compile"] is False
+    assert resolve(("fast", "amp=TRUE"), "small_cnn", "mnist", 0)["amp"] is True
+    with pytest.raises(StudyError, match="amp='maybe' is invalid; expected auto, true or false"):
+        resolve(("amp=maybe",), "small_cnn", "mnist", 0)
