@@ -17,15 +17,10 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from study import settings
 from study.errors import StudyError
 
 OWN_COMMANDS = ("list", "runs", "sync")
-# Config keys that take true / false (some also take auto or a path): `false` means False.
-# Keys that take true/false (experiment.BOOLEAN_KEYS, and those that take other values too).
-BOOLEAN_KEYS = (
-    "download", "pretrained", "aux_logits", "amp", "compile", "data_on_device", "sync_bn",
-    "zero_init_residual", "decay_norm_bias", "drop_last", "health_stop",
-)  # fmt: skip
 # Commands with their own argument parser, in their own module.
 DELEGATED_COMMANDS = {
     "report": "study.report",
@@ -144,7 +139,7 @@ def parse_booleans(updates: dict) -> dict:
     """Sacred parses Python literals: `compile=false` would arrive as the string 'false'."""
     return {
         k: {"true": True, "false": False}.get(v.lower(), v)
-        if k in BOOLEAN_KEYS and isinstance(v, str)
+        if k in settings.BOOLEAN_KEYS and isinstance(v, str)
         else v
         for k, v in updates.items()
     }

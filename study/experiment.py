@@ -35,7 +35,6 @@ from study.identity import PLACE_KEYS
 DEVICES = ("auto", "cpu", "cuda")
 # Each setting's type and range: study.settings.VALID (checked in resolve_config).
 OPTIMIZERS, SCHEDULES, HEADS = settings.OPTIMIZERS, settings.SCHEDULES, settings.HEADS
-BOOLEAN_KEYS = tuple(k for k, v in settings.VALID.items() if v is settings.FLAG)
 # A decaying schedule shorter than this many steps gets a warning before the run.
 MIN_SCHEDULE_STEPS = 100
 # Rank r of a torchrun run seeds its global generator (dropout) with seed + r * this, so ranks

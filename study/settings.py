@@ -559,8 +559,11 @@ def one_of(*choices) -> Valid:
 
 
 def _of_types(types, words: str) -> Valid:
+    takes_bool = bool in getattr(types, "__args__", (types,))
+
     def check(key, value):
-        if not isinstance(value, types):
+        # true is an int to isinstance: resume=true is not a run id
+        if not isinstance(value, types) or (isinstance(value, bool) and not takes_bool):
             raise _bad(key, value, words)
 
     return Valid(words, check)
@@ -610,6 +613,21 @@ VALID: dict[str, Valid] = {
     "checkpoint_dir": _of_types(str | type(None), "a folder path or null"),
     "resume": _of_types(int | str | type(None), "a run id"),
 }
+
+
+def _takes(valid: Valid, value) -> bool:
+    from study.errors import ConfigError
+
+    try:
+        valid.check("", value)
+    except ConfigError:
+        return False
+    return True
+
+
+# Keys that take true and false (some also auto, null or a path): read from the checks above, so
+# a new flag is parsed from the command line (`false` there is the string 'false' to Sacred).
+BOOLEAN_KEYS = tuple(k for k, v in VALID.items() if _takes(v, True) and _takes(v, False))
 
 
 def check_values(config: dict) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from study import protocols, sacred_api
 from study.build import make_scheduler
+from study.errors import ConfigError
 from study.modelstats import count_macs
 from study.registry import registry
 from study.specs import ModelOptions
@@ -187,9 +188,14 @@ def test_stem_downsamplings_keep_one_per_doubling_above_32(size, kept):
 
 
 def test_every_true_false_key_is_parsed_from_the_command_line():
-    from study import cli, experiment
+    from study import cli, settings
 
-    assert set(experiment.BOOLEAN_KEYS) <= set(cli.BOOLEAN_KEYS)
+    # read from the checks: a key that takes true and false, whatever else it takes
+    flags = {"download", "health_stop", "amp", "data_on_device", "pretrained", "aux_logits"}
+    assert flags <= set(settings.BOOLEAN_KEYS)
+    assert not {"resume", "checkpoint_dir", "lr", "epochs"} & set(settings.BOOLEAN_KEYS)
+    with pytest.raises(ConfigError, match=r"resume=True is invalid; expected a run id"):
+        settings.VALID["resume"].check("resume", True)  # true is an int to isinstance
     assert cli.parse_booleans({"health_stop": "true", "drop_last": "False", "lr": "true"}) == {
         "health_stop": True,
         "drop_last": False,
