@@ -30,7 +30,9 @@ def test_one_class_taking_half_the_predictions_and_three_times_its_share():
     predicted = [500] + [56] * 8 + [52]
     assert sum(predicted) == 1000
     verdict = health.assess(num_classes=10, predicted_counts=predicted, true_counts=TEN)
-    assert verdict.flags == ("collapsed",) and "class 0 takes 50%" in verdict.line()
+    assert verdict.line() == (
+        "collapsed (class 0 takes 50% of the predictions, 5.0x its 10% of the test images)"
+    )
     # One prediction fewer is below the share (every class still predicted): healthy.
     below = [499] + [56] * 8 + [53]
     assert health.assess(num_classes=10, predicted_counts=below, true_counts=TEN).ok
@@ -94,6 +96,93 @@ def test_of_confusion_reads_rows_as_true_and_columns_as_predicted():
     verdict = health.of_confusion(confusion)
     assert "class 3 takes 100%" in verdict.line()
     assert health.of_confusion(np.eye(10, dtype=int) * 100).ok
+
+
+def test_stuck_with_an_auxiliary_head_at_its_own_threshold():
+    # chance is (1 + 0.4) ln 10 = 3.224, so the threshold is 0.95 of that: 3.063 (a power
+    # in place of the product, ln 10 ** 1.4 = 3.214, would flag a loss just under it)
+    at = 0.95 * 1.4 * LN10
+    assert health.assess(num_classes=10, train_loss=at, aux_weight=0.4).flags == ("stuck",)
+    assert health.assess(num_classes=10, train_loss=at - 1e-9, aux_weight=0.4).ok
+
+
+@pytest.mark.parametrize("classes", [2, 10])
+def test_stuck_is_judged_from_two_classes_on_and_never_with_one(classes):
+    assert health.assess(num_classes=classes, train_loss=math.log(classes)).flags == ("stuck",)
+    # One class: chance's loss is ln 1 = 0, so every loss would be "stuck"; there is no chance.
+    assert health.assess(num_classes=1, train_loss=0.3).ok
+    assert health.assess(num_classes=0, train_loss=0.3).ok  # a hostile record's 0 x 0 matrix
+
+
+def test_finite_values_are_no_flag():
+    assert health.assess(num_classes=10, values=[0.5, 0.91, None], train_loss=0.2).ok
+
+
+def test_collapse_reasons_word_for_word():
+    # 75% of the predictions on class 0, three times its 25% of the test images: at the ratio
+    true = [250] + [750 // 9] * 9
+    true[1] += 1000 - sum(true)
+    predicted = [750] + [25] * 9
+    predicted[1] += 1000 - sum(predicted)
+    verdict = health.assess(num_classes=10, predicted_counts=predicted, true_counts=true)
+    assert verdict.line() == (
+        "collapsed (class 0 takes 75% of the predictions, 3.0x its 25% of the test images)"
+    )
+    # the top class has no test images at all
+    true = [0] + [111] * 9
+    verdict = health.assess(num_classes=10, predicted_counts=[600] + [44] * 9, true_counts=true)
+    assert verdict.line() == (
+        "collapsed (class 0 takes 60% of the predictions and none of the test images)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("never", "names"),
+    [(4, "6, 7, 8, 9"), (5, "5, 6, 7, 8, 9"), (6, "4, 5, 6, 7, 8 ..."), (7, "3, 4, 5, 6, 7 ...")],
+)
+def test_never_predicted_classes_are_named_up_to_five(never, names):
+    predicted = [100] * (10 - never) + [0] * never
+    verdict = health.assess(num_classes=10, predicted_counts=predicted, true_counts=TEN)
+    assert verdict.line() == f"collapsed ({never} of 10 classes never predicted: {names})"
+
+
+def test_a_class_with_a_single_test_image_must_be_predicted():
+    true = [1] + [111] * 9
+    predicted = [0] + [112] * 9
+    verdict = health.assess(num_classes=10, predicted_counts=predicted, true_counts=true)
+    assert verdict.line() == "collapsed (1 of 10 classes never predicted: 0)"
+
+
+@pytest.mark.parametrize(("classes", "flagged"), [(20, True), (21, False)])
+def test_twenty_classes_is_the_last_judged_by_classes_never_predicted(classes, flagged):
+    # Literal counts, not health.FEW_CLASSES + 1: a changed threshold must fail here.
+    predicted = [20] + [10] * (classes - 2) + [0]
+    verdict = health.assess(
+        num_classes=classes, predicted_counts=predicted, true_counts=[10] * classes
+    )
+    assert verdict.ok is not flagged
+
+
+def test_entropy_exactly_at_half_is_not_collapsed():
+    # 16 of 256 classes, equally predicted: ln 16 / ln 256 is exactly 0.5 in floating point
+    predicted = [10] * 16 + [0] * 240
+    assert -sum(p / 160 * math.log(p / 160) for p in predicted if p) / math.log(256) == 0.5
+    assert health.assess(num_classes=256, predicted_counts=predicted, true_counts=[1] * 256).ok
+
+
+def test_two_classes_collapse_and_missing_counts_judge_nothing():
+    verdict = health.assess(num_classes=2, predicted_counts=[100, 0], true_counts=[50, 50])
+    assert verdict.line() == "collapsed (1 of 2 classes never predicted: 1)"
+    # A single prediction on a class with no test images is still a pile-up.
+    verdict = health.assess(
+        num_classes=10, predicted_counts=[1] + [0] * 9, true_counts=[0, 1] + [0] * 8
+    )
+    assert verdict.flags == ("collapsed",)
+    # Either count missing, or no test images or predictions at all: nothing to judge.
+    assert health.assess(num_classes=10, predicted_counts=[0] * 10, true_counts=TEN).ok
+    assert health.assess(num_classes=10, true_counts=TEN).ok
+    assert health.assess(num_classes=10, predicted_counts=[100] + [0] * 9).ok
+    assert health.assess(num_classes=10, predicted_counts=[100] + [0] * 9, true_counts=[0] * 10).ok
 
 
 def _run(tmp_path, data_root, *updates, store="runs"):

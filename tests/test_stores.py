@@ -146,6 +146,38 @@ def test_a_malformed_run_is_skipped_with_one_line_while_the_rest_report(broken_s
     assert "study report: 3 runs -> m.html (1 skipped)" in only.stdout  # run 2's run.json
 
 
+@pytest.mark.parametrize("damage", ["negative", "moved", "no_topk_column"])
+def test_an_evaluation_whose_confusion_disagrees_with_its_labels_is_refused(tmp_path, damage):
+    import numpy as np
+
+    store = tmp_path / "runs"
+    store.mkdir()
+    shutil.copytree(SAMPLE_RUNS / "8", store / "1")
+    path = store / "1" / "evaluation.npz"
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    (rec,) = read_file_store(store)
+    assert rec.evaluation()["confusion"].sum() == len(arrays["labels"])  # sound as stored
+    conf = arrays["confusion"]
+    if damage == "negative":  # the same sum, with a negative count
+        conf[0, 0] += 5
+        conf[0, 1] -= conf[0, 1] + 5
+    elif damage == "moved":  # one image moved to another cell
+        row = int(np.argmax(conf.sum(axis=1)))
+        col = int(np.argmax(conf[row]))
+        conf[row, col] -= 1
+        conf[row, (col + 1) % conf.shape[1]] += 1
+    else:
+        arrays["topk"] = arrays["topk"][:, :0]
+    np.savez_compressed(path, **arrays)
+    (rec,) = read_file_store(store)
+    expected = "topk is" if damage == "no_topk_column" else "confusion disagrees with labels"
+    with pytest.raises(
+        StoreError, match=f"run 1 in .*: evaluation.npz is inconsistent: {expected}"
+    ):
+        rec.evaluation()
+
+
 def test_a_reader_looping_while_runs_start_never_fails(mnist_root, tmp_path):
     store = tmp_path / "runs"
     command = [sys.executable, "-m", "study", "run", "with", *FAST, f"data_root={mnist_root}",

@@ -180,8 +180,13 @@ def _evaluation_problem(a: dict[str, np.ndarray]) -> str | None:
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         return f"labels are {labels.dtype} {labels.shape}; expected integers (N,)"
     n = len(labels)
-    if topk.ndim != 2 or topk.shape[0] != n or not np.issubdtype(topk.dtype, np.integer):
-        return f"topk is {topk.dtype} {topk.shape}; expected integers ({n}, K)"
+    if (
+        topk.ndim != 2
+        or topk.shape[0] != n
+        or topk.shape[1] < 1
+        or not np.issubdtype(topk.dtype, np.integer)
+    ):
+        return f"topk is {topk.dtype} {topk.shape}; expected integers ({n}, K), K >= 1"
     if prob.shape != topk.shape:
         return f"topk_prob is {prob.shape}; expected {topk.shape} like topk"
     if idx.shape != (n,):
@@ -193,6 +198,11 @@ def _evaluation_problem(a: dict[str, np.ndarray]) -> str | None:
         labels.min() < 0 or labels.max() >= classes or topk.min() < 0 or topk.max() >= classes
     ):
         return f"labels or topk outside 0..{classes - 1}"
+    # The health rule and the report read the matrix: it must be the one the labels and the
+    # top-1 predictions give (a hostile one could hold negative counts that sum right).
+    counted = np.bincount(labels * classes + topk[:, 0], minlength=classes * classes)
+    if not np.array_equal(conf, counted.reshape(classes, classes)):
+        return "confusion disagrees with labels and topk's first column"
     return None
 
 
