@@ -179,7 +179,9 @@ class MongoClaims:
             doc = self.collection.find_one({"_id": key})
             if doc is None or (not doc.get("released") and _doc_alive(doc)):
                 return None
-            seen = doc.get("gen", 0)
+            # A document from elsewhere may lack its generation or hold another type: the filter
+            # below matches it as read ({"gen": None} matches a missing field too).
+            seen = doc.get("gen")
             gen = seen + 1 if isinstance(seen, int) and not isinstance(seen, bool) else 1
             # Only the process whose update still finds the generation it saw takes it over.
             taken = self.collection.update_one(

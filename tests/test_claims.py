@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
+import pytest
 from mongo_server import needs_server
 
+from study import claims as claims_module
 from study import identity
-from study.claims import FileClaims, MongoClaims
+from study.claims import FileClaims, Holder, MongoClaims, claim_resume, claim_run_resume
+from study.errors import StudyError
+from study.stores.choice import FileRunStore
+
+SAMPLE_RUNS = Path(__file__).resolve().parent.parent / "report" / "sample-runs"
 
 RACERS = 8
 # Each racer says it is ready, waits for the start file, claims once and says whether it won,
@@ -159,3 +167,177 @@ def test_touching_a_mongo_claim_renews_it(server):
         assert claims.acquire("sync-r") is None
         claim.release()
         assert claims.holder("sync-r") is None
+
+
+# -- pinned in-process: generations, the exclusive create, resuming (mutation survivors) -------
+
+
+@pytest.mark.parametrize("key", ["c", "ab", "cell", "cell-0123abcd", "resume-7"])
+def test_a_file_claim_passes_through_three_generations(tmp_path, key):
+    # Keys of odd and even length: the generation is read from the name after `<key>.`
+    claims = FileClaims(tmp_path)
+    for gen in range(3):
+        path = tmp_path / f"{key}.{gen}.claim"
+        if gen:  # the last holder died without releasing: taken over by the next generation
+            (tmp_path / f"{key}.{gen - 1}.claim").write_text(
+                json.dumps({"host": identity.this_host(), "pid": _dead_pid()})
+            )
+        claim = claims.acquire(key)
+        assert claim is not None and path.exists()
+        assert claims.holder(key) == Holder(identity.this_host(), os.getpid())
+        assert claims.acquire(key) is None
+        if gen < 2:
+            path.unlink()  # so the next round writes a dead holder in its place
+    claim.release()
+    assert list(tmp_path.glob(f"{key}.*")) == []
+
+
+def test_a_generation_taken_between_listing_and_creating_is_lost(tmp_path, monkeypatch):
+    """The exclusive create decides: a process that listed no claim, then finds the file made
+    by another (the race every sweep cell runs), gets nothing."""
+    claims = FileClaims(tmp_path)
+    taken = tmp_path / "cell-x.0.claim"
+    taken.write_text(json.dumps({"host": "elsewhere", "pid": 1, "since": "now"}))
+    monkeypatch.setattr(FileClaims, "_generations", lambda self, key: {})  # listed: none yet
+    assert claims.acquire("cell-x") is None
+    assert json.loads(taken.read_text())["host"] == "elsewhere"  # not overwritten
+
+
+def test_a_claim_file_is_made_in_a_new_folder_with_a_plain_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        claims = FileClaims(tmp_path / "new" / "store" / ".claims")
+        claim = claims.acquire("cell-m")
+    finally:
+        os.umask(old)
+    path = tmp_path / "new" / "store" / ".claims" / "cell-m.0.claim"
+    assert claim is not None and path.stat().st_mode & 0o777 == 0o644
+    path.unlink()  # gone already (removed by hand): releasing is still quiet
+    claim.release()
+
+
+def test_claim_files_read_while_they_vanish_and_without_a_pid(tmp_path):
+    assert claims_module._read(tmp_path / "gone.0.claim") == {"released": True}
+    assert claims_module._file_alive(tmp_path / "gone.0.claim", {}) is False
+    (tmp_path / "cell-p.0.claim").write_text(json.dumps({"host": "elsewhere"}))
+    assert FileClaims(tmp_path).holder("cell-p") == Holder("elsewhere", 0)
+
+
+@needs_server
+def test_a_mongo_claim_passes_through_generations_and_a_racer_between_read_and_update(server):
+    with server.client() as client:
+        collection = client[f"t{uuid.uuid4().hex[:12]}"].claims
+        claims = MongoClaims(collection)
+        gone = identity.utcnow() - timedelta(seconds=identity.STALE_S + 5)
+        for gen in range(3):
+            claim = claims.acquire("sync-g")
+            assert claim is not None and collection.find_one({"_id": "sync-g"})["gen"] == gen
+            assert claims.acquire("sync-g") is None
+            collection.update_one({"_id": "sync-g"}, {"$set": {"beat": gone}})  # falls silent
+        # A racer takes the stale claim over between this process's read and its update.
+        collection.update_one({"_id": "sync-g"}, {"$set": {"beat": gone, "pid": 1}})
+
+        class Racing:  # the real collection; its find_one lets another process in afterwards
+            def __getattr__(self, name):
+                return getattr(collection, name)
+
+            def find_one(self, query):
+                doc = collection.find_one(query)
+                collection.update_one({"_id": "sync-g"}, {"$inc": {"gen": 1}})
+                return doc
+
+        assert MongoClaims(Racing()).acquire("sync-g") is None
+        assert collection.find_one({"_id": "sync-g"})["gen"] == 3  # the racer's, untouched
+        # A foreign document without a generation (or with a non-integer one) is taken over.
+        collection.insert_one({"_id": "sync-h", "host": "elsewhere", "beat": gone})
+        collection.insert_one({"_id": "sync-i", "gen": True, "host": "elsewhere", "beat": gone})
+        collection.insert_one({"_id": "sync-j", "pid": 7, "beat": identity.utcnow()})
+        for key in ("sync-h", "sync-i"):
+            assert claims.acquire(key) is not None
+            assert collection.find_one({"_id": key})["gen"] == 1
+        assert claims.holder("sync-j") == Holder("?", 7)
+        collection.update_one({"_id": "sync-j"}, {"$unset": {"pid": ""}})
+        assert claims.holder("sync-j") == Holder("?", 0)
+
+
+def _hold_elsewhere(tmp_path, key):
+    """The claim on `key`, held by another live process: this one's parent (our pid's
+    holder file, written as another process of this host would)."""
+    (tmp_path / f"{key}.0.claim").write_text(
+        json.dumps({"host": identity.this_host(), "pid": os.getppid()})
+    )
+
+
+def test_resume_claims_a_free_run_and_keeps_touching_it(tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.setattr(identity, "CLAIM_TOUCH_S", 0.05)
+    claims = FileClaims(tmp_path)
+    claim = claim_resume(claims, "7", lambda: False, wait=False, where="runs")
+    path = tmp_path / "resume-7.0.claim"
+    old = time.time() - identity.STALE_S - 5
+    os.utime(path, (old, old))
+    deadline = time.monotonic() + 30
+    while claims.holder("resume-7") is None:  # the thread touches it back to life
+        assert time.monotonic() < deadline, "the claim was not touched"
+        time.sleep(0.02)
+    (thread,) = [t for t in threading.enumerate() if t.name == "study-resume-claim"]
+    assert thread.daemon  # a finished run's process exits without waiting for it
+    hooked = []
+    monkeypatch.setattr(threading, "excepthook", hooked.append)
+    path.unlink()  # the store lost: touching fails, the thread ends quietly
+    thread.join(timeout=30)
+    assert not thread.is_alive() and hooked == []
+    claim.release()
+
+
+def test_resume_of_a_run_held_or_running_is_refused_in_one_line(tmp_path):
+    claims = FileClaims(tmp_path)
+    _hold_elsewhere(tmp_path, "resume-7")
+    holder = Holder(identity.this_host(), os.getppid())
+    with pytest.raises(StudyError) as held:
+        claim_resume(claims, "7", lambda: False, wait=False, where="runs")
+    assert str(held.value) == (
+        f"resume=7: run 7 in runs cannot be continued: another process ({holder}) is "
+        f"continuing it; wait for it to end, or set STUDY_RESUME_WAIT=1 to wait"
+    )
+    with pytest.raises(StudyError, match=r"run 8 in runs cannot be continued: it is running now"):
+        claim_resume(claims, "8", lambda: True, wait=False, where="runs")
+    assert claims.holder("resume-8") is None  # the claim it took is given back
+
+
+def test_resume_waits_for_the_holder_saying_so_once(tmp_path, monkeypatch, capsys):
+    import threading
+
+    monkeypatch.setattr(claims_module, "RESUME_POLL_S", 0.05)
+    claims = FileClaims(tmp_path)
+    _hold_elsewhere(tmp_path, "resume-7")
+    polls = []
+
+    def run_alive():
+        polls.append(1)
+        return len(polls) < 4  # its heartbeat is recent for the first three looks
+
+    threading.Timer(0.3, (tmp_path / "resume-7.0.claim").unlink).start()  # the holder ends
+    claim = claim_resume(claims, "7", run_alive, wait=True, where="runs")
+    assert claims.holder("resume-7") == Holder(identity.this_host(), os.getpid())
+    assert len(polls) == 4
+    out = capsys.readouterr().out
+    assert out.count("study: resume=7: ") == 1 and out.endswith("; waiting\n")
+    claim.release()
+
+
+def test_resume_looks_at_its_own_run_only(tmp_path):
+    store = tmp_path / "runs"
+    store.mkdir()
+    for run_id in ("1", "2", "3"):
+        shutil.copytree(SAMPLE_RUNS / run_id, store / run_id)
+    run = json.loads((store / "2" / "run.json").read_text())
+    run.update(status="RUNNING", stop_time=None, heartbeat=identity.utcnow().isoformat())
+    run.setdefault("meta", {})["process"] = {"host": identity.this_host(), "pid": os.getpid()}
+    (store / "2" / "run.json").write_text(json.dumps(run))
+    files = FileRunStore(store)
+    for free in ("1", "3"):  # run 2, alive, is not theirs
+        claim_run_resume(files, free).release()
+    with pytest.raises(StudyError, match="run 2 in .* cannot be continued: it is running now"):
+        claim_run_resume(files, "2")

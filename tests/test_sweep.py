@@ -448,6 +448,60 @@ def test_a_cell_resumes_its_latest_checkpoint_and_matches_what_was_trained(tmp_p
     assert _planned([other])[:2] == ("run", None)
 
 
+def _status(text):
+    """A status as a store parses it: a new string, not the interned literal."""
+    return "".join(list(text))
+
+
+def test_plan_takes_the_first_completed_and_the_latest_live_run(tmp_path):
+    done = [_record(i, _status("COMPLETED"), heartbeat_age=900) for i in ("2", "10")]
+    assert _planned(done[::-1]) == ("done", "2", "skip: COMPLETED as run 2")
+    live = [_record(i, _status("RUNNING"), heartbeat_age=5) for i in ("3", "10")]
+    assert _planned(live[::-1])[:2] == ("running", "10")
+    # A status that is not Sacred's is not done (it sorts before COMPLETED).
+    assert _planned([_record("4", "ABORTED", heartbeat_age=900)]) == ("run", None, "run")
+
+
+def test_plan_lists_the_cells_dead_runs_only(tmp_path):
+    from study.sweep import Cell, plan
+
+    records = [
+        _record("1", _status("RUNNING"), heartbeat_age=900),  # its process gone
+        _record("2", _status("INTERRUPTED"), heartbeat_age=900),
+        _record("3", _status("FAILED"), heartbeat_age=900),
+        _record("4", _status("QUEUED"), heartbeat_age=900),
+        _record("5", _status("TIMED_OUT"), heartbeat_age=900),
+        _record("6", _status("RUNNING"), heartbeat_age=900, lr=0.2),  # another cell's
+    ]
+    cell = Cell(0, "small_cnn", "mnist", 0, dict(CELL_CONFIG))
+    plan(cell, records)
+    assert [r.id for r in cell.dead] == ["1"] and cell.action == "run"
+
+
+def test_plan_matches_what_was_trained_whatever_the_key_order():
+    # Another learning rate, below or above this cell's, is another cell; the key order of a
+    # stored config is not.
+    for lr in (0.05, 0.2):
+        assert _planned([_record("5", "COMPLETED", heartbeat_age=900, lr=lr)])[:2] == ("run", None)
+    import dataclasses
+
+    stored = _record("6", "COMPLETED", heartbeat_age=900)
+    reordered = dataclasses.replace(stored, config=dict(reversed(list(stored.config.items()))))
+    assert list(reordered.config) != list(CELL_CONFIG)
+    assert _planned([reordered])[:2] == ("done", "6")
+
+
+def test_plan_names_the_sweep_holding_a_cell_and_its_claim_key():
+    from study.sweep import Cell, cell_key, describe
+
+    cell = Cell(0, "small_cnn", "mnist", 0, dict(CELL_CONFIG), action="claimed")
+    assert describe(cell) == "skip: another sweep (elsewhere) is running it"
+    cell.holder = "node7 pid 42"
+    assert describe(cell) == "skip: another sweep (node7 pid 42) is running it"
+    # The claim's name is kept by every version that may share a store: pinned, not recomputed.
+    assert cell_key(cell) == "cell-798b29de099d991e1f368ae2e326f21cb0bbee22"
+
+
 def test_a_mongo_password_is_never_printed():
     from study.sweep import make_store
 

@@ -305,7 +305,7 @@ def _step(value) -> int:
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
-        or not -MAX_STEP <= value <= MAX_STEP
+        or not 0 <= value <= MAX_STEP
         or value != int(value)
     ):
         raise TypeError(f"step {str(value)[:40]!r} is not an integer in 0..{MAX_STEP:,}")
