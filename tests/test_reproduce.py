@@ -92,6 +92,9 @@ def test_a_clear_gap_is_different_and_exits_1(stored, tmp_path):
     with np.load(folder / "evaluation.npz") as npz:
         arrays = {k: npz[k] for k in npz.files}
     arrays["topk"][:, 0] = (arrays["labels"] + 1) % 10
+    # ...and its confusion matrix with it (a reader refuses one the predictions disagree with)
+    counts = np.bincount(arrays["labels"] * 10 + arrays["topk"][:, 0], minlength=100)
+    arrays["confusion"] = counts.reshape(10, 10)
     np.savez(folder / "evaluation.npz", **arrays)
     metrics = json.loads((folder / "metrics.json").read_text())
     metrics["test_top1"]["values"] = [0.0] * len(metrics["test_top1"]["values"])
