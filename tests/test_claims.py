@@ -330,14 +330,15 @@ def test_resume_waits_for_the_holder_saying_so_once(tmp_path, monkeypatch, capsy
 def test_resume_looks_at_its_own_run_only(tmp_path):
     store = tmp_path / "runs"
     store.mkdir()
-    for run_id in ("1", "2", "3"):
-        shutil.copytree(SAMPLE_RUNS / run_id, store / run_id)
-    run = json.loads((store / "2" / "run.json").read_text())
+    # Ids of two digits: Python shares one object per one-character string, so `is` would pass.
+    for sample, run_id in (("1", "11"), ("2", "12"), ("3", "13")):
+        shutil.copytree(SAMPLE_RUNS / sample, store / run_id)
+    run = json.loads((store / "12" / "run.json").read_text())
     run.update(status="RUNNING", stop_time=None, heartbeat=identity.utcnow().isoformat())
     run.setdefault("meta", {})["process"] = {"host": identity.this_host(), "pid": os.getpid()}
-    (store / "2" / "run.json").write_text(json.dumps(run))
+    (store / "12" / "run.json").write_text(json.dumps(run))
     files = FileRunStore(store)
-    for free in ("1", "3"):  # run 2, alive, is not theirs
-        claim_run_resume(files, free).release()
-    with pytest.raises(StudyError, match="run 2 in .* cannot be continued: it is running now"):
-        claim_run_resume(files, "2")
+    for free in ("11", "13"):  # run 12, alive, is not theirs
+        claim_run_resume(files, "".join(free)).release()
+    with pytest.raises(StudyError, match="run 12 in .* cannot be continued: it is running now"):
+        claim_run_resume(files, "".join(["1", "2"]))  # built, as a command line's id is
