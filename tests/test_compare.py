@@ -155,3 +155,104 @@ def test_render_names_the_verdict_first(kind):
     a = run(1, correct_count(9, 10), (0.8, 0.9))
     text = render(Verdict(kind, ["why"]), a, dataclasses.replace(a, id="5"))
     assert text.splitlines()[:2] == [f"verdict: {kind} (run 5 reproducing run 1)", "  why"]
+
+
+# -- pinned: the interval check on each side, fallbacks, and what differences list ------------
+
+
+@pytest.mark.parametrize(
+    ("top_a", "top_b", "kind"),
+    [
+        (0.015, 0.0, "different"),  # 0.0 below [0.0051, 0.0432]; 0.015 inside [0, 0.0188]
+        (0.0, 0.015, "different"),
+        (0.985, 1.0, "different"),  # 1.0 above [0.9568, 0.9949]; 0.985 inside [0.9812, 1]
+        (1.0, 0.985, "different"),
+        (1.0, 1.0, "equivalent"),  # on the intervals' closed ends: within
+        (0.0, 0.0, "equivalent"),
+    ],
+)
+def test_each_side_of_each_interval_decides_a_prefix(top_a, top_b, kind):
+    # 200 test images; a prefix has no McNemar, so the intervals alone decide. The losses
+    # differ, so the runs are never identical.
+    outcome = correct_count(100, 200)
+    a = run(1, outcome, (top_a, 0.5))
+    b = run(2, outcome, (top_b,), loss=(2.5,))
+    verdict = compare(a, b, prefix=1)
+    assert (verdict.kind, verdict.exit_status) == (kind, 1 if kind == "different" else 0)
+    assert verdict.evidence[2].endswith(
+        "a top-1 lies outside the other's"
+        if kind == "different"
+        else "each top-1 lies in the other's"
+    )
+
+
+def test_without_a_test_count_no_interval_is_drawn_and_top1_falls_back_to_the_result():
+    outcome = correct_count(90, 100)
+    a, b = run(1, outcome, (0.8,)), run(2, outcome, (0.8,), loss=(2.0, 0.5))
+    a.info["dataset"], b.info["dataset"] = {}, {"test_count": "100"}
+    a = dataclasses.replace(a, result={"top1": 0.9})
+    b = dataclasses.replace(b, result=None)
+    verdict = compare(a, b, prefix=2)  # epoch 2 is in no test_top1 series
+    assert verdict.kind == "equivalent"
+    assert verdict.evidence[:2] == [
+        "not identical: train_loss differ within the first 2 epochs",
+        "top-1 after epoch 2: 0.9000 (run 1) vs 0.0000 (run 2), 0 test images",
+    ]
+    assert not any("Wilson" in line for line in verdict.evidence)
+
+
+def test_predictions_compared_only_when_both_runs_kept_the_same_images():
+    outcome = correct_count(90, 100)
+    a = run(1, outcome, (0.8, 0.9))
+    # Every prediction one class lower, the same metrics: not identical.
+    lower = run(2, outcome, (0.8, 0.9))
+    ev = lower.evaluation()
+    ev["topk"] = (ev["topk"] - 1) % 10
+    assert compare(a, lower).evidence[0] == "not identical: per-image predictions differ"
+    # A higher training loss is a difference too (not only a lower one).
+    higher = compare(a, run(2, outcome, (0.8, 0.9), loss=(2.0, 1.5)))
+    assert higher.evidence[0] == "not identical: train_loss differ"
+    # Fewer test images kept, or none: no McNemar, and no claim on the predictions.
+    fewer = run(2, correct_count(90, 99), (0.8, 0.9), loss=(2.0, 1.5))
+    none = dataclasses.replace(fewer, artifacts=[])
+    for one, other in ((a, fewer), (fewer, a), (a, none), (none, a)):
+        verdict = compare(one, other)
+        assert verdict.kind == "equivalent"
+        assert verdict.evidence[0] == "not identical: train_loss differ"
+        assert not any("McNemar" in line for line in verdict.evidence)
+
+
+def test_differences_skip_a_prefixs_own_stop_and_read_every_key_after_it():
+    import json
+
+    outcome = correct_count(90, 100)
+    a = run(1, outcome, (0.8, 0.9))
+    config = {**a.config, "lr": 0.1, "stop_after": None, "weight_decay": 0.05,
+              "data_root": "/data"}  # fmt: skip
+    a = dataclasses.replace(a, config=json.loads(json.dumps(config)))
+    a.info["provenance"] = {"study": "0.1"}  # shared by the copies below: no difference
+    # The same values parsed apart (other objects), a prefix's stop, a key after stop_after.
+    again = {**json.loads(json.dumps(config)), "stop_after": 1, "weight_decay": 0.1}
+    b = dataclasses.replace(a, id="2", config=again)
+    assert differences(a, b, {}, None) == ["config: weight_decay 0.05 -> 0.1"]
+    assert differences(a, b, {"stop_after": 1}, None) == [
+        "config: stop_after None -> 1 (given with `with`)",
+        "config: weight_decay 0.05 -> 0.1",
+    ]
+    moved = dataclasses.replace(b, config={**again, "data_root": "/elsewhere"})
+    assert differences(a, moved, {"data_root": "/elsewhere"}, "data: note")[-1] == (
+        "place: data_root '/data' -> '/elsewhere' (where it ran, not what it trained)"
+    )
+    assert differences(a, moved, {"data_root": "/elsewhere"}, "data: note")[0] == "data: note"
+    assert not any("place" in line for line in differences(a, b, {"data_root": "/data"}, None))
+
+
+def test_render_says_when_nothing_differs():
+    a = run(1, correct_count(9, 10), (0.8, 0.9))
+    text = render(Verdict("identical", ["why"]), a, a)
+    assert text.splitlines()[-1] == (
+        "differences between the two runs: none in config, data, code, versions, plugins, "
+        "device or determinism settings"
+    )
+    text = render(Verdict("identical", ["why"], ["config: lr 1 -> 2"]), a, a)
+    assert text.splitlines()[-2:] == ["differences between the two runs:", "  config: lr 1 -> 2"]

@@ -122,6 +122,8 @@ def test_metrics_are_sorted_by_epoch_and_a_logged_twice_epoch_keeps_its_later_va
         ({"steps": [1], "values": [10**400]}, "int too large to convert to float"),
         ({"steps": [1], "values": ["x" * 100]}, "value '" + "x" * 40 + "' is not a number"),
         ("series", "string indices must be integers"),
+        ({"steps": [1, 2], "values": [1]}, "zip() argument 2 is shorter than argument 1"),
+        ({"steps": ["1" * 60], "values": [1]}, "step '" + "1" * 40 + "' is not an integer"),
     ],
 )
 def test_a_malformed_series_is_one_line_naming_it(series, why):
@@ -158,6 +160,11 @@ def test_artifact_names_leading_outside_or_repeated_are_left_out_with_a_note(tmp
         "left out an artifact of run 4 in runs: '7' is not a name",
         "left out a gallery image of run 4 in runs: 'link' is not one of its artifacts",
         "left out a gallery image of run 4 in runs: 'ok.png' is not one of its artifacts",
+    ]
+    long = keep_names(_record(artifacts=["x" * 100 + "/.."], info={"misclassified": ["y" * 99]}))
+    assert long.notes == [
+        f"left out an artifact of run 4 in runs: {'x' * 80!r} is not a plain relative name",
+        f"left out a gallery image of run 4 in runs: {'y' * 80!r} is not one of its artifacts",
     ]
     # Without a folder (MongoDB's GridFS) the name's syntax alone decides.
     gridfs = keep_names(_record(artifacts=["link", "a/b.png", ".."]))
@@ -255,6 +262,29 @@ def _evaluation(n=6, classes=3):
         (lambda a: a.update(labels=a["labels"] - 1), "labels or topk outside 0..2"),
         (lambda a: a.update(topk=a["topk"] + 1), "labels or topk outside 0..2"),
         (lambda a: a.update(topk=a["topk"] - 3), "labels or topk outside 0..2"),
+        (lambda a: a.update(labels=a["labels"] + 2), "labels or topk outside 0..2"),
+        (lambda a: a.update(topk=a["topk"] + 2), "labels or topk outside 0..2"),
+        (lambda a: a["topk"].__setitem__((0, 1), -1), "labels or topk outside 0..2"),
+        (lambda a: a.update(topk=a["topk"][:, :, None], topk_prob=a["topk_prob"][:, :, None]),
+         "topk is int64 (6, 2, 1); expected integers (6, K), K >= 1"),
+        (lambda a: a.update(topk=a["topk"][[0, 1, 2, 3, 4, 5, 0]],
+                            topk_prob=a["topk_prob"][[0, 1, 2, 3, 4, 5, 0]]),
+         "topk is int64 (7, 2); expected integers (6, K), K >= 1"),
+        (lambda a: a.update(topk=a["topk"][:, :0], topk_prob=a["topk_prob"][:, :0]),
+         "topk is int64 (6, 0); expected integers (6, K), K >= 1"),
+        (lambda a: a.update(topk_prob=np.zeros((6, 3))),
+         "topk_prob is (6, 3); expected (6, 2) like topk"),
+        (lambda a: a.update(test_indices=np.arange(7)), "test_indices is (7,); expected (6,)"),
+        (lambda a: a.update(confusion=a["confusion"][:, :, None]),
+         "confusion is (3, 3, 1) summing to 6; expected (C, C) summing to 6"),
+        (lambda a: a.update(confusion=np.array([2, 2, 2, 0, 0, 0, 0, 0, 0])),
+         "confusion is (9,) summing to 6; expected (C, C) summing to 6"),
+        (lambda a: a.update(confusion=np.eye(3, 4, dtype=np.int64) * 2),
+         "confusion is (3, 4) summing to 6; expected (C, C) summing to 6"),
+        (lambda a: a.update(confusion=np.eye(4, 3, dtype=np.int64) * 2),
+         "confusion is (4, 3) summing to 6; expected (C, C) summing to 6"),
+        (lambda a: a["confusion"].__setitem__((0, 0), 1),
+         "confusion is (3, 3) summing to 5; expected (C, C) summing to 6"),
     ],
 )  # fmt: skip
 def test_an_evaluation_whose_arrays_disagree_names_the_problem(damage, problem):
@@ -262,6 +292,29 @@ def test_an_evaluation_whose_arrays_disagree_names_the_problem(damage, problem):
     assert records._evaluation_problem(arrays) is None
     damage(arrays)
     assert records._evaluation_problem(arrays) == problem
+
+
+@pytest.mark.parametrize(("n", "classes", "k"), [(6, 3, 1), (600, 300, 5), (40, 10, 2)])
+def test_evaluations_of_every_size_are_consistent(n, classes, k):
+    # one column of top-k; more images and classes than Python's cached small ints (`is`)
+    arrays = _evaluation(n, classes)
+    arrays["topk"] = np.stack([(arrays["labels"] + j) % classes for j in range(k)], axis=1)
+    arrays["topk_prob"] = np.full((n, k), 0.5)
+    counted = np.bincount(arrays["labels"] * classes + arrays["topk"][:, 0])
+    arrays["confusion"] = np.pad(counted, (0, classes * classes - len(counted)))
+    arrays["confusion"] = arrays["confusion"].reshape(classes, classes)
+    assert records._evaluation_problem(arrays) is None
+    arrays["labels"] = arrays["labels"] + 2 * classes
+    assert records._evaluation_problem(arrays) == f"labels or topk outside 0..{classes - 1}"
+
+
+def test_an_evaluation_without_class_0_among_its_labels_or_predictions_is_consistent():
+    labels = np.array([1, 2, 2, 1])
+    topk = np.stack([labels, 3 - labels], axis=1)
+    confusion = np.bincount(labels * 3 + topk[:, 0], minlength=9).reshape(3, 3)
+    arrays = {"labels": labels, "topk": topk, "topk_prob": np.ones((4, 2)),
+              "test_indices": np.arange(4), "confusion": confusion}  # fmt: skip
+    assert records._evaluation_problem(arrays) is None
 
 
 def test_an_empty_evaluation_is_consistent_and_a_matrix_that_is_not_the_counts_is_not():
@@ -319,3 +372,20 @@ def test_an_artifact_is_read_only_when_listed_and_inside_the_run(tmp_path):
     assert fetched.artifact_bytes("a.png") == b"a.png"
     with pytest.raises(StoreError, match=r"has no artifact 'z.png'"):
         fetched.artifact_bytes("z.png")
+
+
+def test_a_digest_is_looked_for_in_the_digest_files_first_1000_characters(tmp_path):
+    good = write_checkpoint(tmp_path / "checkpoint.pt")
+    digest_file = tmp_path / "checkpoint.pt.sha256"
+    digest = digest_file.read_text().split()[0]
+    digest_file.write_text(" " * 936 + digest + "0")  # the digest ends at character 1,000
+    assert records.is_checkpoint(good)
+    digest_file.write_text(" " * 937 + digest)  # its last character is the 1,001st
+    assert not records.is_checkpoint(good)
+
+
+def test_skipped_runs_are_printed_one_line_each(capsys):
+    records.print_skipped(["run 3 in runs: unreadable", "run 5 in runs: bad metric"])
+    assert capsys.readouterr().err == (
+        "study: run 3 in runs: unreadable\nstudy: run 5 in runs: bad metric\n"
+    )

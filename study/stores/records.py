@@ -289,7 +289,7 @@ def dedupe_metrics(raw: dict[str, Any]) -> dict[str, list[tuple[int, float]]]:
             steps, values = series["steps"], series["values"]
             if not isinstance(steps, list) or not isinstance(values, list):
                 raise TypeError("steps and values are not lists")
-            by_step = dict(zip(steps, values, strict=False))
+            by_step = dict(zip(steps, values, strict=True))  # unequal: malformed
             out[name] = sorted((_step(s), _number(v)) for s, v in by_step.items())
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ValueError(
