@@ -242,6 +242,7 @@ def _evaluation(n=6, classes=3):
                                        "test_indices, confusion)"),
         (lambda a: a.update(labels=a["labels"].astype(float)),
          "labels are float64 (6,); expected integers (N,)"),
+        (lambda a: a.update(labels=np.int64(3)), "labels are int64 (); expected integers (N,)"),
         (lambda a: a.update(labels=a["labels"][:, None]),
          "labels are int64 (6, 1); expected integers (N,)"),
         (lambda a: a.update(topk=a["topk"][:5]),
