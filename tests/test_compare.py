@@ -230,16 +230,26 @@ def test_differences_skip_a_prefixs_own_stop_and_read_every_key_after_it():
     config = {**a.config, "lr": 0.1, "stop_after": None, "weight_decay": 0.05,
               "data_root": "/data"}  # fmt: skip
     a = dataclasses.replace(a, config=json.loads(json.dumps(config)))
-    # shared by the copies below: no difference
-    a.info["provenance"] = {"study": "0.1", "determinism": {"deterministic": True}}
-    # The same values parsed apart (other objects), a prefix's stop, a key after stop_after.
+    provenance = '{"study": "0.1.0", "determinism": {"deterministic": true, "seed": 12345}}'
+    a.info["provenance"] = json.loads(provenance)
+    # The same values parsed apart (other objects), a prefix's stop, keys before and after it.
     again = {**json.loads(json.dumps(config)), "stop_after": 1, "weight_decay": 0.1}
-    b = dataclasses.replace(a, id="2", config=again)
+    b = dataclasses.replace(a, id="2", config=again, info={**a.info})
+    b.info["provenance"] = json.loads(provenance)
     assert differences(a, b, {}, None) == ["config: weight_decay 0.05 -> 0.1"]
     assert differences(a, b, {"stop_after": 1}, None) == [
         "config: stop_after None -> 1 (given with `with`)",
         "config: weight_decay 0.05 -> 0.1",
     ]
+    slower = dataclasses.replace(b, config={**again, "lr": 0.01})
+    assert differences(a, slower, {}, None) == [
+        "config: lr 0.1 -> 0.01",
+        "config: weight_decay 0.05 -> 0.1",
+    ]
+    back = dataclasses.replace(b, config={**again, "data_root": "/a"})  # sorts before /data
+    assert differences(a, back, {"data_root": "/a"}, None)[-1] == (
+        "place: data_root '/data' -> '/a' (where it ran, not what it trained)"
+    )
     moved = dataclasses.replace(b, config={**again, "data_root": "/elsewhere"})
     assert differences(a, moved, {"data_root": "/elsewhere"}, "data: note")[-1] == (
         "place: data_root '/data' -> '/elsewhere' (where it ran, not what it trained)"
