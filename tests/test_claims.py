@@ -3,6 +3,7 @@ exactly one gets it; a claim whose holder is gone is taken over, a live one neve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -68,6 +69,19 @@ def _race(tmp_path, make: str) -> list[str]:
     for p in procs:
         p.communicate(timeout=60)
     return results
+
+
+@contextlib.contextmanager
+def _mongo_claims(server):
+    """A fresh claims collection on the test server, and MongoClaims over it."""
+    with server.client() as client:
+        collection = client[f"t{uuid.uuid4().hex[:12]}"].claims
+        yield collection, MongoClaims(collection)
+
+
+def _silent_since():
+    """A last sign of life older than STALE_S: its holder is taken for gone."""
+    return identity.utcnow() - timedelta(seconds=identity.STALE_S + 5)
 
 
 def _dead_pid() -> int:
@@ -136,10 +150,8 @@ def test_one_of_many_processes_gets_a_mongo_claim(server, tmp_path):
 
 @needs_server
 def test_a_mongo_claim_whose_holder_is_gone_is_taken_over(server):
-    with server.client() as client:
-        collection = client[f"t{uuid.uuid4().hex[:12]}"].claims
-        claims = MongoClaims(collection)
-        gone = identity.utcnow() - timedelta(seconds=identity.STALE_S + 5)
+    with _mongo_claims(server) as (collection, claims):
+        gone = _silent_since()
         collection.insert_one({"_id": "sync-a", "gen": 0, "host": "elsewhere", "pid": 1,
                                "beat": gone, "released": False})  # fmt: skip
         collection.insert_one({"_id": "sync-b", "gen": 0, "host": identity.this_host(),
@@ -155,11 +167,9 @@ def test_a_mongo_claim_whose_holder_is_gone_is_taken_over(server):
 
 @needs_server
 def test_touching_a_mongo_claim_renews_it(server):
-    with server.client() as client:
-        collection = client[f"t{uuid.uuid4().hex[:12]}"].claims
-        claims = MongoClaims(collection)
+    with _mongo_claims(server) as (collection, claims):
         claim = claims.acquire("sync-r")
-        gone = identity.utcnow() - timedelta(seconds=identity.STALE_S + 5)
+        gone = _silent_since()
         collection.update_one({"_id": "sync-r"}, {"$set": {"beat": gone}})
         assert claims.holder("sync-r") is None  # alive by its pid, but silent too long
         claim.touch()
@@ -225,10 +235,8 @@ def test_claim_files_read_while_they_vanish_and_without_a_pid(tmp_path):
 
 @needs_server
 def test_a_mongo_claim_passes_through_generations_and_a_racer_between_read_and_update(server):
-    with server.client() as client:
-        collection = client[f"t{uuid.uuid4().hex[:12]}"].claims
-        claims = MongoClaims(collection)
-        gone = identity.utcnow() - timedelta(seconds=identity.STALE_S + 5)
+    with _mongo_claims(server) as (collection, claims):
+        gone = _silent_since()
         for gen in range(3):
             claim = claims.acquire("sync-g")
             assert claim is not None and collection.find_one({"_id": "sync-g"})["gen"] == gen

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
+from test_claims import _dead_pid
 from test_stores import write_checkpoint
 
 from study import identity
@@ -77,15 +78,6 @@ def test_a_run_is_alive_by_its_heartbeat_and_its_process():
     assert not _record(status="RUNNING", heartbeat=now, meta=gone).alive
     # A process field of the wrong type says nothing: judged by the heartbeat alone.
     assert _record(status="RUNNING", heartbeat=now, meta={"process": [here, 1]}).alive
-
-
-def _dead_pid() -> int:
-    import subprocess
-    import sys
-
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
 
 
 def test_metrics_are_sorted_by_epoch_and_a_logged_twice_epoch_keeps_its_later_value():
