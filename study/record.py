@@ -100,6 +100,9 @@ def describe_run(
             torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
         ),
         "torch_threads": torch.get_num_threads(),
+        # The vector instructions torch's CPU kernels use (AVX512, AVX2, ...): two machines of
+        # one CPU name can differ in them, and a CPU run's speed with them.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpus": usable_cpus(),
         "processes": world_size,  # torchrun ranks, each on its own device
         "batch_per_process": config["batch_size"] // world_size,

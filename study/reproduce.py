@@ -35,6 +35,9 @@ TIMING_METRICS = (
     "load_avg",
     "startup_seconds",
 )
+# What a run recorded of the device it trained on (its info's `training`): a difference is
+# printed, as fp32 results can differ in their last digits between vector instruction sets.
+DEVICE_KEYS = ("device_name", "cpu_capability", "processes", "torch_threads")
 
 
 @dataclass
@@ -412,8 +415,8 @@ def differences(original: RunRecord, again: RunRecord, updates: dict, data_note)
     ta, tb = original.info.get("training") or {}, again.info.get("training") or {}
     lines += _dict_differences(
         "device",
-        {k: ta.get(k) for k in ("device_name", "processes", "torch_threads")},
-        {k: tb.get(k) for k in ("device_name", "processes", "torch_threads")},
+        {k: ta[k] for k in DEVICE_KEYS if k in ta},
+        {k: tb[k] for k in DEVICE_KEYS if k in tb},
     )
     if ta.get("stopped_by_budget"):
         lines.append(

@@ -267,3 +267,18 @@ def test_render_says_when_nothing_differs():
     )
     text = render(Verdict("identical", ["why"], ["config: lr 1 -> 2"]), a, a)
     assert text.splitlines()[-2:] == ["differences between the two runs:", "  config: lr 1 -> 2"]
+
+
+def test_differences_name_the_device_and_its_vector_instructions():
+    outcome = correct_count(90, 100)
+    a, b = run(1, outcome, (0.8, 0.9)), run(2, outcome, (0.8, 0.9))
+    a.info["provenance"] = b.info["provenance"] = {"study": "0.1"}
+    here = {"device_name": "AMD EPYC", "processes": 1, "torch_threads": 2}
+    a.info["training"] = {**here, "cpu_capability": "AVX512"}
+    b.info["training"] = {**here, "cpu_capability": "AVX2"}
+    assert differences(a, b, {}, None) == ["device: cpu_capability 'AVX512' -> 'AVX2'"]
+    # An original recorded before study kept the instructions: no difference.
+    a.info["training"] = dict(here)
+    assert differences(a, b, {}, None) == []
+    b.info["training"] = {**here, "torch_threads": 1, "cpu_capability": "AVX2"}
+    assert differences(a, b, {}, None) == ["device: torch_threads 2 -> 1"]

@@ -1235,3 +1235,40 @@ def test_compute_figure_gives_each_data_set_its_row_and_every_cost_axis_labels()
     assert scales == ["log", "linear", "linear"]  # time spans 81x; GMACs 3x; parameters 1.05x
     fronts = [line.get_gid() for ax in fig.axes for line in ax.lines]
     assert fronts.count("pareto-mnist") == 1 and fronts.count("pareto-tiny-imagenet") == 1
+
+
+def test_speeds_timed_on_different_kinds_of_machine_are_not_compared(built, tmp_path):
+    """One CPU name covers machines whose vector instructions (and so speeds) differ: each
+    run's kind of machine is named with them and its threads, and a data set's prose compares
+    training speeds only between runs timed on one kind."""
+    records = built["records"]
+
+    def machine(r) -> str:
+        t = r.info["training"]
+        return f"{t['device_name']} (cpu, {t['cpu_capability']}, {t['torch_threads']} threads)"
+
+    def mnist_prose(html: str) -> str:
+        return re.search(r'id="results-mnist">.*?<p class="prose">(.*?)</p>', html, re.S).group(1)
+
+    assert {r.info["training"]["device"] for r in records} == {"cpu"}
+    assert len({machine(r) for r in records}) == 1  # this suite's runs: one machine
+    html = plain(build_report(records, tmp_path / "one.html", "html").read_text())
+    assert f"for the whole run on {machine(records[0])}, where every run trained" in html
+    assert "Training speed ranges from" in mnist_prose(html)
+
+    # ResNet-18's run as if timed on a machine of the same name with other instructions.
+    def elsewhere(r):
+        training = {**r.info["training"], "cpu_capability": "AVX2-elsewhere"}
+        return dataclasses.replace(r, info={**r.info, "training": training})
+
+    moved = [elsewhere(r) if r.model == "resnet18" else r for r in records]
+    html = plain(build_report(moved, tmp_path / "two.html", "html").read_text())
+    prose = mnist_prose(html)
+    assert "Training speed ranges from" not in prose
+    assert "Training speeds were measured on different kinds of machine (Table" in prose
+    hardware = {key: cells_[-1] for key, cells_ in efficiency_rows(html).items()}
+    resnet = next(r for r in moved if r.model == "resnet18")
+    small = next(r for r in moved if r.model == "small_cnn" and r.dataset == "mnist")
+    assert hardware["mnist/resnet18"] == machine(resnet) != hardware["mnist/small_cnn"]
+    assert hardware["mnist/small_cnn"] == machine(small)
+    assert "on the hardware each run used" in html

@@ -366,3 +366,37 @@ def test_images_per_second_are_printed_to_one_decimal():
         "CIFAR-10: training images/s, ResNet-50 > VGG-16: ResNet-50 150.2 vs VGG-16 40.2; "
         "3 seeds, at each seed"
     )
+
+
+def test_speeds_are_compared_only_between_runs_timed_on_one_kind_of_machine():
+    rate = {"vgg16": 40.0, "resnet50": 150.0, "inception_v3": 80.0}
+    rates = training({m: (lambda s, m=m: (0.9, 0.1, rate[m])) for m in THREE})
+    spec = {m: dict.fromkeys(range(3), 800) for m in THREE}
+
+    def timed(cells, capability):  # {model: capability}: where each model's runs were timed
+        out = {}
+        for (d, m), rs in cells.items():
+            t = {"device": "cpu", "device_name": "AMD EPYC", "torch_threads": 2,
+                 "processes": 1, "cpu_capability": capability[m]}  # fmt: skip
+            out[(d, m)] = [dataclasses.replace(r, info={**r.info, "training": t}) for r in rs]
+        return out
+
+    same = timed(runs(spec, metrics=rates), dict.fromkeys(THREE, "AVX512"))
+    assert verdict(SPEED_ALL, same)["verdict"] == "supported"
+    # VGG-16 timed on an AVX2 machine of the same name: its speed is not compared with the others'.
+    apart = timed(runs(spec, metrics=rates), {**dict.fromkeys(THREE, "AVX512"), "vgg16": "AVX2"})
+    row = verdict(SPEED_ALL, apart)
+    assert row["verdict"] == "not decided"
+    assert row["evidence"][0] == (
+        "CIFAR-10: training images/s, ResNet-50 > VGG-16: ResNet-50 150.0 vs VGG-16 40.0; "
+        "0 comparable seeds of the 3 needed; 3 seeds timed on different kinds of machine"
+    )
+    assert row["evidence"][1].endswith("; 3 seeds, at each seed")  # ResNet-50 > Inception-V3
+    # Threads count too: the same CPU with 1 thread against 2 is another kind of machine.
+    threads = timed(runs(spec, metrics=rates), dict.fromkeys(THREE, "AVX512"))
+    threads[("cifar10", "inception_v3")] = [
+        dataclasses.replace(r, info={**r.info, "training": {**r.info["training"],
+                                                              "torch_threads": 1}})
+        for r in threads[("cifar10", "inception_v3")]
+    ]  # fmt: skip
+    assert verdict(SPEED_ALL, threads)["verdict"] == "not decided"

@@ -18,7 +18,7 @@ from typing import Any
 from study import health, stats
 from study.errors import StudyError
 from study.identity import PLACE_KEYS, run_order
-from study.report.formatting import epochs_label, epochs_text, stat, value_text
+from study.report.formatting import epochs_label, epochs_text, plural, stat, value_text
 from study.stores import RunRecord
 
 CONFUSION_MAX_CLASSES = 20
@@ -250,6 +250,23 @@ def training_totals(r: RunRecord) -> tuple[float | None, float | None]:
         per_epoch = [v for _, v in r.metric("train_seconds")]
         seconds = sum(per_epoch) if per_epoch else None
     return (sum(images) if images else None), seconds
+
+
+def timing_machine(r: RunRecord) -> str | None:
+    """The kind of machine a run's training seconds were measured on, as the report names it:
+    "AMD EPYC (cpu, AVX512, 2 threads)", "NVIDIA H100 (cuda, 8 processes)"; None where the run
+    recorded none. Speeds are compared only between runs timed on the same kind: one CPU name
+    covers machines whose vector instructions, and so speed, differ."""
+    t = r.info.get("training") or {}
+    if not t.get("device_name"):
+        return None
+    parts = [str(t.get("device", "?"))]
+    if t.get("device") == "cpu":
+        parts += [t["cpu_capability"]] if t.get("cpu_capability") else []
+        parts += [plural(t["torch_threads"], "thread")] if t.get("torch_threads") else []
+    if (t.get("processes") or 1) > 1:
+        parts.append(f"{t['processes']} processes")
+    return f"{t['device_name']} ({', '.join(parts)})"
 
 
 def base_model(arm: str) -> str:

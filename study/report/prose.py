@@ -28,6 +28,7 @@ from study.report.model import (
     run_ece,
     seed_table,
     setting_label,
+    timing_machine,
     trained_epochs,
 )
 from study.report.ranking import MIN_SEEDS, sizes_text
@@ -320,9 +321,8 @@ def departures(records: list[RunRecord], datasets: list[str]) -> list[dict]:
 
     hardware = defaultdict(int)
     for r in records:
-        t = r.info.get("training") or {}
-        if t.get("device_name"):
-            hardware[f"{t['device_name']} ({t.get('device', '?')})"] += 1
+        if machine := timing_machine(r):
+            hardware[machine] += 1
     if hardware:
         # The seed's hardware is not part of its protocol: stated so timings can be read.
         out.append({
@@ -469,11 +469,17 @@ def dataset_prose(t: dict, row: dict, cells, d, models, flags, efficiency, ref) 
                 else ""
             )
         )
-    rates = [
-        (e["rate"].mean, e["model"]) for e in efficiency
+    timed = [
+        e for e in efficiency
         if e["key"].split("/", 1)[0] == d and e["rate"].mean is not None
     ]  # fmt: skip
-    if len(rates) > 1:
+    rates = [(e["rate"].mean, e["model"]) for e in timed]
+    if len({e["hardware"] for e in timed}) > 1:  # a speed says little beside another machine's
+        out.append(
+            f"Training speeds were measured on different kinds of machine (Table "
+            f"{tab['efficiency']}), so they are not compared here."
+        )
+    elif len(rates) > 1:
         (slow, slow_model), (fast, fast_model) = min(rates), max(rates)
         same = fast_model == model_title(best["model"])
         out.append(

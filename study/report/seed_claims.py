@@ -5,7 +5,8 @@ A claim is a set of relations between the seed's models ("A over B": higher top-
 larger train-test gap...). One relation holds only as a ranking does (study.report.ranking):
 at least MIN_SEEDS seeds both models ran, and at every one of them A over B; for test accuracy
 "over" means McNemar's test significant in A's favour, for a training value (accuracy, loss,
-images/s, gap) simply the larger (or smaller) number, for which the runs hold no test. A claim
+images/s, gap) simply the larger (or smaller) number, for which the runs hold no test (images/s
+only at a seed both runs of which were timed on the same kind of machine). A claim
 is supported when each of its relations holds, not supported when one holds the other way round,
 and not decided otherwise. A claim about a model these runs lack, or whose cell the health rule
 flags, is not testable here.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from study.report.formatting import fmt_num, ratio
+from study.report.formatting import fmt_num, plural, ratio
 from study.report.model import (
     _id_key,
     base_model,
@@ -24,6 +25,7 @@ from study.report.model import (
     flag_reasons,
     last_epoch_gap,
     model_title,
+    timing_machine,
     training_totals,
 )
 from study.report.ranking import MIN_SEEDS, paired_test, seed_of
@@ -39,6 +41,8 @@ class Measure:
     top: int | None = None
     # Whether it measures what a model learned: a flagged cell's is no evidence; its speed is.
     learned: bool = True
+    # Whether it is a speed: compared only between runs timed on the same kind of machine.
+    timed: bool = False
 
     def value(self, r):
         if self.name == "train_top1":
@@ -63,7 +67,7 @@ def _last(r, name):
 TOP1, TOP5 = Measure("top-1", top=1), Measure("top-5", top=5)
 TRAIN_TOP1 = Measure("train_top1")
 TRAIN_LOSS = Measure("train_loss", higher=False)
-SPEED = Measure("images_per_s", learned=False)
+SPEED = Measure("images_per_s", learned=False, timed=True)
 GAP = Measure("gap")
 EARLY = Measure("train_top1_epoch1")
 MEASURE_WORDS = {
@@ -165,7 +169,8 @@ def relation(rel, d, cells, evaluate) -> dict:
     ma, mb = _cell(d, a, cells), _cell(d, b, cells)
     ra, rb = _by_seed(cells[(d, ma)]), _by_seed(cells[(d, mb)])
     shared = sorted(set(ra) & set(rb))
-    signs = [_compare(measure, ra[s], rb[s], evaluate) for s in shared]
+    apart = [s for s in shared if measure.timed and timing_machine(ra[s]) != timing_machine(rb[s])]
+    signs = [_compare(measure, ra[s], rb[s], evaluate) for s in shared if s not in apart]
     signs = [s for s in signs if s is not None]
     if measure.top is None:
         means = [_mean(measure, cells[(d, m)]) for m in (ma, mb)]
@@ -195,6 +200,8 @@ def relation(rel, d, cells, evaluate) -> dict:
         seeds_text = (
             f"{seeds} of the {MIN_SEEDS} needed" if not enough else f"{seeds} ({how}): {split}"
         )
+    if apart:
+        seeds_text += f"; {plural(len(apart), 'seed')} timed on different kinds of machine"
     return {
         "state": "holds" if holds else "reversed" if against else "open",
         "text": f"{MEASURE_WORDS[measure.name]}, {model_title(a)} {word} {model_title(b)}: "

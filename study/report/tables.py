@@ -33,6 +33,7 @@ from study.report.model import (
     setting_label,
     stopped_by_budget,
     test_count,
+    timing_machine,
     trained_epochs,
     training_totals,
 )
@@ -260,13 +261,7 @@ def efficiency_rows(cells, datasets, models) -> list[dict]:
             rs = cells.get((d, m))
             if not rs:
                 continue
-            hardware = sorted(
-                {
-                    f"{(r.info.get('training') or {}).get('device_name', '?')} "
-                    f"({(r.info.get('training') or {}).get('device', '?')})"
-                    for r in rs
-                }
-            )
+            hardware = sorted({timing_machine(r) or "?" for r in rs})
             stopped = [r for r in rs if stopped_by_budget(r)]
             trained = [e for r in rs if (e := trained_epochs(r)) is not None]
             rows.append(
