@@ -65,7 +65,7 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # someone else's process: it exists
         return True
-    except (OverflowError, ValueError):
+    except OverflowError:  # a number no process id can be
         return False
     return not _zombie(pid)
 

@@ -4,9 +4,14 @@ order, times, liveness), and each user of a rule agreeing with it."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
-from datetime import timedelta
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
 
 from study import identity
 
@@ -102,3 +107,96 @@ def test_the_intervals_are_shortened_through_the_environment():
         env.pop(name)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.split() == ["120.0", "30.0"], out.stderr
+
+
+NOON = datetime(2026, 12, 7, 12, 0, 0)  # a fixed clock, so a bound can be met exactly
+
+
+@pytest.fixture
+def noon(monkeypatch):
+    monkeypatch.setattr(identity, "utcnow", lambda: NOON)
+    return NOON
+
+
+def test_age_is_the_seconds_since_a_sign_of_life(noon):
+    assert identity.age_s("2026-12-07T11:59:30") == 30.0
+    assert identity.age_s(noon + timedelta(seconds=5)) == -5.0  # a clock ahead of ours
+    assert identity.age_s(None) is None and identity.age_s("not a time") is None
+
+
+def test_liveness_and_a_future_sign_at_their_exact_bounds(noon):
+    stale = timedelta(seconds=identity.STALE_S)
+    assert not identity.alive(noon - stale)  # exactly STALE_S old: gone
+    assert identity.alive(noon - stale + timedelta(microseconds=1))
+    # A sign up to 300 s ahead of our clock counts (skew); beyond, none (a hostile store).
+    ahead = noon + timedelta(seconds=300)
+    assert identity.sign_of_life(ahead) == ahead and identity.alive(ahead)
+    for late in (timedelta(seconds=300, microseconds=1), timedelta(days=1)):
+        assert identity.sign_of_life(noon + late) is None and not identity.alive(noon + late)
+    assert identity.run_alive("RUNNING", noon + timedelta(days=1), noon)  # its start then
+
+
+def test_a_time_no_clock_gives_is_no_time():
+    for value in (True, False, float("nan"), float("inf"), 1e300, 1e18, -1e18, "9" * 10_000):
+        assert identity.parse_time(value) is None, value
+    assert identity.parse_time(0) == datetime(1970, 1, 1)
+    assert identity.parse_time(1.5) == datetime(1970, 1, 1, 0, 0, 1, 500000)
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+
+
+def _wait_for_state(pid: int, states: str) -> str:
+    for _ in range(1000):
+        if (state := _state(pid)) in states:
+            return state
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} never reached state {states}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads Linux's /proc")
+def test_which_processes_of_this_host_are_alive():
+    assert identity.this_host() == socket.gethostname()
+    assert identity.pid_alive(os.getpid())
+    assert not identity.pid_alive(2**70) and not identity.pid_alive(-(2**70))  # no such pid
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert identity.pid_alive(child.pid)
+        time.sleep(0.2)
+        assert child.poll() is None  # asking sent it no signal that ends it (signal 0)
+        child.kill()
+        _wait_for_state(child.pid, "Z")  # killed, not yet collected: signals still find it
+        assert not identity.pid_alive(child.pid)
+        assert not identity.alive(identity.utcnow(), identity.this_host(), child.pid)
+        # Another host's process ids say nothing here, whatever that host's name sorts after.
+        elsewhere = identity.this_host() + "-elsewhere"
+        assert identity.alive(identity.utcnow(), elsewhere, child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert not identity.pid_alive(child.pid)  # collected: no such process
+    assert not identity._zombie(child.pid)  # no /proc entry: the signal's answer stands
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads Linux's /proc")
+def test_a_stopped_process_is_alive():
+    """Stopped under a debugger (state t, which sorts after a zombie's Z) or by a signal (T)."""
+    code = ("import ctypes, os, signal, time; ctypes.CDLL(None).ptrace(0, 0, None, None); "
+            "os.kill(os.getpid(), signal.SIGSTOP); time.sleep(60)")  # fmt: skip
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        _wait_for_state(child.pid, "tT")
+        assert identity.pid_alive(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_someone_elses_process_exists(monkeypatch):
+    # Tests run as root here, where no process refuses signal 0: the refusal is made up.
+    def refused(pid, signal):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(identity.os, "kill", refused)
+    assert identity.pid_alive(1)
