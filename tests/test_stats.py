@@ -53,6 +53,18 @@ def test_mcnemar_chi_square_by_hand():
 def test_mcnemar_needs_paired_samples():
     with pytest.raises(ValueError, match="paired samples differ"):
         stats.mcnemar([True, False], [True])
+    # The shorter first too: one sample would otherwise be broadcast against all of the other's.
+    with pytest.raises(ValueError, match=r"^paired samples differ in shape: \(1,\) vs \(3,\)$"):
+        stats.mcnemar_counts([True], [True, False, False])
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0, -0.5, 1.5])
+def test_a_quantile_outside_0_1_is_refused_by_name(p):
+    message = rf"^p={p} must lie strictly between 0 and 1$"
+    with pytest.raises(ValueError, match=message):
+        stats.t_quantile(p, 3)
+    with pytest.raises(ValueError, match=message):
+        stats.normal_quantile(p)
 
 
 def test_wilson_by_hand():
@@ -229,6 +241,24 @@ def test_t_quantile_matches_scipy(df, p):
     scipy_stats = pytest.importorskip("scipy.stats")
     assert stats.t_quantile(p, df) == pytest.approx(scipy_stats.t.ppf(p, df), rel=1e-9)
     assert stats.t_cdf(1.7, df) == pytest.approx(scipy_stats.t.cdf(1.7, df), rel=1e-9)
+
+
+@pytest.mark.parametrize("df", [1e3, 1e5, 1e7])
+@pytest.mark.parametrize("t", [0.01, 0.5, 2.0, 5.0])
+def test_t_cdf_matches_scipy_at_many_degrees_of_freedom(df, t):
+    # Where the continued fraction must be taken on the side that converges (1 - I_{1-x}(b, a)).
+    scipy_stats = pytest.importorskip("scipy.stats")
+    assert stats.t_cdf(t, df) == pytest.approx(scipy_stats.t.cdf(t, df), rel=1e-8)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "x"),
+    [(2, 3, 0.9), (50, 50, 0.3), (50, 50, 0.7), (0.5, 30, 0.01), (30, 0.5, 0.99), (200, 5, 0.9),
+     (5, 200, 0.1), (1000, 1000, 0.55)],
+)  # fmt: skip
+def test_betainc_matches_scipy_on_either_side_of_its_mean(a, b, x):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    assert stats.betainc(a, b, x) == pytest.approx(scipy_stats.beta.cdf(x, a, b), rel=1e-12)
 
 
 def test_t_interval_matches_scipy():

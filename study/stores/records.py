@@ -189,6 +189,12 @@ def _evaluation_problem(a: dict[str, np.ndarray]) -> str | None:
         return f"topk is {topk.dtype} {topk.shape}; expected integers ({n}, K), K >= 1"
     if prob.shape != topk.shape:
         return f"topk_prob is {prob.shape}; expected {topk.shape} like topk"
+    # Calibration reads them as the confidence of each prediction: a hostile 5.0 or NaN would
+    # print as an ECE no model can have.
+    if not np.issubdtype(prob.dtype, np.floating):
+        return f"topk_prob is {prob.dtype}; expected floats in 0..1"
+    if prob.size and not (np.isfinite(prob).all() and prob.min() >= 0.0 and prob.max() <= 1.0):
+        return "topk_prob holds values outside 0..1; expected probabilities"
     if idx.shape != (n,):
         return f"test_indices is {idx.shape}; expected ({n},)"
     if conf.ndim != 2 or conf.shape[0] != conf.shape[1] or conf.sum() != n:
