@@ -94,6 +94,9 @@ def test_t_interval_by_hand():
 
 def test_accuracy_interval_picks_t_or_wilson():
     assert stats.accuracy_interval([0.8, 0.9], 100).method == "t"
+    three = stats.accuracy_interval([0.8, 0.9, 1.0], 100)  # three seeds and more: t too
+    assert three == stats.Interval(0.9, three.low, three.high, "t", 3, three.std)
+    assert three.low == pytest.approx(stats.mean_interval([0.8, 0.9, 1.0]).low)
     assert stats.accuracy_interval([0.8], 10) == stats.wilson_interval(8, 10)
     assert stats.accuracy_interval([0.8], None) is None
     wide = stats.accuracy_interval([0.1, 0.9], 50)  # t_{0.975, 1} = 12.7: clipped to [0, 1]
@@ -167,6 +170,7 @@ def test_distributions_at_hand_computed_values():
     assert stats.betainc(2.5, 2.5, 0.5) == pytest.approx(0.5, rel=1e-12)
     assert stats.betainc(2.0, 3.0, 0.9) == pytest.approx(0.9963, rel=1e-12)  # 1 - 4(.1)^3 + 3(.1)^4
     assert (stats.betainc(2.0, 3.0, 0.0), stats.betainc(2.0, 3.0, 1.0)) == (0.0, 1.0)
+    assert (stats.betainc(2.0, 3.0, -0.5), stats.betainc(2.0, 3.0, 1.5)) == (0.0, 1.0)
     # Student's t with 1 degree of freedom is Cauchy: F(t) = 1/2 + atan(t) / pi
     for t in (-3.0, -0.5, 0.0, 0.5, 3.0):
         assert stats.t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, rel=1e-12)
@@ -205,9 +209,10 @@ def test_intervals_at_their_edges_by_hand():
     assert none.low == 0.0 and none.high == pytest.approx(z2 / (10 + z2), rel=1e-12)
     everything = stats.wilson_interval(10, 10)  # the mirror image
     assert everything.high == 1.0 and everything.low == pytest.approx(10 / (10 + z2), rel=1e-12)
-    for bad in ((-1, 10), (11, 10), (0, 0)):
-        with pytest.raises(ValueError):
-            stats.wilson_interval(*bad)
+    for successes, n in ((-1, 10), (11, 10), (0, 0), (-1, 100)):
+        message = rf"^need 0 <= successes <= n and n >= 1, got {successes} / {n}$"
+        with pytest.raises(ValueError, match=message):
+            stats.wilson_interval(successes, n)
     one = stats.wilson_interval(1, 1)  # one test image is enough for an interval
     assert one.high == 1.0 and one.low == pytest.approx(1 / (1 + z2), rel=1e-12)
     ci = stats.mean_interval([0.5, 0.7])  # t_{0.975, 1} = tan(0.475 pi), s = 0.1414, n = 2
