@@ -213,6 +213,10 @@ def test_intervals_at_their_edges_by_hand():
         message = rf"^need 0 <= successes <= n and n >= 1, got {successes} / {n}$"
         with pytest.raises(ValueError, match=message):
             stats.wilson_interval(successes, n)
+    # At successes = n the upper bound is 1 exactly in arithmetic, a rounding above it in floats
+    # (n = 27 gives 1.0000000000000002): clipped, as an accuracy's bound must be.
+    assert stats.wilson_interval(27, 27).high == 1.0
+    assert stats.wilson_interval(0, 27).low == 0.0
     one = stats.wilson_interval(1, 1)  # one test image is enough for an interval
     assert one.high == 1.0 and one.low == pytest.approx(1 / (1 + z2), rel=1e-12)
     ci = stats.mean_interval([0.5, 0.7])  # t_{0.975, 1} = tan(0.475 pi), s = 0.1414, n = 2
@@ -231,6 +235,9 @@ def test_ece_of_an_empty_set_and_of_perfect_calibration():
     conf = [0.5, 0.5, 1.0]
     assert stats.expected_calibration_error(conf, [True, False, True]) == 0.0
     assert stats.expected_calibration_error([0.2, 0.2], [True, True], bins=5) == pytest.approx(0.8)
+    # A bin of one image counts: one wrong answer at confidence 0.9 is an ECE of 0.9.
+    assert stats.expected_calibration_error([0.9], [False]) == pytest.approx(0.9)
+    assert stats.expected_calibration_error([0.9, 0.3], [False, True]) == pytest.approx(0.8)
     rel = stats.reliability_bins([0.2, 0.2], [True, True], bins=5)
     assert list(rel.count) == [2, 0, 0, 0, 0]
     assert rel.edges == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
