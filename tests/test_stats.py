@@ -36,6 +36,18 @@ def test_mcnemar_exact_by_hand():
     # 0 vs 12: 2 / 2**12, significant
     assert stats.mcnemar(*pairs(0, 12)).p_value == pytest.approx(2 / 4096, abs=1e-15)
     assert stats.mcnemar(*pairs(0, 12)).significant
+    # 3 vs 15: 2 * (1 + 18 + 153 + 816) / 2**18, a tail of four terms
+    assert stats.mcnemar(*pairs(3, 15)).p_value == pytest.approx(2 * 988 / 2**18, rel=1e-12)
+
+
+def test_discordant_pairs_are_counted_without_a_warning():
+    import warnings
+
+    a, b = pairs(3, 2, both_right=4, both_wrong=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the report's output carries no numpy warning
+        assert stats.mcnemar_counts(a, b) == (3, 2)
+        assert stats.mcnemar_counts(b, a) == (2, 3)
 
 
 def test_mcnemar_chi_square_by_hand():
@@ -213,10 +225,10 @@ def test_intervals_at_their_edges_by_hand():
         message = rf"^need 0 <= successes <= n and n >= 1, got {successes} / {n}$"
         with pytest.raises(ValueError, match=message):
             stats.wilson_interval(successes, n)
-    # At successes = n the upper bound is 1 exactly in arithmetic, a rounding above it in floats
-    # (n = 27 gives 1.0000000000000002): clipped, as an accuracy's bound must be.
+    # At successes = n the upper bound is 1 exactly in arithmetic, and in floats it can round
+    # above (n = 27: 1.0000000000000002); at 0 the lower one below. Both are clipped.
     assert stats.wilson_interval(27, 27).high == 1.0
-    assert stats.wilson_interval(0, 27).low == 0.0
+    assert stats.wilson_interval(0, 15).low == 0.0  # and n = 15 rounds below 0
     one = stats.wilson_interval(1, 1)  # one test image is enough for an interval
     assert one.high == 1.0 and one.low == pytest.approx(1 / (1 + z2), rel=1e-12)
     ci = stats.mean_interval([0.5, 0.7])  # t_{0.975, 1} = tan(0.475 pi), s = 0.1414, n = 2
@@ -291,8 +303,8 @@ def test_wilson_matches_statsmodels(k, n):
     assert ci.low == pytest.approx(low, abs=1e-9) and ci.high == pytest.approx(high, abs=1e-9)
 
 
-@pytest.mark.parametrize("b, c", [(0, 0), (1, 5), (7, 2), (0, 24), (13, 12), (30, 10), (9, 60),
-                                  (140, 170)])  # fmt: skip
+@pytest.mark.parametrize("b, c", [(0, 0), (1, 5), (7, 2), (0, 24), (3, 15), (16, 5), (13, 12),
+                                  (30, 10), (9, 60), (140, 170)])  # fmt: skip
 def test_mcnemar_matches_statsmodels(b, c):
     tables = pytest.importorskip("statsmodels.stats.contingency_tables")
     ours = stats.mcnemar(*pairs(b, c, both_right=100, both_wrong=7))
