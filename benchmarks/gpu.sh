@@ -25,7 +25,8 @@
 # .gpu-sample-root/ (git-ignored, so kept between calls while the machine stays warm) and
 # checked against their SHA256SUMS; `stage` only does that. A cell cut by a call's limit
 # resumes from its checkpoint in the next call on the same machine. SAMPLE_ROOT and SAMPLE_RUNS
-# put the data root and the store elsewhere. Here, afterwards:
+# put the data root and the store elsewhere; SAMPLE_FROM names the store to start from (empty:
+# none). Here, afterwards:
 #   rm -rf report/sample-next && cp -r FILES_AT/sample-runs report/sample-next
 set -uo pipefail
 if [ -n "${SAMPLE:-}" ]; then
@@ -52,7 +53,8 @@ if [ -n "${SAMPLE:-}" ]; then
     if [ -n "$present" ]; then (cd "$ROOT" && sha256sum --check --quiet - <<<"$present"); fi
     ls -l "$ROOT" | tee "$OUT/sample-data.log"
     [ "$SAMPLE" = stage ] && exit 0
-    if [ ! -d "$STORE" ] && [ -d report/sample-next ]; then cp -r report/sample-next "$STORE"; fi
+    FROM=${SAMPLE_FROM-report/sample-next}  # the committed runs a first call goes on from
+    if [ ! -d "$STORE" ] && [ -n "$FROM" ] && [ -d "$FROM" ]; then cp -r "$FROM" "$STORE"; fi
     export PYTHONUNBUFFERED=1 STUDY_CACHE_DIR=${STUDY_CACHE_DIR:-/tmp/study-gpu-cache}
     export STUDY_SAMPLE_CHECKPOINTS=/tmp/study-sample-checkpoints STUDY=${STUDY:-python3 -m study}
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null \

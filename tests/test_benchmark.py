@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -206,7 +207,8 @@ def gpu_sample(dataset, pieces, tmp_path, **env):
         ["bash", str(BENCH / "gpu.sh"), str(call), str(tmp_path / "out")],
         capture_output=True, text=True, timeout=600,
         env={**os.environ, "SAMPLE": dataset, "SAMPLE_ROOT": str(tmp_path / "root"),
-             "SAMPLE_RUNS": str(tmp_path / "store"), "STUDY": f"{sys.executable} -m study",
+             "SAMPLE_RUNS": str(tmp_path / "store"), "SAMPLE_FROM": "",  # not the committed runs
+             "STUDY": f"{sys.executable} -m study",
              "STUDY_CACHE_DIR": str(tmp_path / "cache"), **env},
     )  # fmt: skip
 
@@ -256,6 +258,15 @@ def test_sample_mode_runs_one_data_sets_sweep_once_and_returns_its_store(tmp_pat
     # Called again, the sweep finds both cells done.
     proc = gpu_sample("mnist", (pieces, []), tmp_path, **small)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(read_file_store(tmp_path / "out" / "sample-runs")) == 2
+    # A fresh machine's store starts from the committed runs (SAMPLE_FROM), so nothing reruns.
+    shutil.copytree(tmp_path / "out" / "sample-runs", tmp_path / "committed")
+    shutil.rmtree(tmp_path / "store")
+    proc = gpu_sample(
+        "mnist", (pieces, []), tmp_path, SAMPLE_FROM=str(tmp_path / "committed"), **small
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("skip: COMPLETED") == 2, proc.stdout[-2000:]
     assert len(read_file_store(tmp_path / "out" / "sample-runs")) == 2
     # A data set the sample does not have is refused in one line.
     proc = gpu_sample("imagenet", (pieces, []), tmp_path, **small)
