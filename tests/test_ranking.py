@@ -179,6 +179,15 @@ def test_the_sentences_say_what_the_decision_says():
     assert "ranks first" not in closing
 
 
+def test_the_other_models_follow_the_highest_in_order_of_their_mean():
+    # VGG-16 is listed first but has the lowest mean: "then" must go down, not by listing.
+    t, cells = decision({"vgg16": {0: 700}, "inception_v3": {0: 900}, "resnet50": {0: 850}})
+    assert t["leader"] == "inception_v3"
+    assert [r["model"] for r in t["rows"]] == ["ResNet-50", "VGG-16"]
+    closing = conclusions([t], cells)[0]
+    assert "Inception-V3's (0.9000; then ResNet-50 (0.8500), VGG-16 (0.7000))" in closing
+
+
 def test_a_ranked_report_marks_names_and_concludes_the_ranking_once(tmp_path):
     from test_stats import conclusions as conclusions_text
     from test_stats import pairs, report_html

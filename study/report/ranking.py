@@ -114,7 +114,10 @@ def decide(d: str, models: list[str], cells: dict, flags: dict, evaluate) -> dic
         return out
     top = max(s.mean for s in means.values())
     leader = next(m for m in eligible if m in means and means[m].mean == top)
-    others = [m for m in eligible if m in means and m != leader]
+    # The rest in order of mean top-1, highest first, as the prose lists them after the leader.
+    others = sorted(
+        (m for m in eligible if m in means and m != leader), key=lambda m: -means[m].mean
+    )
     out.update(leader=leader, best=model_title(leader))
     if not others:
         return out
