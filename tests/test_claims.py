@@ -12,9 +12,9 @@ import sys
 import time
 import uuid
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
+from conftest import RECORDS
 from mongo_server import needs_server
 
 from study import claims as claims_module
@@ -22,8 +22,6 @@ from study import identity
 from study.claims import FileClaims, Holder, MongoClaims, claim_resume, claim_run_resume
 from study.errors import StudyError
 from study.stores.choice import FileRunStore
-
-SAMPLE_RUNS = Path(__file__).resolve().parent.parent / "report" / "sample-runs"
 
 RACERS = 8
 # Each racer says it is ready, waits for the start file, claims once and says whether it won,
@@ -340,7 +338,7 @@ def test_resume_looks_at_its_own_run_only(tmp_path):
     store.mkdir()
     # Ids of two digits: Python shares one object per one-character string, so `is` would pass.
     for sample, run_id in (("1", "11"), ("2", "12"), ("3", "13")):
-        shutil.copytree(SAMPLE_RUNS / sample, store / run_id)
+        shutil.copytree(RECORDS / sample, store / run_id)
     run = json.loads((store / "12" / "run.json").read_text())
     run.update(status="RUNNING", stop_time=None, heartbeat=identity.utcnow().isoformat())
     run.setdefault("meta", {})["process"] = {"host": identity.this_host(), "pid": os.getpid()}

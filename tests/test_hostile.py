@@ -20,15 +20,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import fake_distribution, run_study
+from conftest import RECORDS, fake_distribution, run_study
 from mongo_server import needs_server
 
 from study import identity
 from study.claims import FileClaims, claim_resume
 from study.errors import StoreError, StudyError
 from study.stores import read_file_store
-
-SAMPLE_RUNS = Path(__file__).resolve().parent.parent / "report" / "sample-runs"
 
 
 def _edit(path: Path, change) -> None:
@@ -41,17 +39,17 @@ def _secret(tmp_path: Path) -> tuple[Path, bytes]:
     """A file of the user's outside every store: a PNG, so a report would show it."""
     secret = tmp_path / "secret" / "holiday.png"
     secret.parent.mkdir(exist_ok=True)
-    data = (SAMPLE_RUNS / "1" / "misclassified_00.png").read_bytes() + b"SECRET-BYTES"
+    data = (RECORDS / "1" / "misclassified_00.png").read_bytes() + b"SECRET-BYTES"
     secret.write_bytes(data)
     return secret, data
 
 
 @pytest.fixture
 def hostile_store(tmp_path) -> Path:
-    """The sample runs; six of them with a wrong type or a bomb in a field, one whose record
-    names files outside its folder (absolute, `..`, a link)."""
+    """The ten recorded runs (tests/records); six of them with a wrong type or a bomb in a
+    field, one whose record names files outside its folder (absolute, `..`, a link)."""
     store = tmp_path / "runs"
-    shutil.copytree(SAMPLE_RUNS, store)
+    shutil.copytree(RECORDS, store)
     (store / "2" / "info.json").write_text('{"x": ' + "[" * 5000 + "]" * 5000 + "}")
     _edit(store / "3" / "run.json", lambda r: r["result"].update(top1=10**3999))
     raw = (store / "3" / "run.json").read_text()  # json.dumps writes it whole: 4,000 digits
@@ -224,7 +222,7 @@ def test_resume_is_claimed_one_process_at_a_time(tmp_path):
 
 def test_resuming_a_live_run_is_refused_with_one_line(tmp_path):
     store = tmp_path / "runs"
-    shutil.copytree(SAMPLE_RUNS / "1", store / "1")
+    shutil.copytree(RECORDS / "1", store / "1")
     now = identity.utcnow().isoformat()
     _edit(store / "1" / "run.json", lambda r: r.update(status="RUNNING", heartbeat=now))
     proc = run_study("run", "with", "resume=1", "-F", store, cwd=tmp_path, check=False)
@@ -243,7 +241,7 @@ def test_resuming_a_live_run_is_refused_with_one_line(tmp_path):
 def test_report_out_onto_a_special_file_is_refused(tmp_path):
     fifo = tmp_path / "pipe.html"
     os.mkfifo(fifo)
-    proc = run_study("report", "--runs", SAMPLE_RUNS, "--out", fifo, cwd=tmp_path, check=False)
+    proc = run_study("report", "--runs", RECORDS, "--out", fifo, cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "is not a regular file" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and fifo.is_fifo()
 
@@ -263,7 +261,7 @@ def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(tmp_path):
     staging.mkdir()
     env = {**os.environ, "TMPDIR": str(staging)}
     proc = subprocess.run(
-        [sys.executable, "-m", "study", "export", "x.tar.gz", "--runs", str(SAMPLE_RUNS)],
+        [sys.executable, "-m", "study", "export", "x.tar.gz", "--runs", str(RECORDS)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
         preexec_fn=_limited_files(2 << 20),
     )  # fmt: skip
@@ -279,7 +277,7 @@ def test_sigterm_during_export_leaves_no_staging_and_one_line(tmp_path):
     staging.mkdir()
     env = {**os.environ, "TMPDIR": str(staging)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "study", "export", "x.tar.gz", "--runs", str(SAMPLE_RUNS)],
+        [sys.executable, "-m", "study", "export", "x.tar.gz", "--runs", str(RECORDS)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 120
@@ -296,8 +294,8 @@ def test_sigterm_during_export_leaves_no_staging_and_one_line(tmp_path):
 def test_reproduce_writes_no_checkpoint_where_the_original_did():
     from study.reproduce import reproducible_config
 
-    config = json.loads((SAMPLE_RUNS / "1" / "config.json").read_text())
-    assert config["checkpoint_dir"]  # the sample's own, on the machine that made it
+    config = json.loads((RECORDS / "1" / "config.json").read_text())
+    assert config["checkpoint_dir"]  # the run's own, on the machine that made it
     base = reproducible_config({**config, "checkpoint_dir": "/home/victim/.ssh", "resume": 3})
     assert "checkpoint_dir" not in base and "resume" not in base
     assert base["model"] == config["model"] and base["seed"] == config["seed"]
@@ -365,7 +363,7 @@ def test_hostile_mongodb_documents_are_skipped_with_one_line_each(server, tmp_pa
     db_name = f"t{os.getpid()}h"
     url = f"{server.url}:{db_name}"
     runs = tmp_path / "runs"
-    shutil.copytree(SAMPLE_RUNS, runs)
+    shutil.copytree(RECORDS, runs)
     secret, data = _secret(tmp_path)
     (runs / "1" / "run.json").write_text(
         json.dumps({**json.loads((runs / "1" / "run.json").read_text()),
@@ -431,7 +429,7 @@ def test_a_run_whose_process_is_gone_is_not_alive(tmp_path):
     from study.stores import read_file_run
 
     store = tmp_path / "runs"
-    shutil.copytree(SAMPLE_RUNS / "1", store / "1")
+    shutil.copytree(RECORDS / "1", store / "1")
     now = identity.utcnow().isoformat()
     for pid, alive in ((os.getpid(), True), (_dead_pid(), False)):
         process = {"host": identity.this_host(), "pid": pid}
@@ -451,7 +449,7 @@ def test_a_server_lost_during_sync_is_one_line(tmp_path):
     srv = MongoServer(tmp_path / "mongo" / "data").start()
     try:
         runs = tmp_path / "runs"
-        shutil.copytree(SAMPLE_RUNS, runs)
+        shutil.copytree(RECORDS, runs)
         (runs / "1" / "big.bin").write_bytes(os.urandom(96 << 20))  # uploads for a while
         _edit(runs / "1" / "run.json", lambda r: r["artifacts"].append("big.bin"))
         env = {**os.environ, "STUDY_MONGO_TIMEOUT": "2"}
@@ -478,7 +476,7 @@ def test_a_health_record_of_the_wrong_shape_skips_its_run(tmp_path):
     from study.stores import read_file_run
 
     store = tmp_path / "runs"
-    shutil.copytree(SAMPLE_RUNS / "1", store / "1")
+    shutil.copytree(RECORDS / "1", store / "1")
     for health, problem in (
         ({"epochs": {"flags": []}}, "health.epochs is dict; expected a list"),
         ({"epochs": [None]}, "health.epochs[0] is None; expected an object"),

@@ -12,7 +12,7 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from conftest import run_study
+from conftest import RECORDS, run_study
 from mongo_server import free_port, needs_server
 
 from study.record import EPOCH_METRICS, EVALUATION_ARTIFACT
@@ -249,13 +249,12 @@ def test_a_genuine_sacred_leftover_syncs(server, db_name, tmp_path):
 
 
 def test_two_syncs_at_once_insert_each_run_once(server, db_name, tmp_path):
-    """Ten real runs (the sample store's), two `study sync` processes at the same moment."""
+    """Ten real runs (tests/records), two `study sync` processes at the same moment."""
     import json
     import shutil
-    from pathlib import Path
 
     store = tmp_path / "runs"
-    shutil.copytree(Path(__file__).resolve().parent.parent / "report" / "sample-runs", store)
+    shutil.copytree(RECORDS, store)
     url = f"{server.url}:{db_name}"
     logs = [tmp_path / f"sync{i}.log" for i in range(2)]
     procs = [_study(tmp_path, {}, "sync", "--runs", store, "--mongo", url, out=log) for log in logs]

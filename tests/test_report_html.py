@@ -1,5 +1,5 @@
-"""The report's stylesheet, as the PDF and the HTML page get it, built from committed sample runs
-(no training): the PDF read back, the page opened in a real browser."""
+"""The report's stylesheet, as the PDF and the HTML page get it, built from recorded runs
+(tests/records, no training): the PDF read back, the page opened in a real browser."""
 
 from __future__ import annotations
 
@@ -9,18 +9,18 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+from conftest import RECORDS
 
 from study.report import build_report, select_runs
 from study.stores import read_file_store
 
-SAMPLE = Path(__file__).resolve().parents[1] / "report" / "sample-runs"
 IDS = ["4", "5", "7", "8"]  # two models on CIFAR-10 and MNIST: every kind of table and figure
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("html")
-    records = select_runs(read_file_store(SAMPLE), ids=IDS)
+    records = select_runs(read_file_store(RECORDS), ids=IDS)
     pdf = build_report(records, out / "r.pdf", "pdf", cache_dir=out / "figures")
     html = build_report(records, out / "r.html", "html", cache_dir=out / "figures")
     return {"records": records, "pdf": pdf, "html": html, "out": out}

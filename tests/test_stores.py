@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_study
+from conftest import RECORDS, run_study
 
 from study.atomic import _host, write_atomic
 from study.errors import StoreError
@@ -95,16 +95,13 @@ def test_a_killed_writers_temps_are_gone_after_the_next_run(mnist_root, tmp_path
     assert [r.id for r in read_file_store(store) if r.status == "COMPLETED"] == ["4"]
 
 
-SAMPLE_RUNS = Path(__file__).resolve().parent.parent / "report" / "sample-runs"
-
-
 @pytest.fixture
 def broken_store(tmp_path) -> Path:
-    """The ten real sample runs, three of them damaged and one still being created."""
+    """The ten recorded runs (tests/records), three of them damaged and one still being created."""
     import numpy as np
 
     store = tmp_path / "runs"
-    shutil.copytree(SAMPLE_RUNS, store)
+    shutil.copytree(RECORDS, store)
     (store / "2" / "run.json").write_text('{"status": "COMPLETED", "resu')  # bad JSON
     metrics = json.loads((store / "5" / "metrics.json").read_text())
     metrics["test_top1"]["values"][0] = "high"  # a wrong value type
@@ -152,7 +149,7 @@ def test_an_evaluation_whose_confusion_disagrees_with_its_labels_is_refused(tmp_
 
     store = tmp_path / "runs"
     store.mkdir()
-    shutil.copytree(SAMPLE_RUNS / "8", store / "1")
+    shutil.copytree(RECORDS / "8", store / "1")
     path = store / "1" / "evaluation.npz"
     with np.load(path) as npz:
         arrays = {k: npz[k] for k in npz.files}
@@ -388,7 +385,7 @@ def test_choose_store_takes_the_command_line_then_the_environment_then_runs(no_m
 def test_read_runs_goes_through_choose_store(no_mongo_env, tmp_path):
     from study.stores import choose_store, read_runs
 
-    shutil.copytree(SAMPLE_RUNS, tmp_path / "runs")
+    shutil.copytree(RECORDS, tmp_path / "runs")
     where, runs = read_runs(str(tmp_path / "runs"))
     assert where == str(tmp_path / "runs") and len(runs) == 10
     store = choose_store(tmp_path / "runs")
@@ -423,7 +420,7 @@ def test_an_unreachable_mongodb_is_one_line_or_the_file_store_when_fallback_is_o
 def test_run_records_have_typed_fields_for_what_callers_need(tmp_path):
     from study.stores import read_file_run
 
-    shutil.copytree(SAMPLE_RUNS / "1", tmp_path / "runs" / "1")
+    shutil.copytree(RECORDS / "1", tmp_path / "runs" / "1")
     folder = tmp_path / "runs" / "1"
     run = json.loads((folder / "run.json").read_text())
     run["meta"].update(comment="sweep:grid-0123abcd", study_uid="u-1")
