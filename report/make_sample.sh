@@ -4,16 +4,17 @@
 # ResNet-50, Inception-V3) on MNIST, the local CIFAR-10 subset and the local Tiny-ImageNet subset,
 # under the `fast` protocol, as three resumable sweeps on a 2-core CPU.
 # Departures from `fast`, each recorded in every run's config (the report lists them):
-# - epochs (`fast` trains 10): 3 on Tiny-ImageNet's 20,000 local training images (100 per
+# - epochs (`fast` trains 10): 6 on Tiny-ImageNet's 20,000 local training images (100 per
 #   class), 5 on CIFAR-10's 10,000, 2 on a stratified 20,000 of MNIST's 60,000 (train_limit).
 # - test_limit=5000: a stratified half of each test split, evaluated after every epoch.
 # fp32 on every machine (amp=false; `fast`'s amp=auto would train bf16 on a GPU and fp32 on a
 # CPU under one recorded value): a cell trains alike wherever it runs or resumes, in the seed's
 # precision; and a CPU without bf16 instructions emulates bf16 autocast (measured on a 2-core
 # AVX2 EPYC: over 60 s a step of VGG-16 at 32 px against 1.9 s in fp32).
-# MNIST first, Tiny-ImageNet last: plain VGG-16 is the cell at risk there (measured at 32 px, 3
-# epochs, fp32: test top-1 0.033 with `fast`'s no dropout, 0.0105 and flagged with torchvision's
-# 0.5; at 64 px it is not measured yet).
+# MNIST first, Tiny-ImageNet last: plain VGG-16 is the cell at risk there. At 64 px, 3 epochs
+# (2026-12-07, AVX-512 EPYC, 1,236 s) it reached test top-1 0.0350, below the 0.05 the sample
+# needs (that run stays in the store as recorded), so Tiny-ImageNet trains 6 epochs, every model
+# alike: one budget per data set keeps its cells comparable.
 # Each sweep resumes where it stopped (finished cells are skipped, a killed one continues from its
 # last checkpoint), so this script can be run again after an interruption.
 # Usage: report/make_sample.sh DATA_ROOT [STORE [DATASET ...]]
@@ -39,7 +40,7 @@ COMMON=(protocol=fast amp=false test_limit=5000 "data_root=$DATA_ROOT" "checkpoi
 declare -A CELLS=(  # data set: seeds, then the departures from `fast` (see above)
     [mnist]="2 epochs=2 train_limit=20000"
     [cifar10]="1 epochs=5"
-    [tiny_imagenet]="1 epochs=3"
+    [tiny_imagenet]="1 epochs=6"
 )
 for dataset in "${DATASETS[@]}"; do
     if [ -z "${CELLS[$dataset]:-}" ]; then
