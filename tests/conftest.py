@@ -14,8 +14,9 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated", categor
 
 
 # Ten real runs as `study` recorded them on 2026-11-27 (the seed's protocol on a 2-core CPU; the
-# sample store until issue 20's replaced it), kept unchanged: records of an older schema for the
-# tests that damage, export, sync or report a store, independent of the sample of the day.
+# sample store until issue 20's new sample replaces report/sample-runs), kept unchanged: records
+# of an older schema for the tests that damage, export, sync or report a store, independent of
+# whichever sample is committed.
 RECORDS = Path(__file__).resolve().parent / "records"
 
 
