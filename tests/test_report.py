@@ -405,6 +405,33 @@ def test_filters_and_html_format(store, tmp_path, capsys):
     assert "1 by status (FAILED)" in html
 
 
+def test_a_run_left_out_beside_a_shown_run_of_its_cell_is_named_as_replaced(
+    store, odd_store, tmp_path
+):
+    """A cell re-run with another budget, the first run left out by --ids (as the sample's
+    3-epoch VGG-16 is): its row names the shown run and what sets the two apart."""
+    copy = tmp_path / "runs"
+    shutil.copytree(store, copy)
+    shutil.copytree(odd_store / "1", copy / "5")  # Small CNN, MNIST, seed 0, lr 1.0, 1 epoch
+    out = tmp_path / "r.html"
+    assert main(["--runs", str(copy), "--out", str(out), "--ids", "1,2,3,4"]) == 0
+    html = plain(out.read_text())
+    left = dict(re.findall(r'<tr data-left-out="(\d+)">(.*?)</tr>', html, re.S))
+    assert list(left) == ["5"]
+    # The two differ in learning rate and epochs; the first key that tells them apart is named.
+    assert ("<td>not among the --ids named; run 1, shown, has the same model, data set and seed "
+            "and trains it with learning rate 0.003 (this run: learning rate 1.0)</td>"
+            in left["5"]), left["5"]  # fmt: skip
+    assert ("The store holds 1 further run that this report does not show (Table "
+            in html)  # fmt: skip
+    assert "1 replaced by a run of the same model, data set and seed trained otherwise." in html
+    # Another seed of a shown cell is not a replacement: only the filter is named.
+    assert main(["--runs", str(copy), "--out", str(out), "--ids", "1,3,4,5"]) == 0
+    left = dict(re.findall(r'<tr data-left-out="(\d+)">(.*?)</tr>', plain(out.read_text()), re.S))
+    assert list(left) == ["2"] and "run 1, shown" not in left["2"]
+    assert "not among the --ids named" in left["2"]
+
+
 def test_the_sweep_filter_keeps_the_runs_that_sweep_tagged(store):
     records = read_file_store(store)
     tagged = dataclasses.replace(records[1], meta={"comment": "sweep:grid-abc123"})

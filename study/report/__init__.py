@@ -46,6 +46,7 @@ from study.report.model import (
 from study.report.render import check_output_path, render_html, render_pdf
 from study.report.runs import (
     exclusion,
+    name_replaced,
     run_filter,
     select_runs,
     split_reproductions,
@@ -116,13 +117,14 @@ def main(argv: list[str]) -> int:
         sweep=args.sweep,
         status=_split(args.status),
     )
-    statuses, skipped, filtered = [], [], []
+    statuses, skipped, filtered, excluded = [], [], [], {}
 
     def keep(r: RunRecord) -> bool:  # before a run's metrics and info are read
         statuses.append(r.status)
         row = exclusion(r, **filters)
         if row is not None:
             filtered.append(row)  # the report's left-out table names it, with why
+            excluded[r.id] = r
         return row is None
 
     where, stored = read_runs(args.runs, args.mongo, args.db, keep=keep, skipped=skipped)
@@ -132,6 +134,7 @@ def main(argv: list[str]) -> int:
         raise StudyError(f"no runs to report on: {'; '.join(r['why'] for r in reproductions)}")
     left_out = reproductions + filtered
     records = usable_runs(records, skipped)
+    left_out = name_replaced(left_out, excluded, records)
     print_skipped(skipped)
     written = build_report(records, out, fmt, title=args.title, skipped=skipped, left_out=left_out)
     print(

@@ -185,6 +185,9 @@ def left_out_text(left_out: list[dict], ref: dict) -> str:
             parts.append(f"{len(rows)} by status ({', '.join(statuses)})")
         elif kind == "filter" and rows:
             parts.append(f"{len(rows)} by the filters named")
+        elif kind == "replaced" and rows:
+            parts.append(f"{len(rows)} replaced by a run of the same model, data set and seed "
+                         "trained otherwise")  # fmt: skip
         elif rows:
             parts.append(f"{plural(len(rows), 'reproduction')} of a reported run")
     return (
@@ -205,7 +208,7 @@ SURE_MISTAKE = 0.9
 
 
 # Why a stored run is not in the report, in the order its table lists them.
-LEFT_OUT_KINDS = ("status", "filter", "reproduction")
+LEFT_OUT_KINDS = ("status", "filter", "replaced", "reproduction")
 
 
 def numbering(

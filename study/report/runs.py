@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from study.errors import StudyError
 from study.report.formatting import plural
+from study.report.model import arm_names
 from study.stores import RunRecord
 from study.sweep import TAG_PREFIX  # a sweep tags its runs with this Sacred comment
 
@@ -126,3 +127,27 @@ def split_reproductions(
         else:
             kept.append(r)
     return kept, left_out
+
+
+def name_replaced(
+    left_out: list[dict], excluded: dict[str, RunRecord], shown: list[RunRecord]
+) -> list[dict]:
+    """The left-out rows, where a filter left out a run whose model, data set and seed a shown
+    run trains otherwise (a re-run with another budget, say) made `replaced` rows that name the
+    shown run and what sets the two apart: a reader sees what the shown cell stands in for."""
+    rows = []
+    for row in left_out:
+        r = excluded.get(row["id"])
+        twin = None
+        if r is not None and row["kind"] == "filter":
+            twin = next((s for s in shown if (s.model, s.dataset, s.config.get("seed"))
+                         == (r.model, r.dataset, r.config.get("seed"))), None)  # fmt: skip
+        if twin is None:
+            rows.append(row)
+            continue
+        this, that = (name.partition(" [")[2].rstrip("]") for name in arm_names([r, twin]))
+        differs = f"trains it with {that} (this run: {this})" if this else "trains it alike"
+        rows.append({**row, "kind": "replaced",
+                     "why": f"{row['why']}; run {twin.id}, shown, has the same model, data set "
+                            f"and seed and {differs}"})  # fmt: skip
+    return rows
