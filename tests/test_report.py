@@ -701,6 +701,11 @@ def test_departures_from_the_seed_are_stated(odd):
         "The runs depart from the seed's protocol (Section 1.3): inputs of 32 px instead of 224 px"
         f" (in 1 of {sized} runs);" in abstract
     )
+    # A setting every departing run set alike is named with its value; one set two ways, bare.
+    assert (
+        "protocol settings changed (batch size 50, epochs, input size (px) 32, learning rate, "
+        "training subset 200, training time budget (s) 0.05);" in abstract
+    )
     part = section(text, "1.3 Departures from the seed", "2. Data sets")
 
     # Input size against the seed's (the model's paper input size).

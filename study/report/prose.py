@@ -297,8 +297,12 @@ def departures(records: list[RunRecord], datasets: list[str]) -> list[dict]:
             "text": f"Protocol named: {named}."
                     + (f" Settings that depart from the named protocol: {changed}." if keys
                        else ""),
+            # A setting's value where every run has the same one: "bf16 autocast no", not a
+            # bare "bf16 autocast" that reads as if it were switched on.
             "short": "protocol settings changed ("
-                     + ", ".join(sorted(map(setting_label, keys))
+                     + ", ".join(sorted(setting_label(k) + (f" {min(d['values'])}"
+                                                            if len(d["values"]) == 1 else "")
+                                        for k, d in keys.items())
                                  or ["protocol " + ", ".join(sorted(protocols))])
                      + ")",
         })  # fmt: skip
