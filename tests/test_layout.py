@@ -138,3 +138,22 @@ def test_a_table_that_cannot_float_does_not_undo_one_that_did(monkeypatch):
     monkeypatch.setattr(render, "tables_to_float", lambda doc: [*real(doc), "table-2"])
     fitted = render.fitted_layout(html)
     assert render.pages_too_empty(fitted) == []
+
+
+def test_a_value_drawn_past_its_column_is_found_and_one_that_wraps_or_fits_is_not():
+    """Table 11 of a sample once printed '1170.5 ± 154.3' over the next column: the value
+    may not wrap, and its column was narrower."""
+    style = "table-layout: fixed; width: 300px; font-size: 12px"
+    cols = '<colgroup><col style="width: 20%"><col style="width: 80%"></colgroup>'
+
+    def table(name: str, cell: str, css: str) -> str:
+        return (f'<table id="{name}" style="{style}">{cols}<tr>'
+                f'<td style="{css}">{cell}</td><td>next</td></tr></table>')  # fmt: skip
+
+    html = "".join([
+        table("t-over", "1170.5 ± 154.3", "white-space: nowrap"),
+        table("t-wraps", "1170.5 ± 154.3", "white-space: normal"),
+        table("t-fits", "258.6", "white-space: nowrap"),
+    ])  # fmt: skip
+    document = render.layout_pdf(f"<html><body>{html}</body></html>")
+    assert render.overflowing_cells(document) == ["t-over: 1170.5 ± 154.3"]

@@ -234,6 +234,7 @@ def test_no_page_is_more_than_a_third_empty_and_no_short_table_is_split(built, o
         assert len(document.pages) == len(PdfReader(report["pdf"]).pages)
         assert render.pages_too_empty(document) == []
         assert render.split_tables(document) == []
+        assert (over := render.overflowing_cells(document)) == [], over
 
 
 def test_run_derived_text_is_escaped(built):
@@ -1075,7 +1076,7 @@ def test_per_class_precision_recall_and_f1_come_from_the_predictions(built):
     names = run.info["dataset"]["class_names"]
     for c, name in enumerate(names):
         row = re.search(rf'data-class="mnist/{re.escape(str(name))}">(.*?)</tr>', table, re.S)
-        values = re.findall(r'<td class="num">([^<]*)</td>', row.group(1))
+        values = re.findall(r'<td class="num(?: wrap)?">([^<]*)</td>', row.group(1))
         hit = int(((predicted == c) & (labels == c)).sum())
         precision = hit / (predicted == c).sum() if (predicted == c).any() else None
         recall = hit / (labels == c).sum()
