@@ -157,3 +157,27 @@ def test_a_value_drawn_past_its_column_is_found_and_one_that_wraps_or_fits_is_no
     ])  # fmt: skip
     document = render.layout_pdf(f"<html><body>{html}</body></html>")
     assert render.overflowing_cells(document) == ["t-over: 1170.5 ± 154.3"]
+
+
+def test_a_paragraph_left_with_one_word_on_its_first_line_is_laid_out_again():
+    """The sample's Tiny-ImageNet prose, with the report's stylesheet: WeasyPrint 70 set "The"
+    alone on the first line (the names' joiners, then a link after a long run of text); the
+    fitted layout lays the page out again with the names in no-wrap spans."""
+    from importlib import resources
+
+    css = resources.files("study.templates").joinpath("report.css").read_text(encoding="utf-8")
+    prose = (
+        '<p class="prose">The highest observed top-1 accuracy on Tiny-ImageNet is ResNet-50&#39;s '
+        '0.1962 (95% CI [0.1854, 0.2074]; <a href="#table-4">Table 4</a>). That is the highest '
+        "observed, not a ranking: a ranking needs at least 3 seeds in every compared cell, and "
+        'ResNet-50 has 1, VGG-16 has 1 (<a href="#table-5">Table 5</a>).</p>'
+    )
+    html = f'<html><head><style>{css}</style></head><body><section class="dataset">{prose}'
+    html += "</section></body></html>"
+    assert render.lone_first_words(render.fitted_layout(html)) == []
+
+    # The check itself: a first line of one word is found, a full one is not.
+    broken = '<p style="width: 400px">The<br>' + "rest of the paragraph, " * 20 + "</p>"
+    whole = '<p style="width: 400px">' + "A paragraph of many words, " * 20 + "</p>"
+    assert render.lone_first_words(render.layout_pdf(f"<html><body>{broken}")) == ["The"]
+    assert render.lone_first_words(render.layout_pdf(f"<html><body>{whole}")) == []

@@ -70,13 +70,16 @@ def render_pdf(html: str) -> bytes:
     return fitted_layout(html).write_pdf()
 
 
-def fitted_layout(html: str):
+def fitted_layout(html: str, nowrap: bool = False):
     """The PDF's layout, fitted so that no page is left more than MOST_EMPTY empty where that
     can be helped, the way a typesetter floats figures and tables: where a block that cannot
     break would open the next page, (1) it and the figures on the page before are drawn
     smaller, never below MIN_FIGURE_SCALE of their width, so that it fits there; else (2) a
-    table kept whole lets the paragraph after it go first and fill the page."""
-    document = layout_pdf(html)
+    table kept whole lets the paragraph after it go first and fill the page. Where a
+    paragraph's first line is left holding one word (lone_first_words), the layout is made
+    again with hyphenated names kept whole by no-wrap spans instead of joiners."""
+    original = html
+    document = layout_pdf(html, nowrap)
     scales: dict[str, float] = {}
     for _ in range(FIT_PASSES):
         shrink = figures_to_shrink(document, scales)
@@ -92,8 +95,29 @@ def fitted_layout(html: str):
                     html, moved = changed, True
             if not moved:
                 break
-        document = layout_pdf(html)
+        document = layout_pdf(html, nowrap)
+    if not nowrap and lone_first_words(document):
+        return fitted_layout(original, nowrap=True)
     return document
+
+
+def lone_first_words(document) -> list[str]:
+    """Paragraphs whose first line holds a single word on less than half the width while more
+    lines follow: WeasyPrint (70), breaking a long run of text followed by an inline element
+    (a link), can fall back to the paragraph's first break. Seen with joiners in the names of
+    the sample's Tiny-ImageNet prose; no-wrap spans break that text at the right place."""
+    out = []
+    for page in document.pages:
+        for box in _boxes(page._page_box):
+            if type(box).__name__ != "BlockBox" or box.element_tag != "p":
+                continue
+            lines = [c for c in box.children if type(c).__name__ == "LineBox"]
+            if len(lines) < 2:
+                continue
+            first = "".join(t.text for t in _boxes(lines[0]) if type(t).__name__ == "TextBox")
+            if len(first.split()) == 1 and lines[0].width < box.width / 2:
+                out.append(first.strip())
+    return out
 
 
 def tables_to_float(document) -> list[str]:
@@ -221,7 +245,7 @@ def with_image_widths(html: str, widths: dict[str, float]) -> str:
     return html
 
 
-def layout_pdf(html: str):
+def layout_pdf(html: str, nowrap: bool = False):
     """The laid-out PDF (a WeasyPrint Document): its pages' boxes, before they are written."""
     import logging
 
@@ -229,7 +253,7 @@ def layout_pdf(html: str):
 
     logging.getLogger("weasyprint").setLevel(logging.ERROR)
     logging.getLogger("fontTools").setLevel(logging.ERROR)
-    return HTML(string=names_kept_whole(html), base_url=".").render()
+    return HTML(string=names_kept_whole(html, nowrap), base_url=".").render()
 
 
 # A page may be at most this share empty below its content, except the last one and the one
@@ -312,18 +336,22 @@ HYPHENATED_NAME = re.compile(r"(?<![\w&#-])[A-Z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)+(?
 WORD_JOINER = "\u2060"  # no line break on either side; invisible, and not in the PDF's text
 
 
-def names_kept_whole(html: str) -> str:
+def names_kept_whole(html: str, nowrap: bool = False) -> str:
     """A word joiner after every hyphen of a hyphenated name in the page's text, so that no
     line of the PDF ends in "Tiny-" or "Inception-"; its text still reads "Tiny-ImageNet"
     (pdftotext, pypdf). A joiner, not a no-wrap span: 120 more spans cost WeasyPrint 7% of a
-    build. Only text between tags is touched, outside <title>, <style> and <script>:
-    attributes, figures' data URIs, CSS and code stay as they are. The HTML page is left to
-    the browser."""
+    build; `nowrap` puts each name in such a span, where joiners broke a line badly (see
+    lone_first_words). Only text between tags is touched, outside <title>, <style> and
+    <script>: attributes, figures' data URIs, CSS and code stay as they are. The HTML page is
+    left to the browser."""
     parts = re.split(
         r"(<title>.*?</title>|<style>.*?</style>|<script>.*?</script>|<[^>]+>)", html, flags=re.S
     )
     for i in range(0, len(parts), 2):  # even items are text, odd ones tags or the style
         parts[i] = HYPHENATED_NAME.sub(
-            lambda m: m.group(0).replace("-", "-" + WORD_JOINER), parts[i]
+            (lambda m: f'<span class="nb">{m.group(0)}</span>')
+            if nowrap
+            else (lambda m: m.group(0).replace("-", "-" + WORD_JOINER)),
+            parts[i],
         )
     return "".join(parts)
