@@ -238,9 +238,12 @@ def test_no_page_is_more_than_a_third_empty_and_no_short_table_is_split(built, o
         # Each run record (kept whole) under a third of a page: a run of them can then never
         # leave a page more than a third empty, whatever the number of runs.
         room = document.pages[0]._page_box.height
-        records = [b.margin_height() / room for page in document.pages
-                   for b in render._boxes(page._page_box)
-                   if b.element_tag == "div" and "run" in (b.element.get("class") or "").split()]
+        records = [
+            b.margin_height() / room
+            for page in document.pages
+            for b in render._boxes(page._page_box)
+            if b.element_tag == "div" and "run" in (b.element.get("class") or "").split()
+        ]
         assert records and max(records) < render.MOST_EMPTY, records  # fmt: skip
 
 
