@@ -181,3 +181,29 @@ def test_a_paragraph_left_with_one_word_on_its_first_line_is_laid_out_again():
     whole = '<p style="width: 400px">' + "A paragraph of many words, " * 20 + "</p>"
     assert render.lone_first_words(render.layout_pdf(f"<html><body>{broken}")) == ["The"]
     assert render.lone_first_words(render.layout_pdf(f"<html><body>{whole}")) == []
+
+
+def test_a_note_is_never_split_across_pages():
+    """The report's stylesheet keeps a note (the timing note under the compute figure) whole:
+    here it would start two lines above the first page's end."""
+    from importlib import resources
+
+    css = resources.files("study.templates").joinpath("report.css").read_text(encoding="utf-8")
+    note = '<p class="note">' + "Timing noise: the epochs of a run disagree in speed. " * 12
+    fill = 900  # px of the first page's content area filled before the note
+
+    def pages_of_note(css: str) -> set[int]:
+        document = render.layout_pdf(
+            f'<html><head><style>{css}</style></head><body><div style="height: {fill}px">'
+            f"</div>{note}</p></body></html>"
+        )
+        return {
+            n
+            for n, page in enumerate(document.pages)
+            for b in render._boxes(page._page_box)
+            if type(b).__name__ == "LineBox" and b.element_tag == "p"
+        }
+
+    assert pages_of_note(css) == {1}
+    without = css.replace(".note, .footnote { page-break-inside: avoid; }", "")
+    assert pages_of_note(without) == {0, 1}  # the same note without the rule: split
