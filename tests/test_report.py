@@ -213,6 +213,24 @@ def test_the_most_frequent_mistakes_are_read_from_the_summed_confusion_matrices(
         assert (gallery in html) == (shown > 1)  # a cell without mistakes shows none
 
 
+def test_table1_sets_its_settings_two_pairs_a_row(built):
+    """Half the height of one pair a row: Table 1 then fits where it starts (the sample's left
+    one row on the next page)."""
+    from study.report.tables import method_section
+
+    table = re.search(r'<table class="protocol".*?</table>', built["html"], re.S).group(0)
+    assert re.findall(r'<th scope="col">(\w+)</th>', table) == ["setting", "value"] * 2
+    rows = re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1], re.S)
+    common = method_section(built["records"], {})["common"]
+    assert len(rows) == (len(common) + 1) // 2
+    # The first half down the left, the rest down the right.
+    labels = [re.findall(r'<th scope="row">(.*?)</th>', row) for row in rows]
+    assert [pair[0] for pair in labels] == [c["label"] for c in common[: len(rows)]]
+    assert [pair[1] for pair in labels if len(pair) > 1] == [
+        c["label"] for c in common[len(rows) :]
+    ]
+
+
 def test_pages_are_a4(built):
     from pypdf import PdfReader
 
@@ -441,6 +459,11 @@ def test_a_run_left_out_beside_a_shown_run_of_its_cell_is_named_as_replaced(
     left = dict(re.findall(r'<tr data-left-out="(\d+)">(.*?)</tr>', plain(out.read_text()), re.S))
     assert list(left) == ["2"] and "run 1, shown" not in left["2"]
     assert "not among the --ids named" in left["2"]
+    # A duplicate of a shown run (the same config, another id) is not a replacement either.
+    shutil.copytree(copy / "1", copy / "6")
+    assert main(["--runs", str(copy), "--out", str(out), "--ids", "1,2,3,4,5"]) == 0
+    left = dict(re.findall(r'<tr data-left-out="(\d+)">(.*?)</tr>', plain(out.read_text()), re.S))
+    assert list(left) == ["6"] and "<td>not among the --ids named</td>" in left["6"]
 
 
 def test_the_sweep_filter_keeps_the_runs_that_sweep_tagged(store):

@@ -134,7 +134,8 @@ def name_replaced(
 ) -> list[dict]:
     """The left-out rows, where a filter left out a run whose model, data set and seed a shown
     run trains otherwise (a re-run with another budget, say) made `replaced` rows that name the
-    shown run and what sets the two apart: a reader sees what the shown cell stands in for."""
+    shown run and what sets the two apart: a reader sees what the shown cell stands in for.
+    `excluded`: the runs the filters left out, by id."""
     rows = []
     for row in left_out:
         r = excluded.get(row["id"])
@@ -142,12 +143,15 @@ def name_replaced(
         if r is not None and row["kind"] == "filter":
             twin = next((s for s in shown if (s.model, s.dataset, s.config.get("seed"))
                          == (r.model, r.dataset, r.config.get("seed"))), None)  # fmt: skip
-        if twin is None:
+        # What sets the two apart, as the report names arms ('epochs 6'); nothing where they
+        # trained alike (a plain duplicate is not a replacement: its filter row stands).
+        this, that = (
+            (n.partition(" [")[2].rstrip("]") for n in arm_names([r, twin])) if twin else ("", "")
+        )
+        if not this:
             rows.append(row)
             continue
-        this, that = (name.partition(" [")[2].rstrip("]") for name in arm_names([r, twin]))
-        differs = f"trains it with {that} (this run: {this})" if this else "trains it alike"
         rows.append({**row, "kind": "replaced",
                      "why": f"{row['why']}; run {twin.id}, shown, has the same model, data set "
-                            f"and seed and {differs}"})  # fmt: skip
+                            f"and seed and trains it with {that} (this run: {this})"})  # fmt: skip
     return rows
