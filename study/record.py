@@ -103,6 +103,9 @@ def describe_run(
         # The vector instructions torch's CPU kernels use (AVX512, AVX2, ...): two machines of
         # one CPU name can differ in them, and a CPU run's speed with them.
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        # Two machines of one CPU name and instructions can still train 2x apart (another
+        # host, clock or share of it): the report compares speeds only where these agree.
+        **({"cpu_gflops": cpu_matmul_gflops()} if device.type == "cpu" else {}),
         "cpus": usable_cpus(),
         "processes": world_size,  # torchrun ranks, each on its own device
         "batch_per_process": config["batch_size"] // world_size,
@@ -205,6 +208,25 @@ def _git_state(folder: Path) -> dict | None:
 def usable_cpus() -> int | None:
     """The CPUs this process may run on (its affinity, where the platform has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def cpu_matmul_gflops(seconds: float = 0.2, n: int = 512) -> float:
+    """This CPU's fp32 matrix-multiply speed at torch's thread count, in GFLOP/s: the best of
+    short timed repeats over `seconds` (the best, so a moment's other load does not count)."""
+    import math
+    import time
+
+    import torch
+
+    a, b = torch.ones(n, n), torch.ones(n, n)
+    a @ b  # the first call sets up the kernels
+    best, end = math.inf, time.perf_counter() + seconds
+    while best == math.inf or time.perf_counter() < end:
+        start = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        best = min(best, (time.perf_counter() - start) / 4)
+    return round(2 * n**3 / max(best, 1e-9) / 1e9, 1)
 
 
 def cpu_name() -> str:

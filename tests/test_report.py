@@ -803,6 +803,8 @@ def test_efficiency_is_images_over_seconds_and_budget_runs_are_named_by_what_the
     text = pdf_text(odd["pdf"])
     names = ["model", "dataset", "input", "params", "mb", "gmacs", "trained", "images",
              "seconds", "rate", "n"]  # fmt: skip
+    if len(next(iter(rows.values()))) == len(names) + 1:  # runs timed on several machines
+        names.append("hardware")
     by_arm = {key: dict(zip(names, cells_, strict=True)) for key, cells_ in rows.items()}
     resnet = next(r for r in odd["records"] if r.model == "resnet18")
     constant = next(r for r in odd["records"] if r.config["lr"] == 1.0)
@@ -1166,9 +1168,10 @@ def test_names_never_break_at_their_hyphen(built):
     assert "\u2060" not in " ".join(text) and "Tiny-ImageNet" in " ".join(text)
 
 
-def test_table_cells_wrap_between_words_never_inside_one(odd):
+def test_table_cells_wrap_between_words_never_inside_one(odd, tmp_path):
     """The statistics, calibration, efficiency, data-set and results tables have widths to fit
-    their content: a header or number may wrap between words, never inside one."""
+    their content: a header or number may wrap between words, never inside one; the efficiency
+    table too where runs timed on several machines give it a column more."""
 
     def walk(box):
         yield box
@@ -1178,25 +1181,33 @@ def test_table_cells_wrap_between_words_never_inside_one(odd):
     def words(text):
         return {w for w in re.split(r"[\s\-/]+", text) if w}
 
-    checked = set()
-    for _, boxes in layout(odd["html"]):
-        for table in boxes:
-            kind = table.element.get("class") if type(table).__name__ == "TableBox" else None
-            if kind not in ("tests", "calibration", "efficiency", "table1", "datasets"):
-                continue
-            checked.add(kind)
-            for cell in walk(table):
-                if type(cell).__name__ != "TableCellBox":
+    def slower(r):  # ResNet-18's run as if timed on a machine of a third the speed
+        training = {**r.info["training"], "cpu_gflops": r.info["training"]["cpu_gflops"] / 3}
+        return dataclasses.replace(r, info={**r.info, "training": training})
+
+    records = [slower(r) if r.model == "resnet18" else r for r in odd["records"]]
+    two = plain(build_report(records, tmp_path / "two.html", "html").read_text())
+    assert '<th scope="col">machine</th>' in two
+    for html in (odd["html"], two):
+        checked = set()
+        for _, boxes in layout(html):
+            for table in boxes:
+                kind = table.element.get("class") if type(table).__name__ == "TableBox" else None
+                if kind not in ("tests", "calibration", "efficiency", "table1", "datasets"):
                     continue
-                lines = [
-                    "".join(t.text for t in walk(line) if type(t).__name__ == "TextBox")
-                    for line in walk(cell)
-                    if type(line).__name__ == "LineBox"
-                ]
-                whole = set().union(*(words(line) for line in lines)) if lines else set()
-                text = " ".join(cell.element.itertext())  # <br> separates too
-                assert words(text) <= whole, (kind, text, lines)
-    assert checked == {"tests", "calibration", "efficiency", "table1", "datasets"}
+                checked.add(kind)
+                for cell in walk(table):
+                    if type(cell).__name__ != "TableCellBox":
+                        continue
+                    lines = [
+                        "".join(t.text for t in walk(line) if type(t).__name__ == "TextBox")
+                        for line in walk(cell)
+                        if type(line).__name__ == "LineBox"
+                    ]
+                    whole = set().union(*(words(line) for line in lines)) if lines else set()
+                    text = " ".join(cell.element.itertext())  # <br> separates too
+                    assert words(text) <= whole, (kind, text, lines)
+        assert checked == {"tests", "calibration", "efficiency", "table1", "datasets"}
 
 
 def test_fixed_figure_layout_keeps_labels_inside_and_legends_off_the_axes():
@@ -1304,37 +1315,57 @@ def test_compute_figure_gives_each_data_set_its_row_and_every_cost_axis_labels()
 
 
 def test_speeds_timed_on_different_kinds_of_machine_are_not_compared(built, tmp_path):
-    """One CPU name covers machines whose vector instructions (and so speeds) differ: each
-    run's kind of machine is named with them and its threads, and a data set's prose compares
-    training speeds only between runs timed on one kind."""
+    """One CPU name covers machines whose vector instructions or speed differ: each run's kind
+    of machine is named with them, its threads and the fp32 matrix-multiply speed it measured
+    before training, and a data set's prose compares training speeds only between runs timed
+    on one kind."""
     records = built["records"]
-
-    def machine(r) -> str:
-        t = r.info["training"]
-        return f"{t['device_name']} (cpu, {t['cpu_capability']}, {t['torch_threads']} threads)"
-
-    def mnist_prose(html: str) -> str:
-        return re.search(r'id="results-mnist">.*?<p class="prose">(.*?)</p>', html, re.S).group(1)
-
     assert {r.info["training"]["device"] for r in records} == {"cpu"}
-    assert len({machine(r) for r in records}) == 1  # this suite's runs: one machine
-    html = plain(build_report(records, tmp_path / "one.html", "html").read_text())
-    assert f"for the whole run on {machine(records[0])}, where every run trained" in html
-    assert "Training speed ranges from" in mnist_prose(html)
+    assert all(r.info["training"]["cpu_gflops"] > 0 for r in records)  # each run measured it
 
-    # ResNet-18's run as if timed on a machine of the same name with other instructions.
-    def elsewhere(r):
-        training = {**r.info["training"], "cpu_capability": "AVX2-elsewhere"}
+    def timed(r, capability=None, gflops=100.0):
+        """The run as if timed where its CPU had these instructions and this speed."""
+        training = {**r.info["training"], "cpu_gflops": gflops}
+        training["cpu_capability"] = capability or training["cpu_capability"]
+        if gflops is None:
+            del training["cpu_gflops"]
         return dataclasses.replace(r, info={**r.info, "training": training})
 
-    moved = [elsewhere(r) if r.model == "resnet18" else r for r in records]
-    html = plain(build_report(moved, tmp_path / "two.html", "html").read_text())
-    prose = mnist_prose(html)
-    assert "Training speed ranges from" not in prose
-    assert "Training speeds were measured on different kinds of machine (Table" in prose
-    hardware = {key: cells_[-1] for key, cells_ in efficiency_rows(html).items()}
-    resnet = next(r for r in moved if r.model == "resnet18")
-    small = next(r for r in moved if r.model == "small_cnn" and r.dataset == "mnist")
-    assert hardware["mnist/resnet18"] == machine(resnet) != hardware["mnist/small_cnn"]
-    assert hardware["mnist/small_cnn"] == machine(small)
-    assert "on the hardware each run used" in html
+    def machine(r, speed="100") -> str:
+        t = r.info["training"]
+        return (f"{t['device_name']} (cpu, {t['cpu_capability']}, {t['torch_threads']} threads, "
+                f"{speed} GFLOP/s)")  # fmt: skip
+
+    def report(runs, name):
+        html = plain(build_report(runs, tmp_path / name, "html").read_text())
+        prose = re.search(r'id="results-mnist">.*?<p class="prose">(.*?)</p>', html, re.S).group(1)
+        # The table names each machine by a letter; its caption spells the letters out.
+        legend = re.search(r"Model size, compute and [^<]*? Machines: ([^<]*)\.</caption>", html)
+        legend = dict(item.split(": ", 1) for item in legend.group(1).split("; ")) if legend else {}
+        hardware = {key: legend.get(cells_[-1]) for key, cells_ in efficiency_rows(html).items()}
+        return html, prose, hardware
+
+    # One machine: every run measured the same speed, or speeds within 1.25x of each other.
+    for speeds, shown in (({}, "100"), ({"resnet18": 124.0}, "100–124")):
+        alike = [timed(r, gflops=speeds.get(r.model, 100.0)) for r in records]
+        html, prose, _ = report(alike, "one.html")
+        assert f"for the whole run on {machine(alike[0], shown)}, where every run trained" in html
+        assert "Training speed ranges from" in prose
+        assert "GFLOP/s is the fp32 matrix-multiply speed a CPU run measured" in html
+
+    # ResNet-18's run as if timed on a machine of the same name with other instructions, at
+    # another speed, or without a measured speed beside runs that have one: not compared.
+    for capability, gflops, speed in (("AVX2-elsewhere", 100.0, "100"), (None, 126.0, "126"),
+                                      (None, None, None)):  # fmt: skip
+        moved = [timed(r, capability, gflops) if r.model == "resnet18" else timed(r)
+                 for r in records]  # fmt: skip
+        html, prose, hardware = report(moved, "two.html")
+        assert "Training speed ranges from" not in prose
+        assert "Training speeds were measured on different kinds of machine (Table" in prose
+        resnet = next(r for r in moved if r.model == "resnet18")
+        small = next(r for r in moved if r.model == "small_cnn" and r.dataset == "mnist")
+        named = machine(resnet, speed) if speed else machine(resnet)[: -len(", 100 GFLOP/s)")]
+        named += "" if speed else ", speed not measured)"
+        assert hardware["mnist/resnet18"] == named != hardware["mnist/small_cnn"]
+        assert hardware["mnist/small_cnn"] == machine(small)
+        assert "on the hardware each run used" in html

@@ -400,3 +400,13 @@ def test_speeds_are_compared_only_between_runs_timed_on_one_kind_of_machine():
         for r in threads[("cifar10", "inception_v3")]
     ]  # fmt: skip
     assert verdict(SPEED_ALL, threads)["verdict"] == "not decided"
+    # So does a measured CPU speed: VGG-16's machine of the same name, instructions and threads
+    # multiplied matrices at half the speed of the others' (more than 1.25x apart).
+    for vgg_gflops, decided in ((100.0, "supported"), (50.0, "not decided")):
+        speeds = timed(runs(spec, metrics=rates), dict.fromkeys(THREE, "AVX512"))
+        for (_, m), rs in speeds.items():
+            gflops = vgg_gflops if m == "vgg16" else 110.0
+            rs[:] = [dataclasses.replace(r, info={**r.info, "training": {**r.info["training"],
+                                                                         "cpu_gflops": gflops}})
+                     for r in rs]  # fmt: skip
+        assert verdict(SPEED_ALL, speeds)["verdict"] == decided

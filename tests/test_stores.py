@@ -457,6 +457,16 @@ def test_run_records_have_typed_fields_for_what_callers_need(tmp_path):
         (folder / "run.json").write_text(json.dumps({**run, key: value}))
         with pytest.raises(StoreError, match=re.escape(f"run.json: {problem}")):
             read_file_run(folder)
+    # The CPU speed a run measured decides which runs' speeds the report compares: a number.
+    (folder / "run.json").write_text(json.dumps(run))
+    for value in ("fast", -1, 1e308, True):
+        training = {**info["training"], "cpu_gflops": value}
+        (folder / "info.json").write_text(json.dumps({**info, "training": training}))
+        with pytest.raises(
+            StoreError,
+            match=r"info\.json: training\.cpu_gflops is .*; expected a number in 0\.\.1e\+09",
+        ):
+            read_file_run(folder)
 
 
 def write_checkpoint(path: Path, payload=None) -> Path:

@@ -18,6 +18,7 @@ from study.report.model import (
     DATASET_ORDER,
     PER_CLASS_ALL_UP_TO,
     PER_CLASS_EXTREMES,
+    SPEED_TOLERANCE,
     TIMING_SPREAD,
     arm_names,
     best_and_worst,
@@ -102,6 +103,13 @@ def report_context(
     efficiency = efficiency_rows(cells, datasets, models)
     compute = compute_points(cells, datasets, models, colours)
     hardware = {e["hardware"] for e in efficiency}
+    # Where runs were timed on several kinds of machine, Table "efficiency" names each by a
+    # letter and its caption spells them out: a machine's name is too long for a column.
+    machines = sorted({m for e in efficiency for m in e["machines"]})
+    keys = {m: chr(ord("A") + i) if len(machines) <= 26 else f"M{i + 1}"
+            for i, m in enumerate(machines)}  # fmt: skip
+    for e in efficiency:
+        e["machine_keys"] = ", ".join(keys[m] for m in e["machines"])
     departed = departures(records, datasets)
     method = method_section(records, cells)
     # Only where some run recorded what the figure's axes need (synthetic runs may not).
@@ -149,6 +157,9 @@ def report_context(
         "efficiency": efficiency,
         "compute_chart": compute_chart,
         "efficiency_hardware": hardware.pop() if len(hardware) == 1 else None,
+        "speed_measured": any("GFLOP/s" in e["hardware"] for e in efficiency),
+        "machine_legend": "; ".join(f"{k}: {m}" for m, k in keys.items()),
+        "speed_tolerance": f"{SPEED_TOLERANCE:g}",
         "timing_noise": timing_noise(records),
         "timing_spread": f"{TIMING_SPREAD:g}",
         "tests": tests,

@@ -269,6 +269,45 @@ def timing_machine(r: RunRecord) -> str | None:
     return f"{t['device_name']} ({', '.join(parts)})"
 
 
+# Runs of one kind of machine whose measured CPU speeds (info.training.cpu_gflops) differ by
+# more than this factor were timed on different machines: one CPU name and instruction set covers
+# VMs that train 1.5-2x apart (seen between two 2-core "AMD EPYC" AVX-512 machines, 2026-12-07).
+SPEED_TOLERANCE = 1.25
+
+
+def timing_machines(records: list[RunRecord]) -> dict[tuple[str, str], str]:
+    """Each run's kind of machine (timing_machine), by (store, id), told apart further by the
+    CPU speed the runs measured where any run of that kind measured one: runs within
+    SPEED_TOLERANCE of the slowest of their group share "AMD EPYC (cpu, AVX512, 2 threads,
+    195–205 GFLOP/s)"; one beside them that measured none is "..., speed not measured)", which
+    matches nothing. Runs of a kind none of which measured a speed keep its plain name."""
+    by_name = defaultdict(list)
+    for r in records:
+        if (name := timing_machine(r)) is not None:
+            by_name[name].append(r)
+    out = {}
+    for name, rs in by_name.items():
+        speeds = {}
+        for r in rs:
+            g = (r.info.get("training") or {}).get("cpu_gflops")
+            if isinstance(g, int | float) and not isinstance(g, bool) and g > 0:
+                speeds[(r.store, r.id)] = g
+        groups: list[list[tuple]] = []
+        for key, g in sorted(speeds.items(), key=lambda kv: kv[1]):
+            if groups and g <= groups[-1][0][1] * SPEED_TOLERANCE:
+                groups[-1].append((key, g))
+            else:
+                groups.append([(key, g)])
+        for group in groups:
+            low, high = f"{group[0][1]:,.0f}", f"{group[-1][1]:,.0f}"
+            speed = low if low == high else f"{low}–{high}"
+            out.update({key: f"{name[:-1]}, {speed} GFLOP/s)" for key, _ in group})
+        for r in rs:
+            if (r.store, r.id) not in speeds:
+                out[(r.store, r.id)] = f"{name[:-1]}, speed not measured)" if speeds else name
+    return out
+
+
 def base_model(arm: str) -> str:
     return arm.split(" [", 1)[0]
 

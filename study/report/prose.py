@@ -28,7 +28,7 @@ from study.report.model import (
     run_ece,
     seed_table,
     setting_label,
-    timing_machine,
+    timing_machines,
     trained_epochs,
 )
 from study.report.ranking import MIN_SEEDS, sizes_text
@@ -324,9 +324,8 @@ def departures(records: list[RunRecord], datasets: list[str]) -> list[dict]:
         })  # fmt: skip
 
     hardware = defaultdict(int)
-    for r in records:
-        if machine := timing_machine(r):
-            hardware[machine] += 1
+    for machine in timing_machines(records).values():
+        hardware[machine] += 1
     if hardware:
         # The seed's hardware is not part of its protocol: stated so timings can be read.
         out.append({

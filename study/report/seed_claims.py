@@ -25,7 +25,7 @@ from study.report.model import (
     flag_reasons,
     last_epoch_gap,
     model_title,
-    timing_machine,
+    timing_machines,
     training_totals,
 )
 from study.report.ranking import MIN_SEEDS, paired_test, seed_of
@@ -169,7 +169,13 @@ def relation(rel, d, cells, evaluate) -> dict:
     ma, mb = _cell(d, a, cells), _cell(d, b, cells)
     ra, rb = _by_seed(cells[(d, ma)]), _by_seed(cells[(d, mb)])
     shared = sorted(set(ra) & set(rb))
-    apart = [s for s in shared if measure.timed and timing_machine(ra[s]) != timing_machine(rb[s])]
+    # Grouped over every run shown, as the efficiency table groups them.
+    machines = timing_machines([r for rs in cells.values() for r in rs])
+    apart = [
+        s for s in shared
+        if measure.timed
+        and machines.get((ra[s].store, ra[s].id)) != machines.get((rb[s].store, rb[s].id))
+    ]  # fmt: skip
     signs = [_compare(measure, ra[s], rb[s], evaluate) for s in shared if s not in apart]
     signs = [s for s in signs if s is not None]
     if measure.top is None:

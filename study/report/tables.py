@@ -33,7 +33,7 @@ from study.report.model import (
     setting_label,
     stopped_by_budget,
     test_count,
-    timing_machine,
+    timing_machines,
     trained_epochs,
     training_totals,
 )
@@ -256,12 +256,13 @@ def calibration_rows(cells, datasets, models, evaluate, flags=None) -> list[dict
 
 def efficiency_rows(cells, datasets, models) -> list[dict]:
     rows = []
+    machines = timing_machines([r for rs in cells.values() for r in rs])
     for d in datasets:
         for m in models:
             rs = cells.get((d, m))
             if not rs:
                 continue
-            hardware = sorted({timing_machine(r) or "?" for r in rs})
+            hardware = sorted({machines.get((r.store, r.id), "?") for r in rs})
             stopped = [r for r in rs if stopped_by_budget(r)]
             trained = [e for r in rs if (e := trained_epochs(r)) is not None]
             rows.append(
@@ -281,6 +282,7 @@ def efficiency_rows(cells, datasets, models) -> list[dict]:
                     "seconds": stat(rs, lambda r: training_totals(r)[1]),
                     "input": ", ".join(sorted({str(r.config.get("image_size")) for r in rs})),
                     "hardware": "; ".join(hardware),
+                    "machines": hardware,
                 }
             )
     return rows

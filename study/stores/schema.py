@@ -324,7 +324,8 @@ INFO = fields(
         gmacs_per_image=number(0, 1e12), macs_per_image=number(0, 1e21),
     ),
     training=fields(
-        device=SHORT, device_name=SHORT, cpu_capability=SHORT, torch_threads=integer(0, 1 << 20),
+        device=SHORT, device_name=SHORT, cpu_capability=SHORT, cpu_gflops=number(0, 1e9),
+        torch_threads=integer(0, 1 << 20),
         cpus=integer(0, 1 << 20), processes=integer(1, 1 << 20),
         batch_per_process=integer(0, 1 << 24), data_on_device=boolean,
         epochs_completed=integer(0, 10**6), train_seconds=number(0, 1e10),
