@@ -1369,3 +1369,13 @@ def test_speeds_timed_on_different_kinds_of_machine_are_not_compared(built, tmp_
         assert hardware["mnist/resnet18"] == named != hardware["mnist/small_cnn"]
         assert hardware["mnist/small_cnn"] == machine(small)
         assert "on the hardware each run used" in html
+
+    # A run that recorded no machine at all is named so in the legend.
+    def unnamed(r):
+        training = {k: v for k, v in r.info["training"].items() if k != "device_name"}
+        return dataclasses.replace(r, info={**r.info, "training": training})
+
+    _, prose, hardware = report([unnamed(r) if r.model == "resnet18" else timed(r)
+                                 for r in records], "three.html")  # fmt: skip
+    assert hardware["mnist/resnet18"] == "not recorded"
+    assert "Training speeds were measured on different kinds of machine (Table" in prose

@@ -262,7 +262,7 @@ def efficiency_rows(cells, datasets, models) -> list[dict]:
             rs = cells.get((d, m))
             if not rs:
                 continue
-            hardware = sorted({machines.get((r.store, r.id), "?") for r in rs})
+            hardware = sorted({machines.get((r.store, r.id), "not recorded") for r in rs})
             stopped = [r for r in rs if stopped_by_budget(r)]
             trained = [e for r in rs if (e := trained_epochs(r)) is not None]
             rows.append(
