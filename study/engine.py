@@ -77,6 +77,9 @@ class TrainState:
     # Where an unfinished epoch stood (a mid-epoch checkpoint), or None: {"epoch", "step",
     # "generator": the epoch generator's state, "sums": the epoch's running totals, "seconds"}.
     partial: dict | None = None
+    # The machines that trained it, in order (record.machine_taking_over): a resumed run may
+    # continue on another machine, and its training seconds then span both.
+    machines: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -701,6 +704,7 @@ def save_checkpoint(
         "stopped_by_budget": state.stopped_by_budget,
         "stopped_by_health": state.stopped_by_health,
         "partial": state.partial,
+        "machines": state.machines,
         "config": state.config,
         "rng": rng if rng is not None else [_rng_states(device)],
     }
@@ -798,4 +802,6 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler=None) -> 
         config=dict(payload["config"]),
         stopped_by_health=payload.get("stopped_by_health"),
         partial=payload.get("partial"),
+        # A checkpoint from before study kept them: a machine not recorded trained until now.
+        machines=list(payload.get("machines", [{}])),
     )

@@ -524,7 +524,9 @@ def train_and_evaluate(run, config: dict) -> dict:
         data_plugin=reg.datasets[data_spec.name].plugin,
         autocast=str(setup.autocast_dtype).removeprefix("torch.") if setup.autocast_dtype else None,
     )
+    state.machines.append(record.machine_taking_over(run.info["training"], state))
     run.info["training"].update(
+        machines=state.machines,
         steps_per_epoch=setup.train.num_batches(
             setup.batch_size, train=True, drop_last=setup.drop_last
         ),

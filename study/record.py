@@ -120,6 +120,27 @@ def describe_run(
     )
 
 
+# The fields of info.training that name the machine a run trains on.
+MACHINE_FIELDS = (
+    "device", "device_name", "cpu_capability", "cpu_gflops", "torch_threads", "cpus", "processes"
+)  # fmt: skip
+
+
+def machine_taking_over(training: dict, state) -> dict:
+    """This machine as info.training names it, and where in the run it took over: the epochs
+    completed (`from_epoch`) and, resuming a mid-epoch checkpoint, the steps of the next one
+    done (`from_step`). A run's list of them (info.training.machines) tells a report whether its
+    training seconds were all timed on one machine."""
+    step = 0
+    if state.partial:
+        step = (state.partial.get("ranks") or [{}])[0].get("step") or 0
+    return {
+        **{k: training[k] for k in MACHINE_FIELDS if k in training},
+        "from_epoch": state.epoch,
+        "from_step": step,
+    }
+
+
 def provenance(*, plugins, autocast, device) -> dict:
     """What a rerun years later needs to know about the code and settings that ran: study's
     version and, from a git checkout, its commit; each plugin distribution that provided the

@@ -97,6 +97,25 @@ def test_resume_from_checkpoint_gives_the_uninterrupted_result(tmp_path):
     assert state.epoch == 3 and again.loss == straight.loss
 
 
+def test_a_checkpoint_keeps_the_machines_that_trained_it(tmp_path):
+    """The machines that trained a run travel with its checkpoint, so a resume on another
+    machine adds to the list rather than replacing it; a checkpoint written before study kept
+    them was trained until then by a machine not recorded ({})."""
+    model, opt, train, test, t = _setup()
+    ckpt = tmp_path / "checkpoint.pt"
+    first = {"device": "cpu", "device_name": "A", "cpu_gflops": 200.0, "from_epoch": 0}
+    state = engine.TrainState(machines=[first])
+    _fit(model, opt, train, test, t, 1, state=state, checkpoint=ckpt)
+    model, opt, train, test, t = _setup()
+    assert engine.load_checkpoint(ckpt, model, opt).machines == [first]
+
+    payload = torch.load(ckpt, weights_only=True)
+    del payload["machines"]
+    torch.save(payload, ckpt)
+    ckpt.with_name(ckpt.name + ".sha256").unlink()  # as before checkpoints had digests
+    assert engine.load_checkpoint(ckpt, model, opt).machines == [{}]
+
+
 class _StopAt(BatchTransform):
     """The training transform, calling `action` when it prepares training batch `n` (counted
     over the run): a signal or a crash arriving mid-epoch, at a known step."""

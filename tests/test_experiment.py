@@ -15,6 +15,7 @@ from conftest import run_study
 from PIL import Image
 
 from study.record import EPOCH_METRICS
+from study.report.model import machine_name
 from study.stores import read_file_store
 
 FAST = ["model=small_cnn", "dataset=mnist", "batch_size=50", "lr=0.003"]
@@ -167,6 +168,12 @@ def test_killed_mid_epoch_then_resumed_matches_the_uninterrupted_run(mnist_root,
     assert resumed.result == straight.result
     for name in ("train_loss", "train_top1", "test_loss", "test_top1", "test_top5"):
         assert resumed.metric(name) == straight.metric(name), name
+    # Both machines that trained it are on record, the second from its resumed epoch (here
+    # the same kind of machine: a report reads each one's measured speed to tell).
+    first, second = resumed.info["training"]["machines"]
+    assert (first["from_epoch"], second["from_epoch"], second["from_step"]) == (0, 1, 0)
+    assert machine_name(first) == machine_name(second) == machine_name(resumed.info["training"])
+    assert second["cpu_gflops"] > 0 and machine_name(first).startswith(first["device_name"])
 
 
 def test_a_run_recorded_before_a_setting_existed_resumes_with_the_value_it_trained_with(

@@ -1182,8 +1182,7 @@ def test_table_cells_wrap_between_words_never_inside_one(odd, tmp_path):
         return {w for w in re.split(r"[\s\-/]+", text) if w}
 
     def slower(r):  # ResNet-18's run as if timed on a machine of a third the speed
-        training = {**r.info["training"], "cpu_gflops": r.info["training"]["cpu_gflops"] / 3}
-        return dataclasses.replace(r, info={**r.info, "training": training})
+        return on_machine(r, cpu_gflops=r.info["training"]["cpu_gflops"] / 3)
 
     records = [slower(r) if r.model == "resnet18" else r for r in odd["records"]]
     two = plain(build_report(records, tmp_path / "two.html", "html").read_text())
@@ -1314,6 +1313,17 @@ def test_compute_figure_gives_each_data_set_its_row_and_every_cost_axis_labels()
     assert fronts.count("pareto-mnist") == 1 and fronts.count("pareto-tiny-imagenet") == 1
 
 
+def on_machine(r, **changes):
+    """Run r as if every machine that trained it had these fields (None: not recorded)."""
+
+    def changed(t):
+        return {k: v for k, v in {**t, **changes}.items() if v is not None}
+
+    training = changed(r.info["training"])
+    training["machines"] = [changed(m) for m in training.get("machines", [])]
+    return dataclasses.replace(r, info={**r.info, "training": training})
+
+
 def test_speeds_timed_on_different_kinds_of_machine_are_not_compared(built, tmp_path):
     """One CPU name covers machines whose vector instructions or speed differ: each run's kind
     of machine is named with them, its threads and the fp32 matrix-multiply speed it measured
@@ -1322,14 +1332,15 @@ def test_speeds_timed_on_different_kinds_of_machine_are_not_compared(built, tmp_
     records = built["records"]
     assert {r.info["training"]["device"] for r in records} == {"cpu"}
     assert all(r.info["training"]["cpu_gflops"] > 0 for r in records)  # each run measured it
+    # ... and lists the one machine that trained it, from its start.
+    assert all([(m["device_name"], m["from_epoch"], m["from_step"])
+                for m in r.info["training"]["machines"]]
+               == [(r.info["training"]["device_name"], 0, 0)] for r in records)  # fmt: skip
 
     def timed(r, capability=None, gflops=100.0):
         """The run as if timed where its CPU had these instructions and this speed."""
-        training = {**r.info["training"], "cpu_gflops": gflops}
-        training["cpu_capability"] = capability or training["cpu_capability"]
-        if gflops is None:
-            del training["cpu_gflops"]
-        return dataclasses.replace(r, info={**r.info, "training": training})
+        capability = capability or r.info["training"]["cpu_capability"]
+        return on_machine(r, cpu_capability=capability, cpu_gflops=gflops)
 
     def machine(r, speed="100") -> str:
         t = r.info["training"]
@@ -1371,11 +1382,31 @@ def test_speeds_timed_on_different_kinds_of_machine_are_not_compared(built, tmp_
         assert "on the hardware each run used" in html
 
     # A run that recorded no machine at all is named so in the legend.
-    def unnamed(r):
-        training = {k: v for k, v in r.info["training"].items() if k != "device_name"}
-        return dataclasses.replace(r, info={**r.info, "training": training})
-
-    _, prose, hardware = report([unnamed(r) if r.model == "resnet18" else timed(r)
-                                 for r in records], "three.html")  # fmt: skip
+    _, prose, hardware = report([on_machine(r, device_name=None) if r.model == "resnet18"
+                                 else timed(r) for r in records], "three.html")  # fmt: skip
     assert hardware["mnist/resnet18"] == "not recorded"
     assert "Training speeds were measured on different kinds of machine (Table" in prose
+
+    # ResNet-18's run as if resumed at step 7 of epoch 2 on a machine of its name: at 110
+    # GFLOP/s that is its own machine again, and speeds are compared; at 200, its seconds span
+    # two machines, so it is compared with nothing and the legend says where it moved.
+    def resumed(r, gflops):
+        first = timed(r).info["training"]["machines"][0]
+        later = {**first, "cpu_gflops": gflops, "from_epoch": 1, "from_step": 7}
+        training = {**timed(r).info["training"], "machines": [first, later]}
+        return dataclasses.replace(r, info={**r.info, "training": training})
+
+    for gflops in (110.0, 200.0):
+        runs = [resumed(r, gflops) if r.model == "resnet18" else timed(r) for r in records]
+        html, prose, hardware = report(runs, "four.html")
+        resnet = next(r for r in runs if r.model == "resnet18")
+        if gflops == 110.0:
+            assert f"for the whole run on {machine(resnet, '100–110')}, where every" in html
+            assert "Training speed ranges from" in prose
+        else:
+            assert hardware["mnist/resnet18"] == (
+                f"run {resnet.id} on {machine(resnet)}, and from step 7 of epoch 2 on "
+                f"{machine(resnet, '200')}"
+            )
+            assert hardware["mnist/small_cnn"] == machine(resnet)
+            assert "Training speeds were measured on different kinds of machine (Table" in prose

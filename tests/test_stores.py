@@ -467,6 +467,17 @@ def test_run_records_have_typed_fields_for_what_callers_need(tmp_path):
             match=r"info\.json: training\.cpu_gflops is .*; expected a number in 0\.\.1e\+09",
         ):
             read_file_run(folder)
+    # So do the machines a resumed run trained on: objects with numbers where numbers belong.
+    for value, problem in (
+        ([None], r"training\.machines\[0\] is None; expected an object"),
+        ([{"cpu_gflops": "fast"}], r"training\.machines\[0\]\.cpu_gflops is .*; expected a number"),
+        ([{"from_step": -1}], r"training\.machines\[0\]\.from_step is -1; expected an integer"),
+        ("A", r"training\.machines is .*; expected a list"),
+    ):
+        training = {**info["training"], "machines": value}
+        (folder / "info.json").write_text(json.dumps({**info, "training": training}))
+        with pytest.raises(StoreError, match=r"info\.json: " + problem):
+            read_file_run(folder)
 
 
 def write_checkpoint(path: Path, payload=None) -> Path:

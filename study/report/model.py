@@ -252,12 +252,11 @@ def training_totals(r: RunRecord) -> tuple[float | None, float | None]:
     return (sum(images) if images else None), seconds
 
 
-def timing_machine(r: RunRecord) -> str | None:
-    """The kind of machine a run's training seconds were measured on, as the report names it:
-    "AMD EPYC (cpu, AVX512, 2 threads)", "NVIDIA H100 (cuda, 8 processes)"; None where the run
-    recorded none. Speeds are compared only between runs timed on the same kind: one CPU name
+def machine_name(t: dict) -> str | None:
+    """The kind of machine that info.training (or one of its `machines`) names, as the report
+    names it: "AMD EPYC (cpu, AVX512, 2 threads)", "NVIDIA H100 (cuda, 8 processes)"; None where
+    it names none. Speeds are compared only between runs timed on the same kind: one CPU name
     covers machines whose vector instructions, and so speed, differ."""
-    t = r.info.get("training") or {}
     if not t.get("device_name"):
         return None
     parts = [str(t.get("device", "?"))]
@@ -269,29 +268,45 @@ def timing_machine(r: RunRecord) -> str | None:
     return f"{t['device_name']} ({', '.join(parts)})"
 
 
+def training_machines(r: RunRecord) -> list[dict]:
+    """The machines that trained run r, in order, each with the epoch (`from_epoch`, epochs
+    completed) and step where it took over; a run recorded before study kept this list, its
+    one machine (info.training)."""
+    t = r.info.get("training") or {}
+    machines = t.get("machines")
+    return machines if isinstance(machines, list) and machines else [t]
+
+
 # Runs of one kind of machine whose measured CPU speeds (info.training.cpu_gflops) differ by
 # more than this factor were timed on different machines: one CPU name and instruction set covers
 # VMs that train 1.5-2x apart (seen between two 2-core "AMD EPYC" AVX-512 machines, 2026-12-07).
 SPEED_TOLERANCE = 1.25
+# Joins the machines of a run resumed on another machine, in its label (timing_machines).
+MOVED = ", and from "
 
 
 def timing_machines(records: list[RunRecord]) -> dict[tuple[str, str], str]:
-    """Each run's kind of machine (timing_machine), by (store, id), told apart further by the
+    """Each run's kind of machine (machine_name), by (store, id), told apart further by the
     CPU speed the runs measured where any run of that kind measured one: runs within
     SPEED_TOLERANCE of the slowest of their group share "AMD EPYC (cpu, AVX512, 2 threads,
     195–205 GFLOP/s)"; one beside them that measured none is "..., speed not measured)", which
-    matches nothing. Runs of a kind none of which measured a speed keep its plain name."""
+    matches nothing. Runs of a kind none of which measured a speed keep its plain name. A run
+    resumed on another machine is "run 13 on A, and from epoch 3 on B": its seconds were timed
+    on both, so it matches nothing either. Runs that recorded no machine are left out."""
+    parts = {  # (store, id, i): the i-th machine that trained the run
+        (r.store, r.id, i): m for r in records for i, m in enumerate(training_machines(r))
+    }
     by_name = defaultdict(list)
-    for r in records:
-        if (name := timing_machine(r)) is not None:
-            by_name[name].append(r)
-    out = {}
-    for name, rs in by_name.items():
+    for key, m in parts.items():
+        if (name := machine_name(m)) is not None:
+            by_name[name].append(key)
+    labels = {}
+    for name, keys in by_name.items():
         speeds = {}
-        for r in rs:
-            g = (r.info.get("training") or {}).get("cpu_gflops")
+        for key in keys:
+            g = parts[key].get("cpu_gflops")
             if isinstance(g, int | float) and not isinstance(g, bool) and g > 0:
-                speeds[(r.store, r.id)] = g
+                speeds[key] = g
         groups: list[list[tuple]] = []
         for key, g in sorted(speeds.items(), key=lambda kv: kv[1]):
             if groups and g <= groups[-1][0][1] * SPEED_TOLERANCE:
@@ -301,10 +316,25 @@ def timing_machines(records: list[RunRecord]) -> dict[tuple[str, str], str]:
         for group in groups:
             low, high = f"{group[0][1]:,.0f}", f"{group[-1][1]:,.0f}"
             speed = low if low == high else f"{low}–{high}"
-            out.update({key: f"{name[:-1]}, {speed} GFLOP/s)" for key, _ in group})
-        for r in rs:
-            if (r.store, r.id) not in speeds:
-                out[(r.store, r.id)] = f"{name[:-1]}, speed not measured)" if speeds else name
+            labels.update({key: f"{name[:-1]}, {speed} GFLOP/s)" for key, _ in group})
+        for key in keys:
+            if key not in speeds:
+                labels[key] = f"{name[:-1]}, speed not measured)" if speeds else name
+    out = {}
+    for r in records:
+        runs_parts = [(labels.get((r.store, r.id, i)), m)
+                      for i, m in enumerate(training_machines(r))]  # fmt: skip
+        shifts = [p for n, p in enumerate(runs_parts) if n == 0 or p[0] != runs_parts[n - 1][0]]
+        if len(shifts) == 1:
+            if shifts[0][0] is not None:
+                out[(r.store, r.id)] = shifts[0][0]
+            continue
+        text = [f"run {r.id} on {shifts[0][0] or 'a machine not recorded'}"]
+        for label, m in shifts[1:]:
+            epoch, step = m.get("from_epoch") or 0, m.get("from_step") or 0
+            where = f"step {step:,} of epoch {epoch + 1}" if step else f"epoch {epoch + 1}"
+            text.append(f"{where} on {label or 'a machine not recorded'}")
+        out[(r.store, r.id)] = MOVED.join(text)
     return out
 
 

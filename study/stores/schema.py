@@ -330,6 +330,12 @@ INFO = fields(
         batch_per_process=integer(0, 1 << 24), data_on_device=boolean,
         epochs_completed=integer(0, 10**6), train_seconds=number(0, 1e10),
         compile_seconds=number(0, 1e10), stopped_by_budget=boolean, images_per_s=number(0),
+        machines=list_of(fields(
+            device=SHORT, device_name=SHORT, cpu_capability=SHORT, cpu_gflops=number(0, 1e9),
+            torch_threads=integer(0, 1 << 20), cpus=integer(0, 1 << 20),
+            processes=integer(1, 1 << 20), from_epoch=integer(0, 10**6),
+            from_step=integer(0, 1 << 40),
+        ), 100_000, nulls=False),
     ),
     departures=map_of(fields()),
     checkpoint=LONG,
