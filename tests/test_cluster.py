@@ -263,12 +263,15 @@ def test_a_slurm_job_preempted_by_its_signal_requeues_and_resumes_its_run(
     subprocess.run(["scancel", "--signal=USR2", jobs[0]], env=slurm, check=True)
     signalled, requeued_after = time.monotonic(), None
     # SLURM holds a requeued job for a while before it may start again (minutes): start it
-    # now, so the test does not wait for the scheduler's delay. The requeue itself is SLURM's.
+    # sooner, so the test does not wait for the scheduler's delay. The requeue itself is
+    # SLURM's. Not within the second its old allocation was revoked: slurmd refuses a job
+    # credential made in that second ("Job credential revoked") and the job ends, never run.
     while proc.poll() is None and time.time() < deadline + 300:
         state = subprocess.run(["squeue", "-h", "-j", jobs[0], "-o", "%T"], env=slurm,
                                capture_output=True, text=True).stdout.strip()  # fmt: skip
         if state == "PENDING":
             requeued_after = requeued_after or time.monotonic() - signalled
+        if state == "PENDING" and time.monotonic() - signalled > requeued_after + 3:
             subprocess.run(["scontrol", "update", f"JobId={jobs[0]}", "StartTime=now"],
                            env=slurm, capture_output=True)  # fmt: skip
         time.sleep(1.0)

@@ -322,9 +322,9 @@ def timing_machines(records: list[RunRecord]) -> dict[tuple[str, str], str]:
                 labels[key] = f"{name[:-1]}, speed not measured)" if speeds else name
     out = {}
     for r in records:
-        runs_parts = [(labels.get((r.store, r.id, i)), m)
+        own = [(labels.get((r.store, r.id, i)), m)
                       for i, m in enumerate(training_machines(r))]  # fmt: skip
-        shifts = [p for n, p in enumerate(runs_parts) if n == 0 or p[0] != runs_parts[n - 1][0]]
+        shifts = [p for n, p in enumerate(own) if n == 0 or p[0] != own[n - 1][0]]
         if len(shifts) == 1:
             if shifts[0][0] is not None:
                 out[(r.store, r.id)] = shifts[0][0]
