@@ -534,9 +534,15 @@ def train_and_evaluate(run, config: dict) -> dict:
     )
     if world.is_main:
         sacred_api.save_now(run)  # the record names its checkpoint before the first epoch ends
-    state, evaluation = engine.fit(
-        setup, state, on_epoch=lambda epoch, metrics: record.log_epoch(run, epoch, metrics)
-    )
+
+    def on_epoch(epoch: int, metrics: dict) -> None:
+        record.log_epoch(run, epoch, metrics)
+        if "cpu_gflops" in run.info["training"]:  # outside the epoch's timing
+            here = state.machines[-1]  # also in the checkpoints written from now on
+            here["cpu_gflops"] = max(here["cpu_gflops"], record.cpu_matmul_gflops())
+            run.info["training"]["cpu_gflops"] = here["cpu_gflops"]
+
+    state, evaluation = engine.fit(setup, state, on_epoch=on_epoch)
     distributed.barrier()
     distributed.stop()
     return record.write_results(

@@ -231,9 +231,12 @@ def usable_cpus() -> int | None:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def cpu_matmul_gflops(seconds: float = 0.2, n: int = 512) -> float:
+def cpu_matmul_gflops(seconds: float = 0.3, n: int = 512, warm_up: float = 0.1) -> float:
     """This CPU's fp32 matrix-multiply speed at torch's thread count, in GFLOP/s: the best of
-    short timed repeats over `seconds` (the best, so a moment's other load does not count)."""
+    short timed repeats over `seconds` (the best, so a moment's other load does not count),
+    after `warm_up` seconds of the same work. One probe can still land on a slow moment
+    (100-175 against 200 GFLOP/s on a quiet 2-core EPYC VM, 2026-12-07): a run keeps the best
+    of one before training and one after each epoch (study.experiment)."""
     import math
     import time
 
@@ -241,6 +244,9 @@ def cpu_matmul_gflops(seconds: float = 0.2, n: int = 512) -> float:
 
     a, b = torch.ones(n, n), torch.ones(n, n)
     a @ b  # the first call sets up the kernels
+    end = time.perf_counter() + warm_up
+    while time.perf_counter() < end:
+        a @ b
     best, end = math.inf, time.perf_counter() + seconds
     while best == math.inf or time.perf_counter() < end:
         start = time.perf_counter()

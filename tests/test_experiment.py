@@ -174,6 +174,8 @@ def test_killed_mid_epoch_then_resumed_matches_the_uninterrupted_run(mnist_root,
     assert (first["from_epoch"], second["from_epoch"], second["from_step"]) == (0, 1, 0)
     assert machine_name(first) == machine_name(second) == machine_name(resumed.info["training"])
     assert second["cpu_gflops"] > 0 and machine_name(first).startswith(first["device_name"])
+    # The CPU speed on record is the machine's best probe (before training, after each epoch).
+    assert resumed.info["training"]["cpu_gflops"] == second["cpu_gflops"]
 
 
 def test_a_run_recorded_before_a_setting_existed_resumes_with_the_value_it_trained_with(
